@@ -1,0 +1,222 @@
+"""The converted spiking network as plain data (in the spirit of NIR's node classes).
+
+A :class:`Network` is an ordered dict of named nodes (topological order) plus a list of
+synapses. Every synapse is one Lava ``Dense``/``Conv`` process and delays its source's
+spikes by exactly one timestep; a :class:`MaxPool` gate reads its source's spikes in the
+same timestep. Shapes are torch's: ``(C, H, W)`` for maps, ``(N,)`` for vectors.
+
+The same classes hold the float network (``numeric == "float"``, thresholds 1.0) and the
+integer network for a hardware profile (``numeric == "int"``): see ``docs/design.md`` for
+the exact update equations of both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+Shape = tuple[int, ...]
+
+
+def _array(x) -> np.ndarray:
+    return np.asarray(x)
+
+
+@dataclass
+class Input:
+    """Spike source. ``analog``: the item's value ``x/scale`` every step (graded spike);
+    ``poisson``: signed binary spikes, ``P(s=±1) = |x|/scale`` (RMP-SNN sec. 3.1)."""
+
+    shape: Shape
+    encoding: str = "analog"
+    scale: float = 1.0  # lambda_in: input value carried by a unit spike
+    payload_bits: int = 0  # int mode, analog: graded payload is round(x * gain), |.| < 2**(bits-1)
+    gain: float = 1.0  # int mode, analog: payload per unit of x / scale
+
+
+@dataclass
+class IF:
+    """Integrate-and-fire population (one per ANN ReLU).
+
+    a[t]  = sum_e syn_e(s_src[t-1])                      (one step of delay per synapse)
+    v[t]  = v[t-1] + G(a[t]) + bias * [t >= t_start]
+    s[t]  = v[t] >= v_threshold
+    v[t] -= v_threshold * s[t]   (reset='subtract', RMP / reset-by-subtraction)
+    v[t]  = 0 where s[t]         (reset='zero', hard-reset IF)
+    G is the identity in float mode; in int mode G(a) = a * 2**(6 + a_exp) (floor shift)
+    and v saturates to the signed ``state_bits`` range.
+    """
+
+    shape: Shape
+    bias: np.ndarray  # broadcastable to shape
+    v_threshold: np.ndarray = field(default_factory=lambda: np.ones(()))
+    reset: str = "subtract"
+    t_start: int = 1  # first step at which the bias current flows (= earliest input arrival)
+    scale: np.ndarray = field(default_factory=lambda: np.ones(()))  # lambda per channel
+    a_exp: int = 0  # int mode
+    state_bits: int = 24  # int mode
+
+    def __post_init__(self) -> None:
+        self.bias = _array(self.bias)
+        self.v_threshold = _array(self.v_threshold)
+        self.scale = _array(self.scale)
+        if self.reset not in ("subtract", "zero"):
+            raise ValueError(f"IF.reset must be 'subtract' or 'zero', not {self.reset!r}")
+
+
+@dataclass
+class Readout:
+    """Output layer: integrates like :class:`IF` but never spikes; class = argmax v[T-1]."""
+
+    shape: Shape
+    bias: np.ndarray
+    t_start: int = 1
+    scale: np.ndarray = field(default_factory=lambda: np.ones(()))
+    a_exp: int = 0
+    state_bits: int = 24
+
+    def __post_init__(self) -> None:
+        self.bias = _array(self.bias)
+        self.scale = _array(self.scale)
+
+
+@dataclass
+class MaxPool:
+    """Spiking max-pool by rate-gated selection (Rueckauer et al. 2017, sec. 3.6).
+
+    c[t] += s_src[t]; each window passes s_src[t] of its input with the largest c[t]
+    (ties: first in row-major window order; padding never wins). No delay.
+    """
+
+    shape: Shape
+    source: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    scale: np.ndarray = field(default_factory=lambda: np.ones(()))
+
+    def __post_init__(self) -> None:
+        self.scale = _array(self.scale)
+
+
+@dataclass
+class Conv:
+    """Convolution synapse ``a = conv2d(s, weight)`` (torch layout O, I/groups, kH, kW)."""
+
+    source: str
+    target: str
+    weight: np.ndarray
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    groups: int = 1
+
+    def __post_init__(self) -> None:
+        self.weight = _array(self.weight)
+
+
+@dataclass
+class Dense:
+    """Dense synapse ``a = weight @ s.flatten()`` (source flattened in C, H, W order)."""
+
+    source: str
+    target: str
+    weight: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.weight = _array(self.weight)
+
+
+Node = Union[Input, IF, Readout, MaxPool]
+Synapse = Union[Conv, Dense]
+_NODE_TYPES = {c.__name__: c for c in (Input, IF, Readout, MaxPool)}
+_SYN_TYPES = {c.__name__: c for c in (Conv, Dense)}
+
+
+@dataclass
+class Network:
+    """Named nodes in topological order, synapses between them, and how to read them."""
+
+    nodes: dict[str, Node]
+    synapses: list[Synapse]
+    numeric: str = "float"  # "float" or "int"
+    meta: dict = field(default_factory=dict)  # neuron, norm, profile, ... (JSON-able)
+
+    @property
+    def input_name(self) -> str:
+        return next(n for n, v in self.nodes.items() if isinstance(v, Input))
+
+    @property
+    def output_name(self) -> str:
+        return next(n for n, v in self.nodes.items() if isinstance(v, Readout))
+
+    def inputs_of(self, name: str) -> list[Synapse]:
+        return [s for s in self.synapses if s.target == name]
+
+    def depth(self) -> int:
+        """Steps until the readout first receives input (one per synapse on the shortest path)."""
+        return self.nodes[self.output_name].t_start
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``network.json`` (structure) and ``arrays.npz`` (every array) into *directory*."""
+        directory = Path(directory)
+        arrays: dict[str, np.ndarray] = {}
+
+        def encode(prefix: str, obj) -> dict:
+            out = {"type": type(obj).__name__}
+            for f in fields(obj):
+                value = getattr(obj, f.name)
+                if isinstance(value, np.ndarray):
+                    key = f"{prefix}.{f.name}"
+                    arrays[key] = value
+                    out[f.name] = {"array": key}
+                else:
+                    out[f.name] = list(value) if isinstance(value, tuple) else value
+            return out
+
+        doc = {
+            "format": "lavaconv-network/1",
+            "numeric": self.numeric,
+            "meta": self.meta,
+            "nodes": {n: encode(f"node.{n}", v) for n, v in self.nodes.items()},
+            "synapses": [encode(f"syn.{i}", s) for i, s in enumerate(self.synapses)],
+        }
+        (directory / "network.json").write_text(json.dumps(doc, indent=1))
+        np.savez(directory / "arrays.npz", **arrays)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Network:
+        """Read back what :meth:`save` wrote; the result is equal field by field."""
+        directory = Path(directory)
+        doc = json.loads((directory / "network.json").read_text())
+        if doc.get("format") != "lavaconv-network/1":
+            raise ValueError(f"{directory / 'network.json'}: not a lavaconv network file")
+        with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+
+        def decode(entry: dict, types: dict):
+            kind = types[entry["type"]]
+            kwargs = {}
+            for f in fields(kind):
+                value = entry[f.name]
+                if isinstance(value, dict) and "array" in value:
+                    value = arrays[value["array"]]
+                elif isinstance(value, list):
+                    value = tuple(value)
+                kwargs[f.name] = value
+            return kind(**kwargs)
+
+        return cls(
+            nodes={n: decode(e, _NODE_TYPES) for n, e in doc["nodes"].items()},
+            synapses=[decode(e, _SYN_TYPES) for e in doc["synapses"]],
+            numeric=doc["numeric"],
+            meta=doc["meta"],
+        )
+
+
+def to_dict(obj) -> dict:
+    """Plain-dict view of a node or synapse (arrays kept), for reports and exports."""
+    return asdict(obj)

@@ -1,0 +1,340 @@
+"""ANN (canonical fx graph) → float spiking :class:`~lavaconv.network.Network`.
+
+Every ReLU becomes an IF population, the model output a readout. Between two populations the
+ANN is linear; each path of that linear map must be one synapse: conv, linear, (avg-pool →)
+flatten → linear (composed into one Dense), avg-pool (a depthwise conv) or identity (a depthwise
+1x1 conv). Normalisation scales every synapse by ``lambda_src / lambda_tgt`` (S-ResNet eq. 2),
+so the residual shortcut rule of S-ResNet eq. 3-6 needs no special case.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+from lavaconv.calibrate import ActivationStats
+from lavaconv.errors import LavaconvError
+from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+
+aten = torch.ops.aten
+MAX_COMPOSED_INPUTS = 1 << 16
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """How activation scales lambda are chosen: ``none``, ``max`` (Diehl et al. 2015) or the
+    robust ``p``-th percentile (Rueckauer sec. 3.2.2); layer-wise or per channel."""
+
+    method: str = "percentile"  # none | max | percentile
+    percentile: float = 99.9
+    per_channel: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> NormSpec:
+        """``none``, ``max``, ``p99.9``, optionally ``:channel`` (e.g. ``p99.99:channel``)."""
+        match = re.fullmatch(r"(none|max|p(\d+(?:\.\d+)?))(:channel)?", text.strip())
+        if not match or (match.group(2) and not 0 < float(match.group(2)) <= 100):
+            raise LavaconvError(
+                f"--norm {text!r}: expected none, max or pQ with 0 < Q <= 100, "
+                "optionally followed by :channel (e.g. p99.9:channel)"
+            )
+        method = "percentile" if match.group(2) else match.group(1)
+        return cls(method, float(match.group(2) or 100.0), bool(match.group(3)))
+
+    def __str__(self) -> str:
+        base = f"p{self.percentile:g}" if self.method == "percentile" else self.method
+        return base + (":channel" if self.per_channel else "")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    norm: NormSpec = field(default_factory=NormSpec)
+    neuron: str = "rmp"  # rmp: reset by subtraction; if: reset to zero
+    input: str = "analog"  # analog current (Rueckauer sec. 3.4) or signed Poisson (RMP sec. 3.1)
+
+
+Op = tuple  # (kind, *params), applied by _apply
+
+
+@dataclass
+class _Term:
+    source: str
+    ops: list[Op]
+
+
+@dataclass
+class _Form:
+    """A value of the ANN as a sum of linear paths from spike sources plus a bias map."""
+
+    terms: list[_Term]
+    bias: torch.Tensor | None  # output-shaped, no batch dim
+
+
+@dataclass
+class _Population:
+    name: str
+    kind: str  # "if" | "readout"
+    shape: tuple[int, ...]
+    terms: list[_Term]
+    bias: torch.Tensor | None
+    where: str
+
+
+def _apply(op: Op, x: torch.Tensor) -> torch.Tensor:
+    """Apply one linear op (without bias) to a batch ``x``."""
+    kind = op[0]
+    if kind == "conv":
+        _, w, stride, padding, dilation, groups = op
+        return F.conv2d(x, w, None, stride, padding, dilation, groups)
+    if kind == "linear":
+        return F.linear(x, op[1])
+    if kind == "avgpool":
+        return aten.avg_pool2d.default(x, *op[1:])
+    if kind == "flatten":
+        return x.flatten(1)
+    raise AssertionError(kind)
+
+
+def _where(node: torch.fx.Node) -> str:
+    return node.meta.get("lavaconv_where", node.name)
+
+
+def trace(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> list:
+    """Walk the canonical graph once: populations, max-pool gates and the input, in order."""
+    ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    values: dict[str, _Form | str] = {}
+    out: list = []
+
+    def form(arg) -> _Form:
+        value = values[arg.name]
+        return _Form([_Term(value, [])], None) if isinstance(value, str) else value
+
+    def shape(node: torch.fx.Node) -> tuple[int, ...]:
+        return tuple(node.meta["tensor_meta"].shape[1:])
+
+    def linear_op(node: torch.fx.Node, op: Op, bias: torch.Tensor | None) -> _Form:
+        src = form(node.args[0])
+        base = _apply(op, src.bias.unsqueeze(0))[0] if src.bias is not None else None
+        if bias is not None:
+            bias = bias.reshape(-1, *([1] * (len(shape(node)) - 1))).expand(shape(node))
+            base = bias if base is None else base + bias
+        return _Form([_Term(t.source, [*t.ops, op]) for t in src.terms], base)
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            values[node.name] = node.name
+            out.append(("input", node.name, shape(node)))
+        elif node.op == "get_attr":
+            values[node.name] = _Form([], getattr(gm, node.target).detach().clone())
+        elif node.op == "output":
+            arg = node.args[0]
+            arg = arg[0] if isinstance(arg, (tuple, list)) else arg
+            f = form(arg)
+            out.append(_Population("output", "readout", shape(arg), f.terms, f.bias, _where(arg)))
+        elif node.target == aten.relu.default:
+            f = form(node.args[0])
+            out.append(_Population(node.name, "if", shape(node), f.terms, f.bias, _where(node)))
+            values[node.name] = node.name
+        elif node.target == aten.max_pool2d.default:
+            src = values[node.args[0].name]
+            if not isinstance(src, str):
+                raise LavaconvError(f"max-pool at {_where(node)} does not follow a ReLU")
+            args = list(node.args) + [None] * 6
+            kernel = _pair(args[1])
+            stride = _pair(args[2] or args[1])
+            padding = _pair(args[3] or 0)
+            if (args[4] not in (None, 1, [1, 1], (1, 1))) or args[5]:
+                raise LavaconvError(f"max-pool at {_where(node)}: dilation/ceil_mode unsupported")
+            out.append(("maxpool", node.name, shape(node), src, kernel, stride, padding))
+            values[node.name] = node.name
+        elif node.target == aten.conv2d.default:
+            args = list(node.args) + [None] * 7
+            w = getattr(gm, args[1].target).detach()
+            b = getattr(gm, args[2].target).detach() if args[2] is not None else None
+            op = ("conv", w, _pair(args[3] or 1), _pair(args[4] or 0), _pair(args[5] or 1),
+                  args[6] or 1)
+            values[node.name] = linear_op(node, op, b)
+        elif node.target == aten.linear.default:
+            w = getattr(gm, node.args[1].target).detach()
+            has_b = len(node.args) > 2 and node.args[2] is not None
+            b = getattr(gm, node.args[2].target).detach() if has_b else None
+            values[node.name] = linear_op(node, ("linear", w), b)
+        elif node.target == aten.avg_pool2d.default:
+            values[node.name] = linear_op(node, ("avgpool", *node.args[1:]), None)
+        elif node.target == aten.flatten.using_ints:
+            values[node.name] = linear_op(node, ("flatten",), None)
+        elif node.target == aten.add.Tensor:
+            a, b = (form(x) for x in node.args)
+            bias = a.bias if b.bias is None else b.bias if a.bias is None else a.bias + b.bias
+            values[node.name] = _Form(a.terms + b.terms, bias)
+        else:
+            raise LavaconvError(f"unsupported op {node.target} at {_where(node)}")
+    return out
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = list(v)
+    return (int(v[0]), int(v[-1]))
+
+
+def calibration_nodes(gm: torch.fx.GraphModule) -> dict[str, str]:
+    """Population name → fx node whose output calibrates it (input and readout included)."""
+    names = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            names[node.name] = node.name
+        elif node.target == aten.relu.default:
+            names[node.name] = node.name
+        elif node.op == "output":
+            arg = node.args[0]
+            names["output"] = (arg[0] if isinstance(arg, (tuple, list)) else arg).name
+    return names
+
+
+def _scale(stats: ActivationStats | None, spec: NormSpec, per_channel: bool) -> np.ndarray:
+    """lambda of one population: max or p-th percentile of its ANN activations."""
+    if stats is None or spec.method == "none":
+        return np.ones(())
+    value = stats.max(per_channel) if spec.method == "max" else stats.percentile(
+        spec.percentile, per_channel)
+    value = np.asarray(value, dtype=np.float64)
+    if per_channel:  # a channel that never fired keeps the layer's scale
+        layer = stats.max(False) if spec.method == "max" else stats.percentile(
+            spec.percentile, False)
+        value = np.where(value > 0, value, max(float(layer), 1e-12))
+    return np.maximum(value, 1e-12)
+
+
+def _synapse(term: _Term, src_shape: tuple[int, ...], target: str, where: str):
+    """One synapse that computes the term's linear path (weights still un-normalised)."""
+    ops = term.ops
+    kinds = [op[0] for op in ops]
+    if kinds == ["conv"]:
+        _, w, stride, padding, dilation, groups = ops[0]
+        if dilation != (1, 1):
+            raise LavaconvError(f"{where}: dilated convolution is not supported")
+        return Conv(term.source, target, w.numpy().astype(np.float64), stride, padding, groups)
+    if kinds and kinds[-1] == "linear" and set(kinds[:-1]) <= {"avgpool", "flatten"}:
+        n_in = int(np.prod(src_shape))
+        if kinds == ["linear"] or kinds == ["flatten", "linear"]:
+            return Dense(term.source, target, ops[-1][1].numpy().astype(np.float64))
+        if n_in > MAX_COMPOSED_INPUTS:
+            raise LavaconvError(f"{where}: pooling before a linear layer with {n_in} inputs is too "
+                                f"large to compose (limit {MAX_COMPOSED_INPUTS})")
+        basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *src_shape)
+        for op in ops:
+            basis = _apply(_double(op), basis)
+        return Dense(term.source, target, basis.T.numpy())
+    channels = src_shape[0]
+    if kinds == []:
+        if len(src_shape) == 1:
+            return Dense(term.source, target, np.eye(channels))
+        return Conv(term.source, target, np.ones((channels, 1, 1, 1)), groups=channels)
+    if kinds == ["avgpool"]:
+        _, kernel, stride, padding, ceil_mode, count_pad, divisor = (list(ops[0]) + [None] * 7)[:7]
+        kernel, stride = _pair(kernel), _pair(stride or kernel)
+        padding = _pair(padding or 0)
+        if ceil_mode or (padding != (0, 0) and count_pad is False):
+            raise LavaconvError(f"{where}: avg-pool with ceil_mode or count_include_pad=False "
+                                "is not a fixed convolution")
+        area = divisor or kernel[0] * kernel[1]
+        w = np.full((channels, 1, *kernel), 1.0 / area)
+        return Conv(term.source, target, w, stride, padding, channels)
+    raise LavaconvError(f"{where}: the path {' → '.join(kinds)} between two ReLUs cannot be one "
+                        "synapse; put a ReLU between the two linear layers")
+
+
+def _double(op: Op) -> Op:
+    return tuple(x.double() if isinstance(x, torch.Tensor) else x for x in op)
+
+
+def _source_scale(syn, lam_src: np.ndarray, src_shape: tuple[int, ...]) -> np.ndarray:
+    """lambda of each synapse input index, broadcastable against the weight."""
+    lam = np.broadcast_to(lam_src, (src_shape[0],)) if lam_src.ndim else lam_src
+    if isinstance(syn, Dense):
+        if lam.ndim == 0:
+            return lam
+        spatial = int(np.prod(src_shape[1:])) if len(src_shape) > 1 else 1
+        return np.repeat(lam, spatial)[None, :]
+    if lam.ndim == 0:
+        return lam
+    out_ch, in_per_group = syn.weight.shape[:2]
+    per_group = out_ch // syn.groups
+    idx = (np.arange(out_ch)[:, None] // per_group) * in_per_group + np.arange(in_per_group)
+    return lam[idx][:, :, None, None]
+
+
+def _target_scale(lam: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    return lam.reshape(-1, *([1] * (weight.ndim - 1))) if lam.ndim else lam
+
+
+def convert(
+    gm: torch.fx.GraphModule,
+    input_shape: tuple[int, ...],
+    stats: dict[str, ActivationStats],
+    options: ConvertOptions = ConvertOptions(),
+    progress: Callable[[str], None] | None = None,
+) -> Network:
+    """Build the float spiking network; ``stats`` is keyed by population name."""
+    norm = options.norm
+    items = trace(gm, input_shape)
+    nodes: dict = {}
+    synapses: list = []
+    scales: dict[str, np.ndarray] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    t_ready: dict[str, int] = {}
+    reset = {"rmp": "subtract", "if": "zero"}[options.neuron]
+    for item in items:
+        if isinstance(item, tuple) and item[0] == "input":
+            _, name, shape = item
+            scale = 1.0
+            if options.input == "poisson":
+                scale = float(np.maximum(stats[name].max(False), 1e-12)) if name in stats else 1.0
+            nodes[name] = Input(shape, options.input, scale)
+            scales[name], shapes[name], t_ready[name] = np.asarray(scale), shape, 0
+        elif isinstance(item, tuple):
+            _, name, shape, src, kernel, stride, padding = item
+            nodes[name] = MaxPool(shape, src, kernel, stride, padding, scales[src])
+            scales[name], shapes[name], t_ready[name] = scales[src], shape, t_ready[src]
+        else:
+            pop = item
+            if not pop.terms:
+                raise LavaconvError(f"{pop.where}: layer receives no input from the network")
+            readout = pop.kind == "readout"
+            lam = _scale(stats.get(pop.name), norm, norm.per_channel and not readout)
+            if readout and norm.method != "none":  # one scalar keeps the argmax unchanged
+                lam = _scale(stats.get(pop.name), NormSpec("max"), False)
+            for term in pop.terms:
+                syn = _synapse(term, shapes[term.source], pop.name, pop.where)
+                w_scale = _source_scale(syn, scales[term.source], shapes[term.source])
+                syn.weight = syn.weight * w_scale / _target_scale(lam, syn.weight)  # S-ResNet eq. 2
+                synapses.append(syn)
+            bias = pop.bias.double().numpy() if pop.bias is not None else np.zeros(())
+            bias = _compact(bias, pop.shape) / _target_scale(lam, np.zeros((1,) * len(pop.shape)))
+            t_start = min(t_ready[t.source] for t in pop.terms) + 1
+            node = (Readout(pop.shape, bias, t_start, lam) if readout
+                    else IF(pop.shape, bias, np.ones(()), reset, t_start, lam))
+            nodes[pop.name] = node
+            scales[pop.name], shapes[pop.name], t_ready[pop.name] = lam, pop.shape, t_start
+            if progress:
+                progress(pop.name)
+    meta = {"neuron": options.neuron, "norm": str(norm), "input": options.input,
+            "input_shape": list(input_shape)}
+    return Network(nodes, synapses, "float", meta)
+
+
+def _compact(bias: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Per-channel ``(C, 1, 1)`` bias where the map is constant over space, else the map."""
+    bias = np.broadcast_to(bias, shape) if bias.ndim else np.zeros(shape) + bias
+    if len(shape) == 3 and np.all(bias == bias[:, :1, :1]):
+        return np.ascontiguousarray(bias[:, :1, :1])
+    return np.ascontiguousarray(bias)

@@ -1,0 +1,128 @@
+"""Float network → integer network on a hardware profile's fixed-point grid.
+
+Per target population, with ``W_unit`` the float contribution of one payload unit of each
+incoming synapse, the integer weights, threshold and dendritic exponent satisfy
+``W_int * 2**(6 + a_exp) = W_unit * vth_int`` (``vth_int = vth_mant << 6``), so the integer
+network computes the float one scaled by ``vth_int`` (docs/design.md section 3). ``vth_mant``
+takes as many bits as the 24-bit state allows with ``headroom_bits`` of room above threshold;
+weights use the profile's signed mantissa (step 2 on Lava's 8-bit Dense grid, |m| <= 127).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from lavaconv.errors import LavaconvError
+from lavaconv.network import IF, Input, Network, Readout
+
+
+@dataclass(frozen=True)
+class Formats:
+    """The numeric formats the quantizer needs (from a hardware profile's ``formats``)."""
+
+    weight_bits: int = 8
+    weight_exp_min: int = -8
+    weight_exp_max: int = 7
+    threshold_mant_bits: int = 17
+    threshold_shift: int = 6
+    bias_mant_bits: int = 13
+    bias_exp_max: int = 7
+    state_bits: int = 24
+    input_payload_bits: int = 8
+
+    @classmethod
+    def from_profile(cls, profile) -> Formats:
+        f = profile.formats
+        return cls(**{k: int(getattr(f, k)) for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class LayerQuant:
+    """What quantization cost one population."""
+
+    name: str
+    vth_int: int
+    a_exp: int
+    weight_rel_error: float
+    bias_rel_error: float
+    bias_exp: int
+    saturated: float = 0.0  # fraction of neuron-steps whose state hit the 24-bit bound
+
+
+def _rel_error(exact: np.ndarray, approx: np.ndarray) -> float:
+    norm = float(np.linalg.norm(exact))
+    return float(np.linalg.norm(approx - exact)) / norm if norm > 0 else 0.0
+
+
+def quantize(
+    net: Network,
+    formats: Formats,
+    *,
+    input_max: float,
+    timesteps: int,
+    headroom_bits: int = 3,
+) -> tuple[Network, list[LayerQuant]]:
+    """Integer copy of ``net``; ``input_max`` is max |x| over calibration data (analog gain),
+    ``timesteps`` bounds the readout's accumulated state."""
+    if net.numeric != "float":
+        raise ValueError("quantize expects a float network")
+    out = copy.deepcopy(net)
+    out.numeric = "int"
+    inp = out.nodes[out.input_name]
+    unit = {name: 1.0 for name in out.nodes}
+    if inp.encoding == "analog":
+        inp.payload_bits = formats.input_payload_bits
+        inp.gain = (2 ** (formats.input_payload_bits - 1) - 1) / max(input_max / inp.scale, 1e-12)
+        unit[out.input_name] = 1.0 / inp.gain
+    half_state = 2 ** (formats.state_bits - 1)
+    shift = formats.threshold_shift
+    step = 2 ** (9 - formats.weight_bits)  # Lava keeps 8 stored bits; mixed sign drops the rest
+    m_max = 2 ** (formats.weight_bits - 1) - 1
+    report = []
+    for name, node in out.nodes.items():
+        if isinstance(node, Input) or not isinstance(node, (IF, Readout)):
+            continue
+        syns = out.inputs_of(name)
+        w_unit = [s.weight * unit[s.source] for s in syns]
+        w_max = max(float(np.abs(w).max()) for w in w_unit) or 1.0
+        r_max = step * m_max / w_max  # largest vth_mant * 2**-e keeping |W_int| in range
+        headroom = headroom_bits if isinstance(node, IF) else math.ceil(math.log2(2 * timesteps))
+        cap = min(2 ** formats.threshold_mant_bits - 1, half_state // 2 ** (shift + headroom))
+        exp = int(np.clip(math.floor(math.log2(cap / r_max)), formats.weight_exp_min,
+                          formats.weight_exp_max))
+        vth_mant = min(math.floor(r_max * 2.0**exp), cap)
+        if vth_mant < 1:
+            raise LavaconvError(
+                f"layer {name}: threshold underflows the {formats.threshold_mant_bits}-bit grid "
+                f"(weights up to {w_max:.3g} per threshold); use a larger weight_exp range")
+        ratio = vth_mant * 2.0**-exp
+        errors = []
+        for syn, w in zip(syns, w_unit):
+            w_int = step * np.round(w * ratio / step)
+            errors.append((w * ratio, w_int))
+            syn.weight = w_int.astype(np.int64)
+        vth_int = vth_mant << shift
+        bias_float = node.bias * vth_int
+        bias_exp = 0
+        bias_lim = 2 ** (formats.bias_mant_bits - 1) - 1
+        while np.abs(np.round(bias_float / 2**bias_exp)).max(initial=0) > bias_lim:
+            bias_exp += 1
+        if bias_exp > formats.bias_exp_max:
+            raise LavaconvError(f"layer {name}: bias {np.abs(node.bias).max():.3g} x threshold "
+                                "exceeds the profile's bias range")
+        bias_int = (np.round(bias_float / 2**bias_exp) * 2**bias_exp).astype(np.int64)
+        node.bias = bias_int
+        node.a_exp = exp
+        node.state_bits = formats.state_bits
+        if isinstance(node, IF):
+            node.v_threshold = np.round(vth_int * node.v_threshold).astype(np.int64)
+        exact = np.concatenate([e.ravel() for e, _ in errors])
+        approx = np.concatenate([a.ravel() for _, a in errors])
+        report.append(LayerQuant(name, vth_int, exp, _rel_error(exact, approx),
+                                 _rel_error(bias_float, bias_int.astype(float)), bias_exp))
+    out.meta = {**net.meta, "formats": formats.__dict__, "headroom_bits": headroom_bits}
+    return out, report

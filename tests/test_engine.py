@@ -1,0 +1,91 @@
+"""Fast engine against closed-form neuron dynamics and hand-computed examples."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lavaconv.engine import encode_input, maxpool_gate, simulate
+from lavaconv.network import IF, Dense, Input, MaxPool, Network, Readout
+
+
+def one_neuron(z: float, reset: str, threshold: float = 1.0, bias: float = 0.0) -> Network:
+    """Analog input 1.0 → Dense weight z → one IF neuron → readout."""
+    nodes = {
+        "x": Input((1,)),
+        "n": IF((1,), np.array([bias]), np.array(threshold), reset, t_start=1),
+        "output": Readout((1,), np.zeros(1), t_start=2),
+    }
+    syn = [Dense("x", "n", np.array([[z]])), Dense("n", "output", np.array([[1.0]]))]
+    return Network(nodes, syn)
+
+
+@pytest.mark.parametrize("z", [0.125, 0.375, 0.5, 0.8125, 1.0])
+@pytest.mark.parametrize("steps", [1, 7, 64, 257])
+def test_soft_reset_rate_closed_form(z, steps):
+    # Rueckauer eq. 6: N(T) = (sum of input - V(T)) / threshold; input arrives from t = 1 on
+    res = simulate(one_neuron(z, "subtract"), encode_input(one_neuron(z, "subtract"), [[1.0]],
+                                                           steps))
+    assert int(res.spike_counts["n"][0, 0]) == math.floor(z * (steps - 1))
+
+
+@pytest.mark.parametrize("z", [0.3, 0.45, 0.6, 0.99])
+def test_hard_reset_rate_closed_form(z):
+    # RMP eq. 3: for eta = z / V_th < 1, one spike every ceil(1 / eta) steps
+    steps = 200
+    net = one_neuron(z, "zero")
+    res = simulate(net, encode_input(net, [[1.0]], steps))
+    assert int(res.spike_counts["n"][0, 0]) == (steps - 1) // math.ceil(1 / z)
+
+
+def test_bias_starts_at_t_start_and_readout_counts_spikes():
+    net = one_neuron(0.0, "subtract", bias=0.25)
+    res = simulate(net, encode_input(net, [[0.0]], 41), checkpoints=[10, 41])
+    assert int(res.spike_counts["n"][0, 0]) == 10  # bias from t = 1: 40 steps * 0.25
+    # the readout sees each spike one step later
+    assert float(res.readout[41][0, 0]) == 10 - (1 if (41 - 2) % 4 == 3 else 0)
+    assert res.spikes_at[10]["n"] == 2
+
+
+def test_maxpool_gate_passes_the_most_active_input():
+    steps = 6
+    s = torch.zeros(steps, 1, 1, 2, 2)
+    s[:, 0, 0, 0, 1] = torch.tensor([1, 1, 1, 0, 1, 0.0])  # most active
+    s[:, 0, 0, 1, 0] = torch.tensor([1, 0, 0, 1, 1, 1.0])
+    node = MaxPool((1, 1, 1), "src", (2, 2), (2, 2))
+    out = maxpool_gate(node, s)[:, 0, 0, 0, 0]
+    # counts after each step: a=1,2,3,3,4,4  b=1,1,1,2,3,4 → winner a, a(tie → first), a, a, a, a
+    assert out.tolist() == [1, 1, 1, 0, 1, 0]
+
+
+def test_poisson_input_rates_and_seed():
+    net = Network({"x": Input((3,), "poisson", 2.0)}, [])
+    x = torch.tensor([[1.0, -0.5, 0.0]])
+    a = encode_input(net, x, 4000, seed=3)
+    b = encode_input(net, x, 4000, seed=3)
+    assert torch.equal(a, b)
+    rates = a[:, 0].mean(0)
+    assert rates[0] == pytest.approx(0.5, abs=0.03)
+    assert rates[1] == pytest.approx(-0.25, abs=0.03)
+    assert rates[2] == 0
+
+
+def test_int_mode_shift_saturation_and_reset():
+    nodes = {
+        "x": Input((1,), payload_bits=8, gain=100.0),
+        "n": IF((1,), np.array([3]), np.array(640, dtype=np.int64), "subtract", 1, a_exp=-6),
+        "output": Readout((1,), np.zeros(1, dtype=np.int64), 2, a_exp=20, state_bits=8),
+    }
+    syn = [Dense("x", "n", np.array([[6]])), Dense("n", "output", np.array([[2]]))]
+    net = Network(nodes, syn, numeric="int")
+    payload = encode_input(net, [[0.5]], 30)
+    assert payload.dtype == torch.int64 and int(payload[0, 0, 0]) == 50
+    res = simulate(net, payload)
+    # per step: 6 * 50 = 300, << (6 - 6) = 300, + bias 3: 303 per step for 29 steps
+    assert int(res.spike_counts["n"][0, 0]) == (303 * 29) // 640
+    net.nodes["n"].a_exp = -2  # 4803 per step > threshold: at most one spike per step
+    assert int(simulate(net, payload).spike_counts["n"][0, 0]) == 29
+    # readout state: 8-bit, so it saturates at 127
+    assert int(res.readout[30][0, 0]) == 127
+    assert res.saturated["output"] > 0

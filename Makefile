@@ -1,0 +1,38 @@
+# Two commands for a fresh machine: `make demo` (set up + deploy a bundled example) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup data demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+# lava-nc / lava-dl declare Python < 3.11 and pin old torch: install our (and their) run-time
+# needs normally, then the two archived packages without dependency resolution.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps --ignore-requires-python lava-nc==0.10.0 lava-dl==0.6.0
+	touch $@
+
+data: $(FMNIST)/t10k-images-idx3-ubyte.gz
+
+$(FMNIST)/t10k-images-idx3-ubyte.gz:
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+demo: setup data
+	$(BIN)/lavaconv deploy examples/resnet_fmnist.pt2 --data fashion-mnist --timesteps 64 \
+		--samples 2000 --lava-samples 4 --out out/demo
+
+test: setup data
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check lavaconv tests examples bench
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,94 @@
+"""``lavaconv`` command line: convert, eval, deploy, profiles."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from lavaconv.errors import LavaconvError
+
+DEFAULT_TIMESTEPS = "8,16,32,64,128,256"
+
+
+def _timesteps(text: str) -> list[int]:
+    try:
+        steps = sorted({int(t) for t in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if steps[0] < 1:
+        raise argparse.ArgumentTypeError("timesteps must be >= 1")
+    return steps
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model file: .pt2 (torch.export), TorchScript, state_dict "
+                   "(with --arch) or pickled nn.Module (with --trust-pickle)")
+    p.add_argument("--data", required=True, help="digits | fashion-mnist[:DIR] | FILE.npz")
+    p.add_argument("--arch", help="module:callable building the model for a state_dict")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling a full nn.Module (runs code from the file)")
+    p.add_argument("--norm", default="p99.9",
+                   help="activation scale: none | max | pQ, optionally :channel (default p99.9)")
+    p.add_argument("--neuron", choices=["rmp", "if"], default="rmp",
+                   help="rmp: reset by subtraction (default); if: reset to zero")
+    p.add_argument("--input", choices=["analog", "poisson"], default="analog")
+    p.add_argument("--samples", type=int, default=2000, help="evaluation items")
+    p.add_argument("--calib-samples", type=int, default=2000, help="calibration items")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lavaconv", description=__doc__)
+    ap.add_argument("--debug", action="store_true", help="full tracebacks on internal errors")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a model to a float spiking network")
+    _model_args(p)
+    p.add_argument("--out", required=True, help="output directory")
+
+    p = sub.add_parser("eval", help="accuracy of the ANN and the SNN against timesteps")
+    _model_args(p)
+    p.add_argument("--timesteps", type=_timesteps, default=_timesteps(DEFAULT_TIMESTEPS))
+    p.add_argument("--profile", help="also evaluate the integer network of this profile")
+    p.add_argument("--json", help="write the results to this JSON file")
+
+    p = sub.add_parser("deploy", help="quantize, run on Lava, verify bit-exactness, report")
+    _model_args(p)
+    p.add_argument("--target", choices=["sim", "loihi2"], default="sim")
+    p.add_argument("--timesteps", type=int, default=64)
+    p.add_argument("--profile", default="loihi2", help="profile name or YAML path")
+    p.add_argument("--lava-samples", type=int, default=2, help="items run through Lava")
+    p.add_argument("--out", default="out/deploy", help="output directory")
+
+    p = sub.add_parser("profiles", help="list hardware profiles or show one")
+    p.add_argument("name", nargs="?", help="profile name or YAML path")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        from lavaconv import commands
+
+        return getattr(commands, args.command)(args)
+    except LavaconvError as err:
+        print(f"lavaconv: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lavaconv: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place internal errors are reported
+        if args.debug:
+            traceback.print_exc()
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        print(f"lavaconv: internal error: {type(err).__name__}: {err} "
+              f"({Path(where.filename).name}:{where.lineno}; rerun with --debug)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

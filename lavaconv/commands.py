@@ -1,0 +1,108 @@
+"""The work behind each CLI command (argument parsing lives in :mod:`lavaconv.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import numpy as np
+
+from lavaconv import pipeline
+from lavaconv.calibrate import ActivationStats
+from lavaconv.convert import ConvertOptions, NormSpec
+from lavaconv.data import Dataset, load_dataset
+from lavaconv.frontend import LoadedModel, load_model
+from lavaconv.network import Network
+from lavaconv.outputs import atomic_dir, write_json
+from lavaconv.profiles import list_profiles, load_profile
+from lavaconv.quantize import Formats, quantize
+
+
+@dataclass
+class Prepared:
+    dataset: Dataset
+    model: LoadedModel
+    options: ConvertOptions
+    net: Network
+    stats: dict[str, ActivationStats]
+    ann_accuracy: float
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """Load data and model, measure the ANN, calibrate and convert."""
+    options = ConvertOptions(NormSpec.parse(args.norm), args.neuron, args.input)
+    dataset = load_dataset(args.data, n_eval=args.samples, n_calib=args.calib_samples,
+                           seed=args.seed)
+    model = load_model(args.model, tuple(dataset.x_eval.shape[1:]), arch=args.arch,
+                       trust_pickle=args.trust_pickle)
+    ann = pipeline.ann_accuracy(model.graph_module, dataset.x_eval, dataset.y_eval)
+    net, stats = pipeline.build(model.graph_module, dataset, options, progress=not args.quiet)
+    net.meta.update(model=str(args.model), data=args.data, ann_accuracy=ann)
+    return Prepared(dataset, model, options, net, stats, ann)
+
+
+def integer_network(prep: Prepared, profile, timesteps: int):
+    """Quantize ``prep.net`` to ``profile``'s formats (analog gain from calibration)."""
+    input_max = float(prep.stats[prep.net.input_name].max(False))
+    return quantize(prep.net, Formats.from_profile(profile), input_max=input_max,
+                    timesteps=timesteps)
+
+
+def convert(args: argparse.Namespace) -> int:
+    prep = prepare(args)
+    with atomic_dir(args.out) as tmp:
+        prep.net.save(tmp)
+    print(f"ANN accuracy {100 * prep.ann_accuracy:.2f} % on {len(prep.dataset.y_eval)} items; "
+          f"{len(prep.net.nodes) - 1} populations, {len(prep.net.synapses)} synapses "
+          f"written to {args.out}")
+    return 0
+
+
+def _table(ann: float, runs: dict[str, pipeline.SnnEval]) -> str:
+    names = list(runs)
+    steps = sorted(next(iter(runs.values())).accuracy)
+    head = f"{'T':>6} " + " ".join(f"{n + ' acc %':>14} {n + ' R %':>10}" for n in names)
+    lines = [head, f"{'ANN':>6} " + " ".join(f"{100 * ann:>14.2f} {'':>10}" for _ in names)]
+    for t in steps:
+        cells = []
+        for ev in runs.values():
+            rate = np.mean(list(ev.spike_rate[t].values())) if ev.spike_rate[t] else 0.0
+            cells.append(f"{100 * ev.accuracy[t]:>14.2f} {rate:>10.2f}")
+        lines.append(f"{t:>6} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
+    prep = prepare(args)
+    data = prep.dataset
+    runs = {"float": pipeline.evaluate(prep.net, data.x_eval, data.y_eval, args.timesteps,
+                                       seed=args.seed, progress=not args.quiet)}
+    if args.profile:
+        net_int, _ = integer_network(prep, load_profile(args.profile), max(args.timesteps))
+        runs["int"] = pipeline.evaluate(net_int, data.x_eval, data.y_eval, args.timesteps,
+                                        seed=args.seed, progress=not args.quiet)
+    print(_table(prep.ann_accuracy, runs))
+    if args.json:
+        write_json(args.json, {
+            "ann_accuracy": prep.ann_accuracy,
+            "items": len(data.y_eval),
+            "options": prep.net.meta,
+            **{f"snn_{k}": {"accuracy": v.accuracy, "spike_rate": v.spike_rate,
+                            "seconds_per_step": v.seconds_per_step} for k, v in runs.items()},
+        })
+    return 0
+
+
+def profiles(args: argparse.Namespace) -> int:
+    if args.name:
+        print(load_profile(args.name).describe())
+    else:
+        for name in list_profiles():
+            print(name)
+    return 0
+
+
+def deploy(args: argparse.Namespace) -> int:
+    from lavaconv.deploy import run_deploy
+
+    return run_deploy(args, prepare(args))

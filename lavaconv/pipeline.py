@@ -1,0 +1,121 @@
+"""The steps every command shares: load, calibrate, convert, evaluate (ANN and SNN)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lavaconv.calibrate import ActivationStats, collect
+from lavaconv.convert import ConvertOptions, calibration_nodes, convert
+from lavaconv.data import Dataset
+from lavaconv.engine import encode_input, simulate
+from lavaconv.errors import LavaconvError
+from lavaconv.network import IF, MaxPool, Network
+
+MEMORY_BUDGET = 2 << 30  # bytes of spike trains the engine may hold at once
+
+
+def _batches(x: np.ndarray, size: int):
+    for start in range(0, len(x), size):
+        yield start, torch.from_numpy(np.ascontiguousarray(x[start:start + size]))
+
+
+def calibrate(gm: torch.fx.GraphModule, x_calib: np.ndarray, batch_size: int = 256,
+              progress: bool = True) -> dict[str, ActivationStats]:
+    """Activation statistics of every population (keyed by population name)."""
+    if len(x_calib) == 0:
+        raise LavaconvError("calibration set is empty: give more data or --calib-samples > 0")
+    names = calibration_nodes(gm)
+    bar = tqdm(total=len(x_calib), desc="calibrate", unit="item", disable=not progress,
+               leave=False)
+    batches = (b for _, b in _batches(x_calib, batch_size))
+    by_node = collect(gm, batches, sorted(set(names.values())),
+                      progress=lambda n: bar.update(n))
+    bar.close()
+    return {pop: by_node[node] for pop, node in names.items()}
+
+
+def ann_accuracy(gm: torch.fx.GraphModule, x: np.ndarray, y: np.ndarray,
+                 batch_size: int = 512) -> float:
+    correct = 0
+    with torch.no_grad():
+        for start, xb in _batches(x, batch_size):
+            out = gm(xb)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            correct += int((out.argmax(1).numpy() == y[start:start + len(xb)]).sum())
+    return correct / max(len(x), 1)
+
+
+def auto_batch(net: Network, timesteps: int) -> int:
+    """Items per engine batch so that the spike trains fit in MEMORY_BUDGET."""
+    widest = max(int(np.prod(n.shape)) for n in net.nodes.values())
+    per_item = timesteps * widest * (16 if net.numeric == "int" else 8) * 3
+    return int(max(1, min(1024, MEMORY_BUDGET // per_item)))
+
+
+@dataclass
+class SnnEval:
+    """Accuracy and activity of the SNN at each checkpoint T."""
+
+    accuracy: dict[int, float]
+    spike_rate: dict[int, dict[str, float]]  # RMP eq. 8, in % of neurons per step, per layer
+    seconds_per_step: float  # engine wall time per timestep for one item
+    items: int
+    saturated: dict[str, float] = field(default_factory=dict)  # fraction of neuron-steps
+
+
+def evaluate(net: Network, x: np.ndarray, y: np.ndarray, timesteps: Sequence[int], *,
+             seed: int = 0, batch_size: int | None = None, device: str = "cpu",
+             progress: bool = True) -> SnnEval:
+    """Run the engine once to max(timesteps) and read accuracy at every checkpoint."""
+    checkpoints = sorted(set(int(t) for t in timesteps))
+    steps = checkpoints[-1]
+    if steps < net.depth():
+        raise LavaconvError(f"--timesteps {steps} is shorter than the network's depth "
+                            f"{net.depth()}: the readout would receive nothing")
+    batch_size = batch_size or auto_batch(net, steps)
+    correct = dict.fromkeys(checkpoints, 0)
+    spikes = {t: {} for t in checkpoints}
+    saturated: dict[str, int] = {}
+    bar = tqdm(total=len(x), desc=f"simulate T={steps}", unit="item", disable=not progress,
+               leave=False)
+    start_time = time.perf_counter()
+    for start, xb in _batches(x, batch_size):
+        payload = encode_input(net, xb, steps, seed=seed + start, device=device)
+        res = simulate(net, payload, checkpoints)
+        yb = torch.as_tensor(y[start:start + len(xb)])
+        for t in checkpoints:
+            correct[t] += int((res.predictions(t).cpu() == yb).sum())
+            for name, n in res.spikes_at[t].items():
+                spikes[t][name] = spikes[t].get(name, 0.0) + n
+        for name, n in res.saturated.items():
+            saturated[name] = saturated.get(name, 0) + n
+        bar.update(len(xb))
+    bar.close()
+    elapsed = time.perf_counter() - start_time
+    sizes = {name: int(np.prod(node.shape)) for name, node in net.nodes.items()
+             if isinstance(node, (IF, MaxPool))}
+    n = max(len(x), 1)
+    rate = {t: {k: 100.0 * v / (sizes[k] * t * n) for k, v in spikes[t].items()}
+            for t in checkpoints}
+    return SnnEval(
+        accuracy={t: c / n for t, c in correct.items()},
+        spike_rate=rate,
+        seconds_per_step=elapsed / (steps * n),
+        items=len(x),
+        saturated={k: v / (int(np.prod(net.nodes[k].shape)) * steps * n)
+                   for k, v in saturated.items()},
+    )
+
+
+def build(gm: torch.fx.GraphModule, dataset: Dataset, options: ConvertOptions,
+          progress: bool = True) -> tuple[Network, dict[str, ActivationStats]]:
+    """Calibrate on the calibration items only, then convert."""
+    stats = calibrate(gm, dataset.x_calib, progress=progress)
+    net = convert(gm, tuple(dataset.x_eval.shape[1:]), stats, options)
+    return net, stats

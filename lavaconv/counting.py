@@ -1,0 +1,80 @@
+"""Operation counts: ANN multiply-accumulates and SNN synaptic operations.
+
+Convention: one MAC is 1 op here (torchvision / syops-counter); an FPGA datasheet's FLOP count
+is 2 per MAC. A synaptic operation (SOP) is one spike arriving at one synapse; a source neuron's
+fan-out is counted exactly from the connection structure (conv borders and strides included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+from lavaconv.network import Conv, Dense, Input, Network
+
+aten = torch.ops.aten
+
+
+@dataclass
+class LayerCount:
+    name: str
+    kind: str
+    ops: float  # MACs (ANN) or SOPs per item (SNN)
+    graded: bool = False  # SNN: the source sends graded spikes (analog input: MACs, SNM eq. 15)
+
+
+def ann_macs(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> list[LayerCount]:
+    """MACs of every conv and linear layer of a canonical graph, for one item."""
+    ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    out = []
+    for node in gm.graph.nodes:
+        if node.target == aten.conv2d.default:
+            w = getattr(gm, node.args[1].target)
+            n_out = int(np.prod(node.meta["tensor_meta"].shape[1:]))
+            out.append(LayerCount(node.name, "conv", float(n_out * np.prod(w.shape[1:]))))
+        elif node.target == aten.linear.default:
+            w = getattr(gm, node.args[1].target)
+            out.append(LayerCount(node.name, "linear", float(w.shape[0] * w.shape[1])))
+    return out
+
+
+def fan_out(syn: Conv | Dense, src_shape: tuple[int, ...]) -> np.ndarray:
+    """Number of target neurons each source neuron reaches through ``syn`` (src_shape)."""
+    if isinstance(syn, Dense):
+        return (np.asarray(syn.weight) != 0).sum(axis=0).reshape(src_shape).astype(np.float64)
+    w = torch.ones(np.asarray(syn.weight).shape, dtype=torch.float64)
+    out_shape = F.conv2d(torch.zeros(1, *src_shape, dtype=torch.float64), w, None, syn.stride,
+                         syn.padding, 1, syn.groups).shape
+    back = F.conv_transpose2d(torch.ones(out_shape, dtype=torch.float64), w, None, syn.stride,
+                              syn.padding, groups=syn.groups)
+    # conv_transpose may come out smaller than the source when stride leaves rows unused
+    full = torch.zeros(1, *src_shape, dtype=torch.float64)
+    h, wd = back.shape[2:]
+    full[:, :, :h, :wd] = back[:, :, : src_shape[1], : src_shape[2]]
+    return full[0].numpy()
+
+
+def snn_synops(net: Network, spike_counts: dict[str, np.ndarray],
+               input_events: np.ndarray, items: int) -> list[LayerCount]:
+    """SOPs per item of every synapse, from per-neuron spike counts summed over ``items``.
+
+    ``input_events`` are the input node's non-zero payload events per neuron (summed over
+    items); for analog input they are graded (multiply-accumulates, SNM eq. 15).
+    """
+    out = []
+    inp = net.nodes[net.input_name]
+    fans: dict[int, np.ndarray] = {}
+    for i, syn in enumerate(net.synapses):
+        src = net.nodes[syn.source]
+        counts = input_events if isinstance(src, Input) else spike_counts[syn.source]
+        fans[i] = fan_out(syn, tuple(src.shape))
+        ops = float((np.abs(np.asarray(counts)) * fans[i]).sum()) / max(items, 1)
+        graded = isinstance(src, Input) and inp.encoding == "analog"
+        out.append(LayerCount(f"{syn.source}->{syn.target}", type(syn).__name__.lower(), ops,
+                              graded))
+    return out

@@ -1,0 +1,115 @@
+"""Lava processes of lavaconv: interfaces only (ports, Vars, parameters); behaviour in models.py.
+
+Every process runs items back to back with a period of ``steps + 1`` timesteps
+(docs/design.md section 4): local step ``t = (time_step - 1) mod (steps + 1)``; steps
+``t < steps`` compute the item, step ``t == steps`` silences every output and zeroes all state,
+so the next item starts from zero. Arrays use Lava's layout: maps are ``(W, H, C)``.
+
+This folder holds only this file and ``models.py``: Lava's model discovery executes every
+``.py`` file next to a process's module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+
+RESETS = ("subtract", "zero")
+
+
+def _full(value: np.ndarray | float, shape: tuple[int, ...]) -> np.ndarray:
+    return np.array(np.broadcast_to(value, shape))
+
+
+class Integrator(AbstractProcess):
+    """Shared interface of :class:`Readout` and :class:`IFNeuron`: input, potential, bias.
+
+    ``a_exp`` is the dendritic exponent of fixed point (``G(a) = a << (6 + a_exp)``), ``t_start``
+    the first local step with bias current, ``state_bits`` the width v saturates to.
+    """
+
+    def __init__(self, *, shape: tuple[int, ...], bias: np.ndarray | float = 0,
+                 a_exp: int = 0, t_start: int = 0, steps: int, state_bits: int = 24,
+                 name: str | None = None, **kwargs) -> None:
+        super().__init__(shape=shape, bias=bias, a_exp=a_exp, t_start=t_start, steps=steps,
+                         state_bits=state_bits, name=name, **kwargs)
+        self.a_in = InPort(shape=shape)
+        self.v = Var(shape=shape, init=0)
+        self.bias = Var(shape=shape, init=_full(bias, shape))
+        self.a_exp = Var(shape=(1,), init=a_exp)
+
+
+class Readout(Integrator):
+    """Non-spiking integrator (the output layer); class = argmax v at the item's last step.
+
+    Dynamics per step t < steps (G: identity in floating point, ``a << (6 + a_exp)`` with
+    a flooring right shift when negative in fixed point; sat: clip to ``state_bits`` signed)::
+
+        v[t] = sat(v[t-1] + G(a_in[t]) + bias * [t >= t_start])
+
+    and ``v = 0`` at the reset step ``t == steps``.
+    """
+
+
+class IFNeuron(Integrator):
+    """Integrate-and-fire population with reset by subtraction or to zero.
+
+    Dynamics per step t < steps (v integrates as in :class:`Readout`, then)::
+
+        s_out[t] = v[t] >= vth
+        v[t]    -= vth * s_out[t]     (reset='subtract': soft reset, RMP / Rueckauer eq. 4b)
+        v[t]     = 0 where s_out[t]   (reset='zero': hard reset, Rueckauer eq. 4a)
+        count   += s_out[t]           (spikes in the current item)
+
+    and ``s_out = 0``, ``v = 0``, ``count = 0`` at the reset step ``t == steps``.
+    A signed neuron (graded ±spikes) would be a sibling process with a signed ``s_out``.
+    """
+
+    def __init__(self, *, shape: tuple[int, ...], vth: np.ndarray | float,
+                 reset: str = "subtract", **kwargs) -> None:
+        if reset not in RESETS:
+            raise ValueError(f"IFNeuron reset must be one of {RESETS}, not {reset!r}")
+        super().__init__(shape=shape, reset=reset, **kwargs)
+        self.s_out = OutPort(shape=shape)
+        self.vth = Var(shape=shape, init=_full(vth, shape))
+        self.count = Var(shape=shape, init=0)
+
+
+class SpikeSource(AbstractProcess):
+    """Plays back a payload: item k's step t sends ``payload[k, t]`` (graded or ±1 spikes).
+
+    ``payload`` is ``(K, steps, *shape)``; the reset step of every item and every step after
+    the last item send zeros, so synapses fed by this source hold zero at each item's step 0.
+    """
+
+    def __init__(self, *, payload: np.ndarray, name: str | None = None, **kwargs) -> None:
+        items, steps, *shape = payload.shape
+        super().__init__(items=items, steps=steps, name=name, **kwargs)
+        self.s_out = OutPort(shape=tuple(shape))
+        self.payload = Var(shape=payload.shape, init=payload)
+
+
+class MaxPoolGate(AbstractProcess):
+    """Rate-gated spiking max-pool (Rueckauer et al. 2017, sec. 3.6), no delay.
+
+    Dynamics per step t < steps, for each window of ``s_in`` (kernel, stride and padding in
+    Lava's (W, H) order; candidates in torch's row-major (h, w) window order)::
+
+        c       += s_in[t]
+        s_out[t] = s_in[t] at the first candidate with the largest c (padding never wins)
+        count   += s_out[t]
+
+    and ``c = 0``, ``count = 0``, ``s_out = 0`` at the reset step ``t == steps``.
+    """
+
+    def __init__(self, *, in_shape: tuple[int, int, int], out_shape: tuple[int, int, int],
+                 kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                 steps: int, name: str | None = None, **kwargs) -> None:
+        super().__init__(in_shape=in_shape, out_shape=out_shape, kernel=kernel, stride=stride,
+                         padding=padding, steps=steps, name=name, **kwargs)
+        self.s_in = InPort(shape=in_shape)
+        self.s_out = OutPort(shape=out_shape)
+        self.c = Var(shape=in_shape, init=0)
+        self.count = Var(shape=out_shape, init=0)

@@ -1,0 +1,143 @@
+"""Conversion core: normalisation modes, shortcut scaling, and the SNN matching the ANN."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lavaconv.calibrate import collect
+from lavaconv.convert import ConvertOptions, NormSpec, calibration_nodes, convert
+from lavaconv.engine import encode_input, simulate
+from lavaconv.errors import LavaconvError
+from lavaconv.frontend import canonicalize
+from lavaconv.network import IF, Conv, Dense, MaxPool
+
+
+class Block(nn.Module):
+    """A residual block with an identity shortcut and a 1x1-conv shortcut block after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.c1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.c3 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.short = nn.Conv2d(4, 6, 1, stride=2)
+        self.fc = nn.Linear(6 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.c2(torch.relu(self.c1(x))) + x)
+        x = torch.relu(self.c3(x) + self.short(x))
+        return self.fc(x.flatten(1))
+
+
+def calibrated(model: nn.Module, x: torch.Tensor):
+    gm = canonicalize(model.eval(), tuple(x.shape[1:]))
+    names = calibration_nodes(gm)
+    by_node = collect(gm, [x[:32], x[32:]], sorted(set(names.values())))
+    return gm, {pop: by_node[node] for pop, node in names.items()}
+
+
+@pytest.fixture(scope="module")
+def block():
+    torch.manual_seed(0)
+    model = Block()
+    x = torch.rand(64, 1, 8, 8)
+    gm, stats = calibrated(model, x)
+    return model, x, gm, stats
+
+
+def test_norm_spec_parsing():
+    assert NormSpec.parse("p99.9") == NormSpec("percentile", 99.9, False)
+    assert NormSpec.parse("max:channel") == NormSpec("max", 100.0, True)
+    assert str(NormSpec.parse("p99.99:channel")) == "p99.99:channel"
+    for bad in ("p0", "p101", "median", "max:layer"):
+        with pytest.raises(LavaconvError, match="--norm"):
+            NormSpec.parse(bad)
+
+
+def test_identity_shortcut_is_scaled_by_lambda_in_over_lambda_out(block):
+    # S-ResNet eq. 6: the shortcut weight becomes max_in / max_out
+    _, _, gm, stats = block
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec("max")))
+    pops = [n for n, v in net.nodes.items() if isinstance(v, IF)]
+    stem, _, out1 = pops[0], pops[1], pops[2]
+    identity = [s for s in net.inputs_of(out1) if s.source == stem]
+    assert len(identity) == 1 and identity[0].groups == 4
+    expected = float(stats[stem].max(False)) / float(stats[out1].max(False))
+    np.testing.assert_allclose(identity[0].weight.ravel(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["none", "max", "p99", "max:channel", "p99.9:channel"])
+def test_normalised_rates_approach_ann_activations(block, spec):
+    model, x, gm, stats = block
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec.parse(spec)))
+    lam = net.nodes["output"].scale
+    with torch.no_grad():
+        ann = model(x[:16]).numpy()
+    steps = 2000
+    res = simulate(net, encode_input(net, x[:16].numpy(), steps))
+    snn = res.readout[steps].numpy() * lam / (steps - net.depth())
+    # the readout potential divided by the integration time estimates the ANN output
+    err = np.abs(snn - ann).max() / np.abs(ann).max()
+    assert err < (0.05 if spec != "p99" else 0.15)
+    if spec.endswith("channel"):
+        assert net.nodes[next(iter(n for n, v in net.nodes.items() if isinstance(v, IF)))
+                         ].scale.shape == (4,)
+
+
+def test_max_norm_thresholds_bound_rates(block):
+    _, x, gm, stats = block
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec("max")))
+    res = simulate(net, encode_input(net, x[:8].numpy(), 200))
+    for name, node in net.nodes.items():
+        if isinstance(node, IF):
+            assert float(res.spike_counts[name].max()) <= 200
+
+
+def test_vgg_pieces_maxpool_gate_avgpool_dense():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 3, 3, padding=1)
+            self.fc = nn.Linear(3 * 2 * 2, 2)
+
+        def forward(self, x):
+            x = nn.functional.max_pool2d(self.c(x), 2)  # max-pool before ReLU: swapped
+            x = torch.relu(x)
+            x = nn.functional.avg_pool2d(x, 2)
+            return self.fc(torch.flatten(x, 1))
+
+    torch.manual_seed(1)
+    gm, stats = calibrated(Net(), torch.rand(64, 1, 8, 8))
+    net = convert(gm, (1, 8, 8), stats)
+    kinds = [type(v).__name__ for v in net.nodes.values()]
+    assert kinds == ["Input", "IF", "MaxPool", "Readout"]
+    dense = net.inputs_of("output")
+    assert len(dense) == 1 and isinstance(dense[0], Dense) and dense[0].weight.shape == (2, 48)
+    pool = next(v for v in net.nodes.values() if isinstance(v, MaxPool))
+    assert pool.kernel == (2, 2) and pool.shape == (3, 4, 4)
+    assert isinstance(net.synapses[0], Conv)
+
+
+def test_two_linear_layers_without_relu_are_refused():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8, 2))
+    gm, stats = calibrated(model, torch.rand(64, 1, 6, 6))
+    with pytest.raises(LavaconvError, match="cannot be one synapse"):
+        convert(gm, (1, 6, 6), stats)
+
+
+def test_network_roundtrip(tmp_path, block):
+    _, _, gm, stats = block
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec.parse("p99.9:channel"), "if"))
+    net.save(tmp_path)
+    back = type(net).load(tmp_path)
+    assert list(back.nodes) == list(net.nodes) and back.meta == net.meta
+    for a, b in zip(net.synapses, back.synapses):
+        assert type(a) is type(b) and np.array_equal(a.weight, b.weight)
+    for name in net.nodes:
+        for field, value in vars(net.nodes[name]).items():
+            other = getattr(back.nodes[name], field)
+            assert np.array_equal(np.asarray(value), np.asarray(other)), (name, field)

@@ -50,13 +50,13 @@ def fan_out(syn: Conv | Dense, src_shape: tuple[int, ...]) -> np.ndarray:
     w = torch.ones(np.asarray(syn.weight).shape, dtype=torch.float64)
     out_shape = F.conv2d(torch.zeros(1, *src_shape, dtype=torch.float64), w, None, syn.stride,
                          syn.padding, 1, syn.groups).shape
-    back = F.conv_transpose2d(torch.ones(out_shape, dtype=torch.float64), w, None, syn.stride,
-                              syn.padding, groups=syn.groups)
-    # conv_transpose may come out smaller than the source when stride leaves rows unused
-    full = torch.zeros(1, *src_shape, dtype=torch.float64)
-    h, wd = back.shape[2:]
-    full[:, :, :h, :wd] = back[:, :, : src_shape[1], : src_shape[2]]
-    return full[0].numpy()
+    h, wd = out_shape[2:]
+    k, st, pad = syn.weight.shape[2:], syn.stride, syn.padding
+    # output_padding restores the rows and columns a stride leaves unused at the far border
+    extra = tuple(src_shape[1 + i] - ((h, wd)[i] - 1) * st[i] + 2 * pad[i] - k[i] for i in (0, 1))
+    back = F.conv_transpose2d(torch.ones(out_shape, dtype=torch.float64), w, None, st, pad,
+                              output_padding=extra, groups=syn.groups)
+    return back[0].numpy()
 
 
 def snn_synops(net: Network, spike_counts: dict[str, np.ndarray],

@@ -1,0 +1,263 @@
+"""Lava back end against closed forms, stock-process behaviour and the fast engine, bit for bit."""
+
+import glob
+import math
+import os
+from multiprocessing import resource_tracker
+
+import numpy as np
+import pytest
+import torch
+
+from lavaconv.engine import encode_input, simulate
+from lavaconv.errors import LavaconvError
+from lavaconv.lava import build, loihi2_available, missing_hw_models, run_lava
+from lavaconv.lava import run as lava_run
+from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+
+STEPS = 16
+
+
+def _even(rng, shape, lo, hi):
+    return 2 * rng.integers(lo // 2, hi // 2 + 1, size=shape)
+
+
+def dense_net(encoding: str, reset: str, seed: int = 0) -> Network:
+    """Input → IF → IF (the other reset) → readout; a_exp < 0 floors negative inputs."""
+    rng = np.random.default_rng(seed)
+    other = "zero" if reset == "subtract" else "subtract"
+    first = -4 if encoding == "analog" else 0
+    nodes = {
+        "x": Input((10,), encoding, payload_bits=8, gain=16.0),
+        "h1": IF((8,), 64 * rng.integers(-8, 6, 8), np.array(2**13), reset, 1, a_exp=first),
+        "h2": IF((6,), 64 * rng.integers(-2, 3, 6), np.array(2**11), other, 2, a_exp=-7),
+        "output": Readout((4,), 64 * rng.integers(-6, 6, 4), 3, a_exp=0),
+    }
+    syn = [Dense("x", "h1", _even(rng, (8, 10), -120, 254)),
+           Dense("h1", "h2", _even(rng, (6, 8), -200, 254)),
+           Dense("h2", "output", _even(rng, (4, 6), -256, 254))]
+    return Network(nodes, syn, numeric="int")
+
+
+def conv_net(encoding: str, reset: str, seed: int = 0) -> Network:
+    """Conv with padding, padded max-pool gate, depthwise avg-pool, a residual join (conv +
+    depthwise identity into one IF), strided conv, two Dense from maps into a saturating readout."""
+    rng = np.random.default_rng(seed)
+    c = 3
+    first = -4 if encoding == "analog" else 0
+    nodes = {
+        "x": Input((2, 6, 6), encoding, payload_bits=8, gain=16.0),
+        "a": IF((c, 6, 6), 64 * rng.integers(-4, 4, (c, 1, 1)),
+                2 ** rng.integers(12, 14, (c, 1, 1)), reset, 1, a_exp=first),
+        "pool": MaxPool((c, 3, 3), "a", (3, 3), (2, 2), (1, 1)),
+        "e": IF((c, 3, 3), np.zeros((c, 1, 1), np.int64), np.array(2**8), reset, 2, a_exp=-6),
+        "r": IF((c, 3, 3), 64 * rng.integers(-2, 4, (c, 3, 3)), np.array(2**12), reset, 2,
+                a_exp=-4),
+        "b": IF((c, 2, 2), np.full((c, 1, 1), -32), np.array(2**12), "zero", 2, a_exp=-6),
+        "output": Readout((4,), 64 * rng.integers(-5, 5, 4), 3, a_exp=-5, state_bits=16),
+    }
+    syn = [
+        Conv("x", "a", _even(rng, (c, 2, 3, 3), -100, 200), (1, 1), (1, 1)),
+        Conv("a", "e", np.full((c, 1, 2, 2), 64), (2, 2), (0, 0), groups=c),  # avg-pool 2x2
+        Conv("e", "r", _even(rng, (c, c, 3, 3), -80, 200), (1, 1), (1, 1)),
+        Conv("pool", "r", np.full((c, 1, 1, 1), 128), groups=c),  # identity shortcut
+        Conv("pool", "b", _even(rng, (c, c, 3, 3), -100, 250), (2, 2), (1, 1)),
+        Dense("r", "output", _even(rng, (4, c * 9), -200, 254)),
+        Dense("b", "output", _even(rng, (4, c * 4), -200, 254)),
+    ]
+    return Network(nodes, syn, numeric="int")
+
+
+def to_float(net: Network) -> Network:
+    """The float network whose unit threshold matches each integer threshold; every value is a
+    short dyadic fraction, so float32 (engine) and float64 (Lava) compute it exactly."""
+    nodes, syns = dict(net.nodes), []
+    inp = net.nodes[net.input_name]
+    nodes[net.input_name] = Input(inp.shape, inp.encoding)
+    for syn in net.synapses:
+        dst = net.nodes[syn.target]
+        vth = (np.broadcast_to(dst.v_threshold, dst.shape).reshape(dst.shape[0], -1)[:, 0]
+               if isinstance(dst, IF) else np.full(dst.shape[0], 2.0**12))
+        unit = inp.gain if syn.source == net.input_name and inp.encoding == "analog" else 1.0
+        per_row = vth.reshape(-1, *[1] * (syn.weight.ndim - 1))
+        w = syn.weight * 2.0 ** (6 + dst.a_exp) * unit / per_row
+        syns.append(type(syn)(**{**syn.__dict__, "weight": w}))
+    for name, node in net.nodes.items():
+        if isinstance(node, IF):
+            nodes[name] = IF(node.shape, node.bias / node.v_threshold, np.ones(()), node.reset,
+                             node.t_start)
+        elif isinstance(node, Readout):
+            nodes[name] = Readout(node.shape, node.bias / 2.0**12, node.t_start)
+    return Network(nodes, syns, numeric="float")
+
+
+def _inputs(net: Network, items: int = 2) -> np.ndarray:
+    x = np.random.default_rng(1).uniform(-0.5, 1, (items, *net.nodes[net.input_name].shape))
+    return np.round(x * 16) / 16
+
+
+def _children() -> set[str]:
+    found: set[str] = set()
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        with open(path) as f:
+            found.update(f.read().split())
+    return found
+
+
+@pytest.fixture(autouse=True)
+def single_thread_torch():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_closed_form_soft_and_hard_reset_bias_and_floor_shift():
+    # a[t] = w * p from t = 1 on; at most one spike per step (w * p <= vth)
+    w = np.array([[64, 0], [128, 0], [254, 0], [-64, 0], [0, 0]])
+    vth, bias, steps = 64 * 16, 48, 24
+    out_w = np.array([[6, -10], [-2, 0]])
+    nodes = {
+        "x": Input((2,), payload_bits=8, gain=1.0),
+        "soft": IF((5,), np.array([0, 0, 0, 0, bias]), np.array(vth), "subtract", 1, a_exp=-6),
+        "hard": IF((5,), np.array([0, 0, 0, 0, bias]), np.array(vth), "zero", 1, a_exp=-6),
+        "output": Readout((2,), np.array([5, -3]), 4, a_exp=-8),
+    }
+    syns = [Dense("x", "soft", w), Dense("x", "hard", w), Dense("x", "output", out_w)]
+    net = Network(nodes, syns, numeric="int")
+    payload = np.array([[3.0, -7.0], [4.0, 3.0]])
+    res = run_lava(net, encode_input(net, payload, steps).numpy())
+    for k, (p, q) in enumerate(payload):
+        drive = np.append(w[:4, 0] * p, bias)
+        soft = [math.floor((steps - 1) * d / vth) if d > 0 else 0 for d in drive]
+        hard = [(steps - 1) // math.ceil(vth / d) if d > 0 else 0 for d in drive]
+        assert res.spike_counts["soft"][k].tolist() == soft  # Rueckauer eq. 6
+        assert res.spike_counts["hard"][k].tolist() == hard
+        a = out_w @ np.array([p, q])
+        expected = (steps - 1) * np.floor(a * 2.0**-2) + np.array([5, -3]) * (steps - 4)
+        assert res.readout[k].tolist() == expected.tolist()  # floor shift of negative a
+
+
+@pytest.mark.parametrize("message_bits", [0, 8])
+def test_stock_dense_with_graded_signed_payload(message_bits):
+    # Dense's s_in is typed bool, yet the channel carries the sender's int32: with
+    # num_message_bits > 0 it computes W @ p for signed graded p; with 0 it casts p to bool.
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.dense.process import Dense as LavaDense
+
+    from lavaconv.lava.procs.process import Readout as ReadoutProc
+    from lavaconv.lava.procs.process import SpikeSource
+
+    steps = 5
+    p = np.array([-3, 5, 0, 7], np.int32)
+    w = np.array([[2, -4, 6, 8], [-10, 12, 14, -16]])
+    src = SpikeSource(payload=np.tile(p, (1, steps, 1)))
+    dense = LavaDense(weights=w, num_message_bits=message_bits)
+    out = ReadoutProc(shape=(2,), a_exp=-6, t_start=steps, steps=steps)
+    src.s_out.connect(dense.s_in)
+    dense.a_out.connect(out.a_in)
+    try:
+        out.run(RunSteps(num_steps=steps), Loihi2SimCfg(select_tag="fixed_pt"))
+        v = out.v.get()
+    finally:
+        out.stop()
+    seen = p if message_bits else (p != 0).astype(int)
+    assert v.tolist() == ((steps - 1) * (w @ seen)).tolist()
+
+
+def test_reset_step_zeroes_state_and_synapse_buffers():
+    from lava.magma.core.run_conditions import RunSteps
+
+    net = conv_net("analog", "subtract")
+    graph = build(net, encode_input(net, _inputs(net), STEPS).numpy())
+    anchor = graph.nodes["x"]
+    buffers = {k: (p, "a_buff" if hasattr(p, "a_buff") else "a_buf")
+               for k, p in graph.synapses.items()}
+    try:
+        anchor.create_runtime(run_cfg=lava_run.run_config(graph, "fixed_pt", "sim"))
+        anchor.run(RunSteps(num_steps=STEPS))
+        before = {k: getattr(p, var).get() for k, (p, var) in buffers.items()}
+        anchor.run(RunSteps(num_steps=1))  # the reset step
+        after = {k: getattr(p, var).get() for k, (p, var) in buffers.items()}
+        state = {f"{n}.{var}": getattr(p, var).get() for n, p in graph.nodes.items()
+                 for var in ("v", "count", "c") if hasattr(p, var)}
+    finally:
+        anchor.stop()
+    assert np.any(before["0:x->a"]) and np.any(before["1:a->e"])  # the check below can fail
+    assert {k: float(np.abs(a).max()) for k, a in after.items()} == dict.fromkeys(after, 0.0)
+    assert {k: float(np.abs(s).max()) for k, s in state.items()} == dict.fromkeys(state, 0.0)
+
+
+def _assert_same(net: Network, payload: torch.Tensor, res, exact: bool) -> None:
+    eng = simulate(net, payload)
+    assert set(res.spike_counts) == set(eng.spike_counts)
+    for name, counts in eng.spike_counts.items():
+        assert np.array_equal(counts.numpy(), res.spike_counts[name]), name
+        assert 0 < counts.sum() < counts.numel() * payload.shape[0], f"{name} idle or saturated"
+    expected = eng.readout[payload.shape[0]].numpy()
+    if exact:
+        assert np.array_equal(expected, res.readout)
+    else:
+        assert np.allclose(expected, res.readout, rtol=1e-6, atol=1e-6)
+    assert not np.array_equal(res.readout[0], res.readout[1])  # items really differ
+
+
+@pytest.mark.parametrize("make", [dense_net, conv_net])
+@pytest.mark.parametrize("encoding,reset", [("analog", "subtract"), ("poisson", "zero")])
+def test_fixed_pt_is_bit_exact_with_the_engine(make, encoding, reset):
+    net = make(encoding, reset)
+    payload = encode_input(net, _inputs(net), STEPS, seed=3)
+    _assert_same(net, payload, run_lava(net, payload.numpy(), tag="fixed_pt"), exact=True)
+
+
+@pytest.mark.parametrize("make,encoding,reset",
+                         [(conv_net, "analog", "subtract"), (dense_net, "poisson", "zero")])
+def test_floating_pt_matches_the_engine(make, encoding, reset):
+    net = to_float(make(encoding, reset))
+    payload = encode_input(net, _inputs(net), STEPS, seed=3)
+    assert payload.dtype == torch.float32
+    _assert_same(net, payload, run_lava(net, payload.numpy(), tag="floating_pt"), exact=False)
+
+
+def test_no_process_left_behind_also_after_an_error(monkeypatch):
+    resource_tracker.ensure_running()  # Python's own per-interpreter helper, shared by all
+    before = _children()
+    net = dense_net("analog", "zero")
+    payload = encode_input(net, _inputs(net), 4).numpy()
+    run_lava(net, payload)
+    assert _children() == before
+
+    def broken(*args):
+        raise RuntimeError("read failed")
+
+    monkeypatch.setattr(lava_run, "_read", broken)
+    with pytest.raises(RuntimeError, match="read failed"):
+        run_lava(net, payload)
+    assert _children() == before
+
+
+def test_user_errors_name_the_fault():
+    net = dense_net("analog", "subtract")
+    payload = encode_input(net, _inputs(net), 4).numpy()
+    with pytest.raises(LavaconvError, match="payload shape"):
+        build(net, payload[:, :, :5])
+    net.synapses[0].weight[0, 0] = 3
+    with pytest.raises(LavaconvError, match=r"synapse 0:x->h1: Dense weights must be even"):
+        build(net, payload)
+    with pytest.raises(LavaconvError, match="tag"):
+        run_lava(dense_net("analog", "subtract"), payload, tag="bit_exact")
+
+
+def test_loihi2_target_names_what_cannot_map():
+    net = conv_net("analog", "subtract")
+    payload = encode_input(net, _inputs(net), 4).numpy()
+    missing = missing_hw_models(build(net, payload))
+    ours = [f"{name} ({type_})" for name, type_ in
+            [("x", "SpikeSource"), ("a", "IFNeuron"), ("pool", "MaxPoolGate"),
+             ("output", "Readout")]]
+    assert set(ours) <= set(missing)  # no public Loihi model for lavaconv's own processes
+    if not loihi2_available():
+        assert "0:x->a (Conv)" in missing  # stock models come with Intel's extension
+        with pytest.raises(LavaconvError, match="lava-loihi"):
+            run_lava(net, payload, target="loihi2")

@@ -40,22 +40,23 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="full tracebacks on internal errors")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
     ap = argparse.ArgumentParser(prog="lavaconv", description=__doc__)
-    ap.add_argument("--debug", action="store_true", help="full tracebacks on internal errors")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", help="convert a model to a float spiking network")
+    p = sub.add_parser("convert", parents=[common], help="convert a model to a float spiking network")
     _model_args(p)
     p.add_argument("--out", required=True, help="output directory")
 
-    p = sub.add_parser("eval", help="accuracy of the ANN and the SNN against timesteps")
+    p = sub.add_parser("eval", parents=[common], help="accuracy of the ANN and the SNN against timesteps")
     _model_args(p)
     p.add_argument("--timesteps", type=_timesteps, default=_timesteps(DEFAULT_TIMESTEPS))
     p.add_argument("--profile", help="also evaluate the integer network of this profile")
     p.add_argument("--json", help="write the results to this JSON file")
 
-    p = sub.add_parser("deploy", help="quantize, run on Lava, verify bit-exactness, report")
+    p = sub.add_parser("deploy", parents=[common], help="quantize, run on Lava, verify bit-exactness, report")
     _model_args(p)
     p.add_argument("--target", choices=["sim", "loihi2"], default="sim")
     p.add_argument("--timesteps", type=int, default=64)
@@ -63,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lava-samples", type=int, default=2, help="items run through Lava")
     p.add_argument("--out", default="out/deploy", help="output directory")
 
-    p = sub.add_parser("profiles", help="list hardware profiles or show one")
+    p = sub.add_parser("profiles", parents=[common], help="list hardware profiles or show one")
     p.add_argument("name", nargs="?", help="profile name or YAML path")
     return ap
 

@@ -96,10 +96,10 @@ def synaptic_input(
             flat = s[:-1].reshape(-1, *s.shape[2:])
             a = _apply_synapse(syn, flat, int_mode)
             a = a.reshape(steps - 1, s.shape[1], *a.shape[1:])
-        total = a if total is None else total + a
-    zero = total.new_zeros((1, *total.shape[1:]))
-    a = torch.cat([zero, total], dim=0)
-    return a.round().to(torch.int64) if int_mode else a
+        if total is None:
+            total = a.new_zeros((steps, *a.shape[1:]))
+        total[1:] += a
+    return total.round().to(torch.int64) if int_mode else total
 
 
 def _gain(a: torch.Tensor, a_exp: int) -> torch.Tensor:
@@ -111,42 +111,50 @@ def _gain(a: torch.Tensor, a_exp: int) -> torch.Tensor:
 def run_population(
     net: Network, node: IF | Readout, a: torch.Tensor, checkpoints: Sequence[int]
 ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor], int]:
-    """Integrate ``a`` (T, B, *shape); return the spike train (IF), v at the checkpoints and
-    how many neuron-steps saturated the state (int mode)."""
+    """Integrate ``a`` (T, B, *shape), which this function may overwrite; return the spike
+    train (IF), v at the checkpoints and how many neuron-steps saturated the state (int mode)."""
     int_mode = net.numeric == "int"
-    steps = a.shape[0]
     dtype = torch.int64 if int_mode else torch.float32
-    dev = a.device
-    bias = torch.as_tensor(node.bias, device=dev).to(dtype)
     if int_mode:
-        lo, hi = -(2 ** (node.state_bits - 1)), 2 ** (node.state_bits - 1) - 1
         a = _gain(a, node.a_exp)
+    a[node.t_start:] += torch.as_tensor(node.bias, device=a.device).to(dtype)
+    lo, hi = -(2 ** (node.state_bits - 1)), 2 ** (node.state_bits - 1) - 1
+    if isinstance(node, Readout):
+        v = torch.cumsum(a, dim=0)
+        if not int_mode or (v.min() >= lo and v.max() <= hi):  # no saturation: a plain sum
+            return None, {t: v[t - 1] for t in checkpoints}, 0
+    return _integrate_and_fire(node, a, checkpoints, (lo, hi) if int_mode else None)
+
+
+def _integrate_and_fire(node: IF | Readout, a: torch.Tensor, checkpoints: Sequence[int],
+                        bounds: tuple[int, int] | None):
+    """The step-by-step loop, in place; ``bounds`` saturate the state (int mode)."""
     spiking = isinstance(node, IF)
+    v = torch.zeros_like(a[0])
+    fired = torch.zeros_like(a[0], dtype=torch.bool)
+    spikes = torch.zeros_like(a) if spiking else None
     if spiking:
-        vth = torch.as_tensor(node.v_threshold, device=dev).to(dtype)
-        spikes = torch.zeros_like(a, dtype=dtype)
-    v = torch.zeros_like(a[0], dtype=dtype)
+        vth = torch.as_tensor(node.v_threshold, device=a.device).to(a.dtype)
+        scalar_vth = vth.dim() == 0
     marks = set(checkpoints)
     at: dict[int, torch.Tensor] = {}
     saturated = 0
-    for t in range(steps):
-        v = v + a[t]
-        if t >= node.t_start:
-            v = v + bias
-        if int_mode:
-            clipped = torch.clamp(v, lo, hi)
-            saturated += int((clipped != v).sum())
-            v = clipped
+    for t in range(a.shape[0]):
+        v.add_(a[t])
+        if bounds is not None:
+            saturated += int(torch.count_nonzero((v < bounds[0]) | (v > bounds[1])))
+            v.clamp_(*bounds)
         if spiking:
-            s = v >= vth
-            if node.reset == "subtract":
-                v = v - vth * s  # reset by subtraction (Rueckauer eq. 4b)
-            else:
-                v = torch.where(s, torch.zeros_like(v), v)  # reset to zero (Rueckauer eq. 4a)
-            spikes[t] = s.to(dtype)
+            torch.ge(v, vth, out=fired)
+            if node.reset == "subtract":  # reset by subtraction (Rueckauer eq. 4b)
+                v.sub_(fired.to(v.dtype) * vth) if not scalar_vth else v.sub_(
+                    fired.to(v.dtype), alpha=vth.item())
+            else:  # reset to zero (Rueckauer eq. 4a)
+                v.masked_fill_(fired, 0)
+            spikes[t] = fired
         if t + 1 in marks:
             at[t + 1] = v.clone()
-    return (spikes if spiking else None), at, saturated
+    return spikes, at, saturated
 
 
 def maxpool_gate(node: MaxPool, s: torch.Tensor) -> torch.Tensor:

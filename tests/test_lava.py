@@ -171,19 +171,19 @@ def test_reset_step_zeroes_state_and_synapse_buffers():
 
     net = conv_net("analog", "subtract")
     graph = build(net, encode_input(net, _inputs(net), STEPS).numpy())
-    anchor = graph.nodes["x"]
+    top = graph.top
     buffers = {k: (p, "a_buff" if hasattr(p, "a_buff") else "a_buf")
                for k, p in graph.synapses.items()}
     try:
-        anchor.create_runtime(run_cfg=lava_run.run_config(graph, "fixed_pt", "sim"))
-        anchor.run(RunSteps(num_steps=STEPS))
+        top.create_runtime(run_cfg=lava_run.run_config(graph, "fixed_pt", "sim", fast=False))
+        top.run(RunSteps(num_steps=STEPS))
         before = {k: getattr(p, var).get() for k, (p, var) in buffers.items()}
-        anchor.run(RunSteps(num_steps=1))  # the reset step
+        top.run(RunSteps(num_steps=1))  # the reset step
         after = {k: getattr(p, var).get() for k, (p, var) in buffers.items()}
         state = {f"{n}.{var}": getattr(p, var).get() for n, p in graph.nodes.items()
                  for var in ("v", "count", "c") if hasattr(p, var)}
     finally:
-        anchor.stop()
+        top.stop()
     assert np.any(before["0:x->a"]) and np.any(before["1:a->e"])  # the check below can fail
     assert {k: float(np.abs(a).max()) for k, a in after.items()} == dict.fromkeys(after, 0.0)
     assert {k: float(np.abs(s).max()) for k, s in state.items()} == dict.fromkeys(state, 0.0)
@@ -205,10 +205,11 @@ def _assert_same(net: Network, payload: torch.Tensor, res, exact: bool) -> None:
 
 @pytest.mark.parametrize("make", [dense_net, conv_net])
 @pytest.mark.parametrize("encoding,reset", [("analog", "subtract"), ("poisson", "zero")])
-def test_fixed_pt_is_bit_exact_with_the_engine(make, encoding, reset):
+def test_fixed_pt_stock_and_fast_are_bit_exact_with_the_engine(make, encoding, reset):
     net = make(encoding, reset)
     payload = encode_input(net, _inputs(net), STEPS, seed=3)
-    _assert_same(net, payload, run_lava(net, payload.numpy(), tag="fixed_pt"), exact=True)
+    for fast in (False, True):  # Lava's stock models, then the fused model: spike for spike
+        _assert_same(net, payload, run_lava(net, payload.numpy(), fast=fast), exact=True)
 
 
 @pytest.mark.parametrize("make,encoding,reset",

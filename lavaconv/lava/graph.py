@@ -2,8 +2,10 @@
 
 One process per node (:class:`SpikeSource`, :class:`IFNeuron`, :class:`Readout`,
 :class:`MaxPoolGate`) and one stock Lava ``Dense``/``Conv`` per synapse, so Intel's Loihi 2
-extension can map the synapses. The Network keeps torch's ``(C, H, W)`` maps; Lava's Conv
-works on ``(W, H, C)``: :func:`to_lava` is the one place that converts (its own inverse).
+extension can map the synapses; all of them are the sub-processes of one
+:class:`SpikingNetwork`, whose model Lava selects per backend. The Network keeps torch's
+``(C, H, W)`` maps; Lava's Conv works on ``(W, H, C)``: :func:`to_lava` is the one place that
+converts (its own inverse).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from lava.proc.dense.process import Dense as LavaDense
 from lava.utils.weightutils import SignMode
 
 from lavaconv.errors import LavaconvError
-from lavaconv.lava.procs.process import IFNeuron, MaxPoolGate, Readout, SpikeSource
+from lavaconv.lava.procs.process import IFNeuron, MaxPoolGate, Readout, SpikeSource, SpikingNetwork
 from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Node, Shape
 
 GRADED_FLOAT_BITS = 24  # message width declared for float payloads (CPU only; Loihi 2's widest)
@@ -43,16 +45,19 @@ def _flat_order(shape: Shape) -> np.ndarray:
 
 @dataclass
 class LavaGraph:
-    """Processes of one network: node name → process, and one process per synapse."""
+    """Processes of one network: node name → process, one process per synapse, and all of
+    them as the sub-processes of one hierarchical process ``top`` (what Lava runs)."""
 
     net: Network
     nodes: dict[str, AbstractProcess]
     synapses: dict[str, AbstractProcess]  # "i:source->target" → Dense/Conv
     steps: int
     items: int
+    top: SpikingNetwork
 
     @property
     def processes(self) -> list[AbstractProcess]:
+        """The sub-processes: nodes in topological order, then synapses."""
         return [*self.nodes.values(), *self.synapses.values()]
 
 
@@ -150,4 +155,5 @@ def build(net: Network, payload: np.ndarray) -> LavaGraph:
         _connect(nodes[syn.source].s_out, proc.s_in)
         _connect(proc.a_out, nodes[syn.target].a_in)
         synapses[key] = proc
-    return LavaGraph(net, nodes, synapses, steps, items)
+    procs = [*nodes.values(), *synapses.values()]
+    return LavaGraph(net, nodes, synapses, steps, items, SpikingNetwork(procs=procs, name="net"))

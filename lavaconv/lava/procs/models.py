@@ -15,10 +15,13 @@ from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
 from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.model.sub.model import AbstractSubProcessModel
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from lavaconv.lava.procs.process import IFNeuron, MaxPoolGate, Readout, SpikeSource
+from lavaconv.lava import dynamics
+from lavaconv.lava.fused import FusedNetwork
+from lavaconv.lava.procs.process import IFNeuron, MaxPoolGate, Readout, SpikeSource, SpikingNetwork
 
 
 class AbstractItemModel(PyLoihiProcessModel):
@@ -30,7 +33,7 @@ class AbstractItemModel(PyLoihiProcessModel):
 
     def local_step(self) -> int:
         """Step within the current item; ``steps`` is the reset step."""
-        return (self.time_step - 1) % (self.steps + 1)
+        return dynamics.local_step(self.time_step, self.steps)[1]
 
 
 class AbstractIntegratorModel(AbstractItemModel):
@@ -44,9 +47,6 @@ class AbstractIntegratorModel(AbstractItemModel):
     def gain(self, a: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def saturate(self, v: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
     def output(self, live: bool) -> None:
         """After the update of v: spike and reset (IF); nothing for a readout."""
 
@@ -54,47 +54,35 @@ class AbstractIntegratorModel(AbstractItemModel):
         a = self.a_in.recv()
         t = self.local_step()
         live = t < self.steps
-        if live:
-            self.v[:] = self.saturate(self.v + self.gain(a) + self.bias * (t >= self.t_start))
-        else:
-            self.v[:] = 0
+        dynamics.integrate(self.v, self.gain(a), self.bias, t >= self.t_start, live,
+                           self.state_bits if self.saturates else None)
         self.output(live)
 
 
 class FloatingPoint:
     """Float regime: identity gain, no saturation."""
 
+    saturates = False
+
     def gain(self, a: np.ndarray) -> np.ndarray:
         return a
-
-    def saturate(self, v: np.ndarray) -> np.ndarray:
-        return v
 
 
 class FixedPoint:
     """Loihi-style integer regime (docs/design.md section 3)."""
 
-    def gain(self, a: np.ndarray) -> np.ndarray:
-        shift = 6 + int(self.a_exp[0])  # u = a << (6 + a_exp); floor shift when negative
-        a = a.astype(np.int64)
-        return np.left_shift(a, shift) if shift >= 0 else np.right_shift(a, -shift)
+    saturates = True
 
-    def saturate(self, v: np.ndarray) -> np.ndarray:
-        half = 2 ** (self.state_bits - 1)
-        return np.clip(v, -half, half - 1)
+    def gain(self, a: np.ndarray) -> np.ndarray:
+        return dynamics.fixed_gain(a, int(self.a_exp[0]))
 
 
 class Fire:
     """IF spiking: ``s = v >= vth``, reset by subtraction or to zero, count per item."""
 
     def output(self, live: bool) -> None:
-        s = (self.v >= self.vth) & live
-        if self.proc_params["reset"] == "subtract":
-            self.v[:] = self.v - self.vth * s
-        else:
-            self.v[s] = 0
-        self.count[:] = self.count + s if live else 0
-        self.s_out.send(s)
+        self.s_out.send(dynamics.fire(self.v, self.vth, self.count, live,
+                                      self.proc_params["reset"]))
 
 
 class AbstractIntegratorFloat(FloatingPoint, AbstractIntegratorModel):
@@ -146,17 +134,9 @@ class PyIFModelFixed(Fire, AbstractIntegratorFixed):
 class AbstractSpikeSourceModel(AbstractItemModel):
     """Send ``payload[k, t]`` at step t of item k; zeros in reset steps and after the items."""
 
-    def __init__(self, proc_params) -> None:
-        super().__init__(proc_params)
-        self.items: int = proc_params["items"]
-
     def run_spk(self) -> None:
-        t = self.local_step()
-        k = (self.time_step - 1) // (self.steps + 1)
-        if t < self.steps and k < self.items:
-            self.s_out.send(self.payload[k, t])
-        else:
-            self.s_out.send(np.zeros(self.payload.shape[2:], self.payload.dtype))
+        item, t = dynamics.local_step(self.time_step, self.steps)
+        self.s_out.send(dynamics.payload_at(self.payload, item, t))
 
 
 @implements(proc=SpikeSource, protocol=LoihiProtocol)
@@ -186,20 +166,39 @@ class PyMaxPoolGateModel(AbstractItemModel):
     c: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
     count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
-    def windows(self, x: np.ndarray, fill: int) -> np.ndarray:
-        """``(kh * kw, W_out, H_out, C)`` window candidates in torch's row-major order."""
-        (kw, kh), (sw, sh), (pw, ph) = (self.proc_params[k] for k in
-                                        ("kernel", "stride", "padding"))
-        w_out, h_out, _ = self.proc_params["out_shape"]
-        x = np.pad(x, ((pw, pw), (ph, ph), (0, 0)), constant_values=fill)
-        return np.stack([x[j:j + sw * (w_out - 1) + 1:sw, i:i + sh * (h_out - 1) + 1:sh]
-                         for i in range(kh) for j in range(kw)])
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.gate = dynamics.Gate(proc_params)
 
     def run_spk(self) -> None:
         s = self.s_in.recv().astype(bool)
         live = self.local_step() < self.steps
-        self.c[:] = self.c + s if live else 0
-        pick = self.windows(self.c, -1).argmax(axis=0)[None]  # first maximum; padding is -1
-        out = np.take_along_axis(self.windows(s, 0), pick, axis=0)[0] & live
-        self.count[:] = self.count + out if live else 0
-        self.s_out.send(out)
+        self.s_out.send(self.gate(self.c, self.count, s, live))
+
+
+@implements(proc=SpikingNetwork, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySpikingNetworkModelFused(PyLoihiProcessModel):
+    """All sub-processes in this one OS process (:class:`~lavaconv.lava.fused.FusedNetwork`)."""
+
+    count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.net: FusedNetwork | None = None
+
+    def run_spk(self) -> None:
+        if self.net is None:  # the Vars exist only once the builder has set them
+            self.net = FusedNetwork(self.proc_params["procs"], self.count, self.v)
+        self.net.step(self.time_step)
+
+
+@implements(proc=SpikingNetwork, protocol=LoihiProtocol)
+class SubSpikingNetworkModel(AbstractSubProcessModel):
+    """The sub-processes as they are, each with its own model (stock, ours, or Loihi 2's)."""
+
+    def __init__(self, proc: SpikingNetwork) -> None:
+        for i, sub in enumerate(proc.proc_params["procs"]):
+            setattr(self, f"proc_{i}", sub)  # Lava finds sub-processes among the attributes

@@ -5,6 +5,9 @@ Every process runs items back to back with a period of ``steps + 1`` timesteps
 ``t < steps`` compute the item, step ``t == steps`` silences every output and zeroes all state,
 so the next item starts from zero. Arrays use Lava's layout: maps are ``(W, H, C)``.
 
+:class:`SpikingNetwork` wraps a whole graph of these (plus Lava's stock Dense/Conv synapses) as
+one hierarchical process, so that Lava's model selection decides how the same graph runs.
+
 This folder holds only this file and ``models.py``: Lava's model discovery executes every
 ``.py`` file next to a process's module.
 """
@@ -113,3 +116,29 @@ class MaxPoolGate(AbstractProcess):
         self.s_out = OutPort(shape=out_shape)
         self.c = Var(shape=in_shape, init=0)
         self.count = Var(shape=out_shape, init=0)
+
+
+COUNTED = (IFNeuron, MaxPoolGate)  # processes with a per-item spike ``count``
+
+
+class SpikingNetwork(AbstractProcess):
+    """A whole converted network as one hierarchical process.
+
+    ``procs`` are the network's node processes in topological order followed by its synapse
+    processes (Lava's stock ``Dense``/``Conv``), already built and connected
+    (:func:`lavaconv.lava.graph.build`). Two models implement it: the sub-process model runs
+    them as they are (Lava's stock models in simulation; Loihi 2), the fused CPU model steps all
+    of them in one OS process with the same fixed-point arithmetic. Either way::
+
+        count = spike counts of the COUNTED processes in the current item, flat, concatenated
+        v     = the readout's potential
+
+    (the fused model's Vars; with the sub-process model read the sub-processes' own Vars).
+    """
+
+    def __init__(self, *, procs: list[AbstractProcess], name: str | None = None) -> None:
+        super().__init__(procs=procs, name=name)
+        sizes = [int(np.prod(p.count.shape)) for p in procs if isinstance(p, COUNTED)]
+        (readout,) = [p for p in procs if isinstance(p, Readout)]
+        self.count = Var(shape=(sum(sizes),), init=0)
+        self.v = Var(shape=readout.v.shape, init=0)

@@ -1,0 +1,125 @@
+"""Every process of a :class:`~lavaconv.lava.graph.LavaGraph` stepped in one OS process.
+
+Lava runs each process in its own OS process and synchronises all of them at every timestep;
+for a VGG-size network on two cores that costs more than the arithmetic. The fused model
+computes, per timestep, exactly what the separate ``fixed_pt`` models compute (see
+:mod:`lavaconv.lava.dynamics`), in Lava's order: every synapse first sends the buffer it filled
+in the previous step, then nodes update in topological order (a max-pool gate reads its source's
+spikes of the same step), then every synapse fills its buffer from what its source sent.
+The wiring is read from the processes' own port connections (virtual ports: reshapes only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from lava.magma.core.process.process import AbstractProcess
+from lava.proc.conv.process import Conv as LavaConv
+from lava.proc.dense.process import Dense as LavaDense
+
+from lavaconv.lava import dynamics
+from lavaconv.lava.dynamics import ConvKernel, DenseKernel
+from lavaconv.lava.procs.process import COUNTED, IFNeuron, MaxPoolGate, Readout, SpikeSource
+
+SYNAPSES = (LavaDense, LavaConv)
+
+
+def initial(proc: AbstractProcess, var: str) -> np.ndarray:
+    """A Var's initial value at its full shape."""
+    v = getattr(proc, var)
+    return np.broadcast_to(np.asarray(v.init), v.shape)
+
+
+def source_of(port) -> AbstractProcess:
+    """The process whose OutPort feeds ``port`` (exactly one)."""
+    (src,) = port.get_src_ports()
+    return src.process
+
+
+@dataclass
+class Edge:
+    """One synapse: what it sends next step (int64, in its target's a_in shape) and its kernel."""
+
+    source: AbstractProcess
+    kernel: Callable[[np.ndarray], np.ndarray]
+    buffer: np.ndarray
+
+
+@dataclass
+class Node:
+    """One node process, its parameters (Var initial values) and its state."""
+
+    proc: AbstractProcess
+    params: dict = field(default_factory=dict)
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+    inputs: list[Edge] = field(default_factory=list)
+
+
+def _node(proc: AbstractProcess) -> Node:
+    if isinstance(proc, SpikeSource):
+        return Node(proc, {"payload": np.asarray(proc.payload.init)})
+    if isinstance(proc, MaxPoolGate):
+        params = {"gate": dynamics.Gate(proc.proc_params), "source": source_of(proc.s_in)}
+        return Node(proc, params, {"c": np.zeros(proc.c.shape, np.int64)})
+    params = {"bias": initial(proc, "bias"), "a_exp": int(np.ravel(proc.a_exp.init)[0]),
+              "t_start": proc.proc_params["t_start"], "state_bits": proc.proc_params["state_bits"]}
+    if isinstance(proc, IFNeuron):
+        params.update(vth=initial(proc, "vth"), reset=proc.proc_params["reset"])
+    return Node(proc, params, {"v": np.zeros(proc.v.shape, np.int64)})
+
+
+class FusedNetwork:
+    """State of all processes; :meth:`step` advances one Lava timestep.
+
+    ``procs``: the graph's node processes in topological order, then its synapses. ``count``
+    and ``v`` are caller-owned int32 arrays (the fused process model's Vars) that receive the
+    spike counts of the ``COUNTED`` processes (flat, concatenated, Lava layout) and the readout's
+    potential; all other state is private.
+    """
+
+    def __init__(self, procs: list[AbstractProcess], count: np.ndarray, v: np.ndarray) -> None:
+        self.nodes = {p: _node(p) for p in procs if not isinstance(p, SYNAPSES)}
+        self.steps = int(next(iter(self.nodes)).proc_params["steps"])
+        offset = 0
+        for proc in (p for p in procs if isinstance(p, COUNTED)):
+            size = int(np.prod(proc.count.shape))
+            self.nodes[proc].state["count"] = count[offset:offset + size].reshape(proc.count.shape)
+            offset += size
+        for node in self.nodes.values():
+            if isinstance(node.proc, Readout):
+                node.state["v"] = v
+        self.edges = []
+        for proc in procs:
+            if isinstance(proc, SYNAPSES):
+                (dst,) = proc.a_out.get_dst_ports()
+                kernel = ConvKernel(proc) if isinstance(proc, LavaConv) else DenseKernel(proc)
+                edge = Edge(source_of(proc.s_in), kernel, np.zeros(dst.shape, np.int64))
+                self.nodes[dst.process].inputs.append(edge)
+                self.edges.append(edge)
+
+    def _update(self, node: Node, item: int, t: int,
+                sent: dict[AbstractProcess, np.ndarray]) -> np.ndarray:
+        params, state = node.params, node.state
+        live = t < self.steps
+        if isinstance(node.proc, SpikeSource):
+            return dynamics.payload_at(params["payload"], item, t)
+        if isinstance(node.proc, MaxPoolGate):
+            return params["gate"](state["c"], state["count"], sent[params["source"]], live)
+        u = dynamics.fixed_gain(sum(e.buffer for e in node.inputs), params["a_exp"])
+        dynamics.integrate(state["v"], u, params["bias"], t >= params["t_start"], live,
+                           params["state_bits"])
+        if isinstance(node.proc, IFNeuron):
+            return dynamics.fire(state["v"], params["vth"], state["count"], live,
+                                 params["reset"])
+        return state["v"]
+
+    def step(self, time_step: int) -> None:
+        """Lava timestep ``time_step`` (from 1) of every process."""
+        item, t = dynamics.local_step(time_step, self.steps)
+        sent: dict[AbstractProcess, np.ndarray] = {}
+        for proc, node in self.nodes.items():
+            sent[proc] = self._update(node, item, t, sent)
+        for e in self.edges:
+            e.buffer = e.kernel(sent[e.source]).reshape(e.buffer.shape)

@@ -1,0 +1,369 @@
+"""NIR and netx exports: read back, re-simulated, against the engine.
+
+Float networks here hold dyadic values (multiples of 2**-8, inputs of 2**-4): every sum is exact
+in float32 whatever the order, so re-simulations must match the engine exactly, and membrane
+potentials land exactly on the threshold often (the v >= threshold case is exercised).
+"""
+
+import math
+
+import nir
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lavaconv.lava  # noqa: F401  (first: Lava sets the fork start method on import)
+from lavaconv.calibrate import collect
+from lavaconv.convert import ConvertOptions, NormSpec, calibration_nodes, convert
+from lavaconv.engine import encode_input, simulate
+from lavaconv.errors import LavaconvError
+from lavaconv.export.netx import export_netx
+from lavaconv.export.nir import below, export_nir, nir_graph, output_node, spike_node
+from lavaconv.export.nir_sim import run_nir
+from lavaconv.frontend import canonicalize
+from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+
+STEPS = 40
+
+
+def dyadic(rng, shape, lo: int, hi: int, den: int) -> np.ndarray:
+    return rng.integers(lo, hi + 1, size=shape) / den
+
+
+def chain(reset: str, seed: int = 0) -> Network:
+    """conv → IF → 2x2 avg-pool (depthwise conv) → IF → flatten → dense → IF → dense → readout."""
+    rng = np.random.default_rng(seed)
+    nodes = {"x": Input((1, 6, 6)),
+             "a": IF((3, 4, 4), dyadic(rng, (3, 1, 1), -2, 4, 32), reset=reset, t_start=1),
+             "b": IF((3, 2, 2), np.zeros(()), reset=reset, t_start=2),
+             "c": IF((5,), dyadic(rng, (5,), -2, 4, 32), reset=reset, t_start=3),
+             "output": Readout((4,), dyadic(rng, (4,), -4, 4, 32), t_start=4)}
+    syns = [Conv("x", "a", dyadic(rng, (3, 1, 3, 3), -8, 12, 16)),
+            Conv("a", "b", np.full((3, 1, 2, 2), 0.25), (2, 2), groups=3),
+            Dense("b", "c", dyadic(rng, (5, 12), -8, 12, 16)),
+            Dense("c", "output", dyadic(rng, (4, 5), -8, 8, 16))]
+    return Network(nodes, syns)
+
+
+def residual(reset: str, encoding: str = "analog", seed: int = 1) -> Network:
+    """a → conv → b → conv → c, plus the identity shortcut a → c: paths of 1 and 2 synapses."""
+    rng = np.random.default_rng(seed)
+    nodes = {"x": Input((2, 5, 5), encoding, 1.0 if encoding == "analog" else 2.0),
+             "a": IF((3, 5, 5), dyadic(rng, (3, 1, 1), -2, 4, 32), reset=reset, t_start=1),
+             "b": IF((3, 5, 5), np.zeros(()), reset=reset, t_start=2),
+             "c": IF((3, 5, 5), dyadic(rng, (3, 1, 1), -2, 4, 32), reset=reset, t_start=2),
+             "output": Readout((4,), dyadic(rng, (4,), -4, 4, 32), t_start=3)}
+    syns = [Conv("x", "a", dyadic(rng, (3, 2, 3, 3), -8, 12, 16), padding=(1, 1)),
+            Conv("a", "b", dyadic(rng, (3, 3, 3, 3), -8, 12, 16), padding=(1, 1)),
+            Conv("b", "c", dyadic(rng, (3, 3, 3, 3), -8, 12, 16), padding=(1, 1)),
+            Conv("a", "c", np.ones((3, 1, 1, 1)), groups=3),
+            Dense("c", "output", dyadic(rng, (4, 75), -8, 8, 16))]
+    return Network(nodes, syns)
+
+
+def payload(net: Network, items: int = 3, seed: int = 2) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    x = dyadic(rng, (items, *net.nodes[net.input_name].shape), 0, 16, 16)
+    return encode_input(net, x, STEPS, seed=seed)
+
+
+def populations(net: Network) -> list[str]:
+    return [n for n, v in net.nodes.items() if isinstance(v, IF)]
+
+
+def assert_nir_matches_engine(net: Network, graph: nir.NIRGraph, p: torch.Tensor) -> None:
+    """NIR node n runs t_start(n) steps ahead: spike counts over T - t_start NIR steps and the
+    readout at NIR step t - 1 - depth equal the engine's counts over T and readout at t."""
+    marks = list(range(net.depth() + 1, STEPS + 1))
+    res = simulate(net, p, marks)
+    out = run_nir(graph, p, [spike_node(n, net) for n in populations(net)])
+    for name in populations(net):
+        ahead = net.nodes[name].t_start
+        counts = out[spike_node(name, net)][: STEPS - ahead].sum(0)
+        assert torch.equal(counts, res.spike_counts[name]), name
+        assert res.spike_counts[name].sum() > 0, name
+    readout = out[output_node(net)]
+    for t in marks:
+        assert torch.equal(readout[t - 1 - net.depth()], res.readout[t]), t
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("make", [chain, residual])
+def test_nir_file_read_back_resimulates_to_the_engine(tmp_path, make, reset):
+    net = make(reset)
+    export_nir(net, tmp_path / "net.nir")
+    assert_nir_matches_engine(net, nir.read(tmp_path / "net.nir"), payload(net))
+
+
+def test_nir_poisson_input_and_residual_delay(tmp_path):
+    net = residual("subtract", "poisson")
+    graph = nir_graph(net)
+    delays = [n for n, v in graph.nodes.items() if isinstance(v, nir.Delay) and "syn" in n]
+    assert delays == ["c.syn0.delay"]  # the long branch b → c waits one step for a → c
+    assert graph.nodes["c.syn0.delay"].delay.max() == 1
+    assert_nir_matches_engine(net, graph, payload(net))
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("z", [0.25, 0.5, 1.0])
+def test_nir_neuron_fires_on_reaching_the_threshold(reset, z):
+    # a constant drive z = 1/n reaches v = 1 exactly every n steps: one spike per n steps
+    # from step 1 (one synapse of delay); NIR's strict v > v_threshold must fire there too
+    nodes = {"x": Input((1,)), "n": IF((1,), np.zeros(1), reset=reset, t_start=1),
+             "output": Readout((1,), np.zeros(1), t_start=2)}
+    net = Network(nodes, [Dense("x", "n", np.array([[z]])), Dense("n", "output", np.ones((1, 1)))])
+    p = encode_input(net, [[1.0]], STEPS)
+    out = run_nir(nir_graph(net), p, [spike_node("n", net)])
+    expected = math.floor((STEPS - 1) * z)
+    assert int(simulate(net, p).spike_counts["n"]) == expected
+    assert int(out[spike_node("n", net)][: STEPS - 1].sum()) == expected
+
+
+def test_nir_graph_holds_our_parameters_and_meaning():
+    assert "v_reset" in nir.IF.__dataclass_fields__  # NIR >= 1.0.6: IF resets to v_reset
+    net = chain("zero")
+    graph = nir_graph(net)
+    neuron = graph.nodes["a"]
+    assert isinstance(neuron, nir.IF)
+    assert np.all(neuron.v_reset == 0) and np.all(neuron.r == 1)
+    assert np.all(neuron.v_threshold == below(1.0))
+    assert np.all(neuron.v_threshold == np.float32(1 - 2**-24))  # the float32 just below 1
+    conv = graph.nodes["a.syn0"]
+    np.testing.assert_array_equal(conv.weight, net.synapses[0].weight.astype(np.float32))
+    np.testing.assert_array_equal(conv.bias, net.nodes["a"].bias.ravel())
+    pool = graph.nodes["b.syn0"]  # grouped conv written block-diagonal
+    assert pool.groups == 1 and pool.weight.shape == (3, 3, 2, 2)
+    np.testing.assert_array_equal(pool.weight[[0, 1, 2], [0, 1, 2]], np.full((3, 2, 2), 0.25))
+    assert pool.weight.sum() == 3.0
+    assert isinstance(graph.nodes["b.flat"], nir.Flatten) and ("b", "b.flat") in graph.edges
+    np.testing.assert_array_equal(graph.nodes["c.syn0"].weight, net.synapses[2].weight)
+    assert isinstance(graph.nodes["output"], nir.I)
+    assert graph.metadata["lavaconv_reset"] == "zero" and graph.metadata["nir_version"]
+    soft = nir_graph(chain("subtract"))
+    assert {type(soft.nodes[n]).__name__ for n in ("a", "a.spike", "a.reset", "a.reset.delay")} \
+        == {"I", "Threshold", "Scale", "Delay"}
+    assert np.all(soft.nodes["a.reset"].scale == -1)
+
+
+def test_nir_refuses_what_it_cannot_express():
+    net = chain("zero")
+    net.nodes = {**net.nodes, "pool": MaxPool((3, 2, 2), "a", (2, 2), (2, 2))}
+    with pytest.raises(LavaconvError, match="node pool .*max-pool"):
+        nir_graph(net)
+    net = chain("zero")
+    net.numeric = "int"
+    with pytest.raises(LavaconvError, match="integer network"):
+        nir_graph(net)
+    net = chain("zero")
+    net.nodes["a"].bias = np.arange(48.0).reshape(3, 4, 4)
+    with pytest.raises(LavaconvError, match="node a .*varies over space"):
+        nir_graph(net)
+
+
+class Block(nn.Module):
+    """Residual block with identity and strided 1x1 shortcuts, avg-pool, flatten, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.c1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.c3 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.short = nn.Conv2d(4, 6, 1, stride=2)
+        self.fc = nn.Linear(6 * 2 * 2, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.c2(torch.relu(self.c1(x))) + x)
+        x = torch.relu(self.c3(x) + self.short(x))
+        return self.fc(nn.functional.avg_pool2d(x, 2).flatten(1))
+
+
+@pytest.mark.parametrize("neuron", ["rmp", "if"])
+def test_nir_of_a_converted_residual_model(tmp_path, neuron):
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 8, 8)
+    gm = canonicalize(Block().eval(), (1, 8, 8))
+    names = calibration_nodes(gm)
+    by_node = collect(gm, [x], sorted(set(names.values())))
+    stats = {pop: by_node[node] for pop, node in names.items()}
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec("max"), neuron))
+    for syn in net.synapses:  # onto the dyadic grid, so that every float32 sum is exact
+        syn.weight = np.round(syn.weight * 256) / 256
+    for node in net.nodes.values():
+        if isinstance(node, (IF, Readout)):
+            node.bias = np.round(node.bias * 256) / 256
+    export_nir(net, tmp_path / "block.nir")
+    graph = nir.read(tmp_path / "block.nir")
+    assert any(isinstance(v, nir.Delay) and "syn" in n for n, v in graph.nodes.items())
+    p = encode_input(net, np.round(x[:3].numpy() * 16) / 16, STEPS)
+    assert_nir_matches_engine(net, graph, p)
+
+
+def test_snntorch_under_nirtorch_reproduces_our_spikes(tmp_path):
+    """snnTorch 1.0.0's ``import_from_nir`` cannot take the graph as a whole: it has no mapping
+    for ``nir.I`` (our readout) and maps ``nir.IF`` to ``snn.Leaky(beta=0.9)``, a leaky neuron
+    (snnTorch issue #416, fixed after 1.0.0 by PR #452: beta = 1). So the graph runs on nirtorch
+    (the NIR → torch executor snnTorch's import uses) with snnTorch's own modules for the
+    synapses and flatten, and ``snn.Leaky`` set to NIR's IF (beta 1, reset to v_reset = 0,
+    threshold from the file) and to NIR's I (beta 1, no reset, no spikes)."""
+    snn = pytest.importorskip("snntorch", reason="snntorch not installed")
+    nirtorch = pytest.importorskip("nirtorch", reason="nirtorch not installed")
+    from snntorch.import_nir import _nir_to_snntorch_module
+
+    net = chain("zero", seed=5)
+    export_nir(net, tmp_path / "net.nir")
+    graph = nir.read(tmp_path / "net.nir")
+    node_map = {t: _nir_to_snntorch_module for t in (nir.Affine, nir.Linear, nir.Conv2d,
+                                                      nir.Flatten)}
+    node_map[nir.IF] = lambda n: snn.Leaky(
+        beta=1.0, threshold=torch.as_tensor(n.v_threshold), reset_mechanism="zero",
+        init_hidden=True, reset_delay=False)
+    node_map[nir.I] = lambda n: snn.Leaky(beta=1.0, threshold=math.inf, reset_mechanism="none",
+                                          init_hidden=True)
+    p = payload(net)
+    res = simulate(net, p)
+    for item in range(p.shape[1]):  # NIR shapes carry no batch: one item at a time
+        model = nirtorch.nir_to_torch(graph, node_map)
+        trains = {n: [] for n in populations(net)}
+        for name, train in trains.items():
+            model.get_submodule(name).register_forward_hook(
+                lambda mod, args, out, train=train: train.append(out))
+        state, readout = None, []
+        for t in range(STEPS):
+            _, state = model(p[t, item], state)
+            readout.append(model.get_submodule("output").mem.clone())
+        for name, train in trains.items():
+            counts = torch.stack(train)[: STEPS - net.nodes[name].t_start].sum(0)
+            assert torch.equal(counts, res.spike_counts[name][item]), name
+        assert torch.equal(readout[STEPS - 1 - net.depth()], res.readout[STEPS][item])
+
+
+# ---------------------------------------------------------------- netx
+
+
+def int_chain(bias: bool = False, reset: str = "zero") -> Network:
+    """Hard-reset integer chain: conv (a_exp 1) → avg-pool conv (a_exp 0) → flatten → dense
+    (a_exp -2) → dense readout (a_exp 2)."""
+    rng = np.random.default_rng(3)
+
+    def even(shape, limit):
+        return 2 * rng.integers(-limit // 2, limit // 2 + 1, size=shape)
+
+    b = (lambda shape: 64 * 4 * rng.integers(-3, 4, size=shape)) if bias else \
+        (lambda shape: np.zeros(shape, dtype=np.int64))
+    nodes = {"x": Input((1, 6, 6), payload_bits=8, gain=10.0),
+             "a": IF((3, 4, 4), b((3, 1, 1)), np.array(64 * 40), reset, 1, a_exp=1),
+             "b": IF((3, 2, 2), b(()), np.array(64 * 30), reset, 2, a_exp=0),
+             "c": IF((5,), b((5,)), np.array(64 * 20 + 3), reset, 3, a_exp=-2),
+             "output": Readout((4,), b((4,)), 4, a_exp=2)}
+    syns = [Conv("x", "a", even((3, 1, 3, 3), 120)),
+            Conv("a", "b", np.full((3, 1, 2, 2), 8), (2, 2), groups=3),
+            Dense("b", "c", even((5, 12), 254)),
+            Dense("c", "output", even((4, 5), 254))]
+    return Network(nodes, syns, "int")
+
+
+def load_netx(path):
+    import h5py
+    from lava.lib.dl.netx import hdf5
+
+    with h5py.File(path, "r") as f:
+        bits = int(f.attrs["input_message_bits"])
+    return hdf5.Network(str(path), input_message_bits=bits)
+
+
+def torch_conv_weight(lava_weight: np.ndarray) -> np.ndarray:
+    """Lava's (O, kW, kH, I) true-convolution kernel → torch's (O, I, kH, kW) correlation."""
+    return lava_weight[:, ::-1, ::-1, :].transpose(0, 3, 2, 1)
+
+
+def test_netx_loads_with_our_layers_weights_and_thresholds(tmp_path):
+    net = int_chain()
+    assert export_netx(net, tmp_path / "net.h5") == []
+    lava_net = load_netx(tmp_path / "net.h5")
+    kinds = [type(layer).__name__ for layer in lava_net.layers]
+    assert kinds == ["Conv", "Conv", "Dense", "Dense"]
+    assert [tuple(layer.shape) for layer in lava_net.layers] == [(4, 4, 3), (2, 2, 3), (5,), (4,)]
+    for layer, syn in zip(lava_net.layers, net.synapses, strict=True):
+        if isinstance(syn, Conv):
+            np.testing.assert_array_equal(torch_conv_weight(layer.synapse.weight.init),
+                                          syn.weight)
+        else:
+            exp = layer.synapse.proc_params["weight_exp"]
+            np.testing.assert_array_equal(layer.synapse.weights.init * 2.0**exp, syn.weight)
+    pops = [v for v in net.nodes.values() if not isinstance(v, Input)]
+    for layer, node in zip(lava_net.layers, pops, strict=True):
+        assert int(layer.neuron.du.init) == 4095 and int(layer.neuron.dv.init) == 0
+        if isinstance(node, IF):  # netx fires on v > vth << 6, at k = 2**-a_exp times our v
+            k = 2.0 ** -node.a_exp
+            assert int(layer.neuron.vth.init) == math.ceil(int(node.v_threshold) * k / 64) - 1
+
+
+def test_netx_runs_in_lava_exactly_like_the_engine(tmp_path):
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+
+    net = int_chain()
+    export_netx(net, tmp_path / "net.h5")
+    lava_net = load_netx(tmp_path / "net.h5")
+    rng = np.random.default_rng(4)
+    p = encode_input(net, rng.integers(0, 17, size=(1, 1, 6, 6)) / 16, STEPS)
+    res = simulate(net, p)
+    source = Source(data=p[:, 0].numpy().transpose(3, 2, 1, 0).astype(np.int32))  # (W, H, C, T)
+    source.s_out.connect(lava_net.inp)
+    sinks = [Sink(shape=layer.out.shape, buffer=STEPS) for layer in lava_net.layers]
+    for layer, sink in zip(lava_net.layers, sinks, strict=True):
+        layer.out.connect(sink.a_in)
+    lava_net.run(condition=RunSteps(num_steps=STEPS), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+    try:
+        counts = [sink.data.get().sum(-1) for sink in sinks]
+        v_out = lava_net.layers[-1].neuron.v.get()
+    finally:
+        lava_net.stop()
+    for name, count in zip(["a", "b", "c"], counts[:3], strict=True):
+        ours = res.spike_counts[name][0].numpy()
+        ours = ours.transpose(2, 1, 0) if ours.ndim == 3 else ours
+        np.testing.assert_array_equal(count, ours, err_msg=name)
+        assert ours.sum() > 0
+    np.testing.assert_array_equal(v_out, res.readout[STEPS][0].numpy() / 4)  # k = 2**-2
+
+
+def test_netx_refuses_the_first_inexpressible_layer(tmp_path):
+    path = tmp_path / "net.h5"
+    with pytest.raises(LavaconvError, match="layer a: resets by subtraction"):
+        export_netx(int_chain(reset="subtract"), path)
+    with pytest.raises(LavaconvError, match="float network"):
+        export_netx(chain("zero"), path)
+    with pytest.raises(LavaconvError, match="layer a: has a bias;.*approximate=True"):
+        export_netx(int_chain(bias=True), path)
+    net = int_chain()
+    net.nodes = {"x": net.nodes["x"], "a": net.nodes["a"],
+                 "pool": MaxPool((3, 2, 2), "a", (2, 2), (2, 2)),
+                 **{k: v for k, v in net.nodes.items() if k not in ("x", "a")}}
+    with pytest.raises(LavaconvError, match="layer pool: rate-gated max-pool"):
+        export_netx(net, path)
+    net = int_chain()
+    net.synapses.append(Conv("a", "b", np.full((3, 1, 2, 2), 2), (2, 2), groups=3))
+    with pytest.raises(LavaconvError, match="layer b: 2 inputs"):
+        export_netx(net, path)
+    net = int_chain()
+    net.nodes["c"].a_exp = -7
+    with pytest.raises(LavaconvError, match="layer c: a_exp -7"):
+        export_netx(net, path)
+
+
+def test_netx_approximate_bias_is_stated_and_loaded(tmp_path):
+    net = int_chain(bias=True)
+    net.nodes["c"].bias = net.nodes["c"].bias + 1  # x k = 4: off netx's grid of 64
+    notes = export_netx(net, tmp_path / "net.h5", approximate=True)
+    assert any(n.startswith("a: bias flows from step 0") for n in notes)
+    assert [n for n in notes if "rounded" in n] == [
+        "c: bias rounded to netx's grid (error up to 1 of c's integer state units)"]
+    lava_net = load_netx(tmp_path / "net.h5")
+    layer_a = lava_net.layers[0]
+    bias_a = np.asarray(net.nodes["a"].bias).ravel() * 2.0 ** -1 / 64
+    np.testing.assert_array_equal(layer_a.neuron.bias_mant.init[0, 0, :], bias_a)

@@ -34,6 +34,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neuron", choices=["rmp", "if"], default="rmp",
                    help="rmp: reset by subtraction (default); if: reset to zero")
     p.add_argument("--input", choices=["analog", "poisson"], default="analog")
+    p.add_argument("--v-init", type=float, default=0.5,
+                   help="initial membrane potential in thresholds (default 0.5: Bu et al. 2022; "
+                   "0 is the seed papers' choice)")
     p.add_argument("--samples", type=int, default=2000, help="evaluation items")
     p.add_argument("--calib-samples", type=int, default=2000, help="calibration items")
     p.add_argument("--seed", type=int, default=0)
@@ -63,6 +66,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="loihi2", help="profile name or YAML path")
     p.add_argument("--lava-samples", type=int, default=2, help="items run through Lava")
     p.add_argument("--out", default="out/deploy", help="output directory")
+
+    p = sub.add_parser("export", parents=[common], help="write a converted network as NIR or netx")
+    p.add_argument("network", help="directory written by convert or deploy (network.json)")
+    p.add_argument("--format", choices=["nir", "netx"], required=True)
+    p.add_argument("--out", required=True, help="output file (.nir / .h5)")
+    p.add_argument("--approximate", action="store_true",
+                   help="netx: allow the stated approximations (biases from step 0)")
 
     p = sub.add_parser("profiles", parents=[common], help="list hardware profiles or show one")
     p.add_argument("name", nargs="?", help="profile name or YAML path")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import numpy as np
 
 from lavaconv import pipeline
 from lavaconv.calibrate import ActivationStats
 from lavaconv.convert import ConvertOptions, NormSpec
 from lavaconv.data import Dataset, load_dataset
+from lavaconv.errors import LavaconvError
 from lavaconv.frontend import LoadedModel, load_model
 from lavaconv.network import Network
 from lavaconv.outputs import atomic_dir, write_json
@@ -30,7 +33,7 @@ class Prepared:
 
 def prepare(args: argparse.Namespace) -> Prepared:
     """Load data and model, measure the ANN, calibrate and convert."""
-    options = ConvertOptions(NormSpec.parse(args.norm), args.neuron, args.input)
+    options = ConvertOptions(NormSpec.parse(args.norm), args.neuron, args.input, args.v_init)
     dataset = load_dataset(args.data, n_eval=args.samples, n_calib=args.calib_samples,
                            seed=args.seed)
     model = load_model(args.model, tuple(dataset.x_eval.shape[1:]), arch=args.arch,
@@ -90,6 +93,31 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
             **{f"snn_{k}": {"accuracy": v.accuracy, "spike_rate": v.spike_rate,
                             "seconds_per_step": v.seconds_per_step} for k, v in runs.items()},
         })
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from lavaconv.export import export_netx, export_nir
+
+    source = Path(args.network)
+    if not (source / "network.json").is_file():
+        raise LavaconvError(f"{source}: no network.json (give a directory written by convert "
+                            "or deploy)")
+    net = Network.load(source)
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        if args.format == "nir":
+            export_nir(net, tmp)
+            notes = []
+        else:
+            notes = export_netx(net, tmp, approximate=args.approximate)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for note in notes:
+        print(f"approximation: {note}")
+    print(f"wrote {out} ({args.format})")
     return 0
 
 

@@ -131,6 +131,8 @@ def _integrate_and_fire(node: IF | Readout, a: torch.Tensor, checkpoints: Sequen
     """The step-by-step loop, in place; ``bounds`` saturate the state (int mode)."""
     spiking = isinstance(node, IF)
     v = torch.zeros_like(a[0])
+    if spiking:
+        v += torch.as_tensor(node.v_init, device=a.device).to(a.dtype)
     fired = torch.zeros_like(a[0], dtype=torch.bool)
     spikes = torch.zeros_like(a) if spiking else None
     if spiking:

@@ -43,6 +43,7 @@ class IF:
     """Integrate-and-fire population (one per ANN ReLU).
 
     a[t]  = sum_e syn_e(s_src[t-1])                      (one step of delay per synapse)
+    v[-1] = v_init
     v[t]  = v[t-1] + G(a[t]) + bias * [t >= t_start]
     s[t]  = v[t] >= v_threshold
     v[t] -= v_threshold * s[t]   (reset='subtract', RMP / reset-by-subtraction)
@@ -59,9 +60,11 @@ class IF:
     scale: np.ndarray = field(default_factory=lambda: np.ones(()))  # lambda per channel
     a_exp: int = 0  # int mode
     state_bits: int = 24  # int mode
+    v_init: np.ndarray = field(default_factory=lambda: np.zeros(()))  # initial potential
 
     def __post_init__(self) -> None:
         self.bias = _array(self.bias)
+        self.v_init = _array(self.v_init)
         self.v_threshold = _array(self.v_threshold)
         self.scale = _array(self.scale)
         if self.reset not in ("subtract", "zero"):
@@ -130,6 +133,13 @@ class Dense:
         self.weight = _array(self.weight)
 
 
+def _scalar(value):
+    """JSON form of numpy scalars that reach the structure (e.g. an exponent from np.clip)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
 Node = Union[Input, IF, Readout, MaxPool]
 Synapse = Union[Conv, Dense]
 _NODE_TYPES = {c.__name__: c for c in (Input, IF, Readout, MaxPool)}
@@ -184,7 +194,7 @@ class Network:
             "nodes": {n: encode(f"node.{n}", v) for n, v in self.nodes.items()},
             "synapses": [encode(f"syn.{i}", s) for i, s in enumerate(self.synapses)],
         }
-        (directory / "network.json").write_text(json.dumps(doc, indent=1))
+        (directory / "network.json").write_text(json.dumps(doc, indent=1, default=_scalar))
         np.savez(directory / "arrays.npz", **arrays)
 
     @classmethod

@@ -119,6 +119,7 @@ def quantize(
         node.a_exp = exp
         node.state_bits = formats.state_bits
         if isinstance(node, IF):
+            node.v_init = np.round(vth_int * node.v_init).astype(np.int64)
             node.v_threshold = np.round(vth_int * node.v_threshold).astype(np.int64)
         exact = np.concatenate([e.ravel() for e, _ in errors])
         approx = np.concatenate([a.ravel() for _, a in errors])

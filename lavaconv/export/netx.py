@@ -71,6 +71,9 @@ def _chain(net: Network) -> list[tuple[str, IF | Readout, Synapse]]:
         if isinstance(node, IF) and node.reset != "zero":
             raise _fail(name, "resets by subtraction; netx neurons (Lava LIF) reset to zero: "
                               "convert with --neuron if")
+        if isinstance(node, IF) and np.any(node.v_init != 0):
+            raise _fail(name, "starts at v_init != 0; netx has no initial potential: convert "
+                              "with --v-init 0")
         layers.append((name, node, syns[0]))
         previous = name
     return layers

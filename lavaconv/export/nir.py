@@ -69,6 +69,9 @@ def _check(net: Network) -> None:
                                 "NIR cannot express; use average pooling in the model")
         if isinstance(node, IF) and not np.all(node.v_threshold > 0):
             raise LavaconvError(f"export --format nir: node {name} has a threshold <= 0")
+        if isinstance(node, IF) and np.any(node.v_init != 0):
+            raise LavaconvError(f"export --format nir: node {name} starts at v_init != 0, which "
+                                "NIR cannot state; convert with --v-init 0")
 
 
 def _t_start(net: Network, name: str) -> int:

@@ -6,6 +6,10 @@ exact text replacements applied in memory:
 
 - ``lava.magma.compiler.var_model``: dataclass fields default to a shared ``ByteEncoder()``
   instance, which Python 3.11 rejects ("mutable default"); use ``default_factory``.
+- ``lava.magma.runtime.message_infrastructure.multiprocessing``: calls
+  ``mp.set_start_method('fork')`` at import, which raises "context has already been set" once
+  anything (torch, a test runner) has touched the default context; Lava needs fork, so keep it
+  when it is set already and force it otherwise.
 - ``lava.lib.dl.slayer``: its ``__init__`` imports ``object_detection`` (needs torchvision and
   OpenCV, which lavaconv does not use); drop that import.
 
@@ -25,6 +29,11 @@ PATCHES: dict[str, tuple[tuple[str, str], ...]] = {
         ("from dataclasses import dataclass, InitVar",
          "from dataclasses import dataclass, InitVar, field"),
         ("= ByteEncoder()", "= field(default_factory=ByteEncoder)"),
+    ),
+    "lava.magma.runtime.message_infrastructure.multiprocessing": (
+        ("    mp.set_start_method('fork')\n",
+         "    if mp.get_start_method(allow_none=True) != 'fork':\n"
+         "        mp.set_start_method('fork', force=True)\n"),
     ),
     "lava.lib.dl.slayer": (
         ("from . import object_detection as obd\n", ""),

@@ -38,6 +38,12 @@ def source_of(port) -> AbstractProcess:
     return src.process
 
 
+def kernel(proc: AbstractProcess) -> Callable[[np.ndarray], np.ndarray]:
+    """The synapse's step function; raises :class:`~lavaconv.errors.LavaconvError` where the
+    stock model's sums could overflow (so the fused model would differ from it)."""
+    return ConvKernel(proc) if isinstance(proc, LavaConv) else DenseKernel(proc)
+
+
 @dataclass
 class Edge:
     """One synapse: what it sends next step (int64, in its target's a_in shape) and its kernel."""
@@ -94,8 +100,7 @@ class FusedNetwork:
         for proc in procs:
             if isinstance(proc, SYNAPSES):
                 (dst,) = proc.a_out.get_dst_ports()
-                kernel = ConvKernel(proc) if isinstance(proc, LavaConv) else DenseKernel(proc)
-                edge = Edge(source_of(proc.s_in), kernel, np.zeros(dst.shape, np.int64))
+                edge = Edge(source_of(proc.s_in), kernel(proc), np.zeros(dst.shape, np.int64))
                 self.nodes[dst.process].inputs.append(edge)
                 self.edges.append(edge)
 

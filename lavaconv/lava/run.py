@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from lava.proc.dense.process import Dense as LavaDense
 from tqdm import tqdm
 
 from lavaconv.errors import LavaconvError
+from lavaconv.lava import fused
 from lavaconv.lava.graph import LavaGraph, build, to_lava
 from lavaconv.lava.hardware import loihi2_available, missing_hw_models
 from lavaconv.lava.procs import models
@@ -69,6 +71,8 @@ def run_config(graph: LavaGraph, tag: str, target: str, fast: bool) -> RunConfig
         raise LavaconvError(f"fast Lava models exist for --target sim with fixed_pt only, not "
                             f"{target} with {tag}; run with fast=False")
     if fast:
+        for proc in graph.synapses.values():
+            fused.kernel(proc)  # refuses, here rather than in Lava's process, what it cannot run
         return Loihi2SimCfg(select_tag=tag, exception_proc_model_map={
             graph.top: models.PySpikingNetworkModelFused})
     sub = {graph.top: models.SubSpikingNetworkModel}
@@ -127,6 +131,7 @@ def _sigterm_stops_lava() -> Iterator[None]:
 def _signals_blocked() -> Iterator[None]:
     """Block SIGINT and SIGTERM in this thread: processes forked meanwhile keep them blocked, so
     a Ctrl-C to the terminal's process group reaches only this process, which stops them."""
+    resource_tracker.ensure_running()  # it would unblock both after starting itself
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
@@ -134,17 +139,32 @@ def _signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _release(runtime) -> None:
+    """Kill whatever Lava process still runs (they block SIGTERM) and free the shared memory,
+    without Lava's stop handshake (relies on lava-nc 0.10's runtime attributes)."""
+    infrastructure = runtime._messaging_infrastructure
+    for actor in infrastructure.actors:
+        if not actor._is_done:
+            actor.kill()
+    runtime._is_started = False  # else Runtime.__del__ would try the handshake again
+    infrastructure.stop()  # joins every process, shuts the shared-memory manager down
+    runtime._watchdog_manager.stop()
+
+
 def _stop(top: SpikingNetwork) -> None:
-    """Stop Lava's processes; if Lava's own stop fails, kill them (they ignore SIGTERM)."""
+    """Stop Lava's processes. After an error inside a process model Lava has joined some of
+    them already and its stop handshake would wait forever: release them instead, as when the
+    handshake itself fails or is interrupted."""
     runtime = top.runtime
+    if runtime is None:
+        return
+    if any(actor._is_done for actor in runtime._messaging_infrastructure.actors):
+        _release(runtime)
+        return
     try:
         top.stop()
     except BaseException:
-        if runtime is not None:
-            for actor in runtime._messaging_infrastructure.actors:
-                if actor.is_alive():
-                    actor.kill()
-                    actor.join()
+        _release(runtime)
         raise
 
 
@@ -186,7 +206,12 @@ def run_lava(net: Network, payload: np.ndarray, *, tag: str = "fixed_pt", target
 
     def advance(steps: int) -> float:
         start = time.perf_counter()
-        top.run(condition=RunSteps(num_steps=steps))
+        try:
+            top.run(condition=RunSteps(num_steps=steps))
+        except RuntimeError as error:  # Lava logs the failed model's traceback at INFO only
+            failures = [a.exception[1] for a in top.runtime._messaging_infrastructure.actors
+                        if a._is_done and a.exception]
+            raise RuntimeError("a Lava process failed:\n" + "".join(failures)) from error
         return time.perf_counter() - start
 
     with _torch_single_thread(), _sigterm_stops_lava():

@@ -1,0 +1,291 @@
+"""Lava CPU simulation speed (issue 6): Lava's stock models vs the fused model vs the engine.
+
+    .venv/bin/python bench/lava_speed.py [--model examples/vgg_fmnist.pt2] [--timesteps 64]
+                                         [--items 4] [--repeats 2]
+
+Builds the integer network as ``lavaconv deploy`` does (loihi2 profile), then runs the same
+items through Lava in a fresh worker process per run (``fast=False``: the hierarchical process's
+sub-process model with Lava's stock Dense/Conv; ``fast=True``: its fused CPU model), while this
+process samples the worker's process tree (OS processes, PSS memory). Checks that stock, fast and
+the engine agree bit for bit, and that no process is left behind after a run, an injected error
+inside a process model, Ctrl-C (SIGINT to the process group) and SIGTERM. Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lavaconv import cli, commands  # noqa: E402
+from lavaconv.engine import encode_input, simulate  # noqa: E402
+from lavaconv.profiles import load_profile  # noqa: E402
+
+SAMPLE_SECONDS = 0.2  # process-tree sampling period
+READY = "ready"
+
+
+@dataclass
+class Tree:
+    """What sampling a worker's process tree saw."""
+
+    seen: dict[int, str] = field(default_factory=dict)  # pid -> start time (from /proc stat)
+    processes: int = 0  # most descendants alive at once
+    pss_kib: int = 0  # largest sum of PSS over the worker and its descendants
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text[text.rindex(")") + 2:].split()  # fields from 3 on (state first)
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for child in map(int, children):
+            found += [child, *_descendants(child)]
+    return found
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def _sample(pid: int, tree: Tree) -> None:
+    kids = _descendants(pid)
+    for kid in kids:
+        stat = _stat(kid)
+        if stat is not None:
+            tree.seen.setdefault(kid, stat[19])  # field 22: start time
+    tree.processes = max(tree.processes, len(kids))
+    tree.pss_kib = max(tree.pss_kib, sum(_pss_kib(p) for p in [pid, *kids]))
+
+
+def left_behind(tree: Tree, grace: float = 5.0) -> list[int]:
+    """Descendants seen while the worker ran that still live (same pid and start time)."""
+    deadline = time.monotonic() + grace
+    while True:
+        alive = [p for p, start in tree.seen.items()
+                 if (s := _stat(p)) is not None and s[19] == start and s[0] != "Z"]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+@dataclass
+class Job:
+    """What a worker runs; ``fail_after`` injects an exception in the n-th potential update."""
+
+    net: object
+    payload: np.ndarray
+    fast: bool
+    result: str
+    fail_after: int = 0
+
+
+def worker(path: str) -> None:
+    """Run one job (in a fresh process, like a user's command) and pickle what Lava returned."""
+    torch.set_num_threads(1)
+    from lavaconv.lava import dynamics, run_lava
+
+    with open(path, "rb") as f:
+        job: Job = pickle.load(f)
+    if job.fail_after:  # Lava forks its processes after this, so they inherit the fault
+        integrate, calls = dynamics.integrate, [0]
+
+        def failing(*args) -> None:
+            calls[0] += 1
+            if calls[0] == job.fail_after:
+                raise RuntimeError("fault injected by bench/lava_speed.py")
+            integrate(*args)
+
+        dynamics.integrate = failing
+    print(READY, flush=True)
+    result = run_lava(job.net, job.payload, fast=job.fast)
+    with open(job.result, "wb") as f:
+        pickle.dump(Result(**vars(result)), f)  # the caller does not import Lava
+
+
+@dataclass
+class Result:
+    """The fields of :class:`lavaconv.lava.LavaResult`."""
+
+    spike_counts: dict[str, np.ndarray]
+    readout: np.ndarray
+    seconds_per_step: float
+    startup_seconds: float
+
+
+@dataclass
+class Outcome:
+    tree: Tree
+    returncode: int
+    stderr: str
+    result: Result | None
+    left: list[int]
+
+
+def launch(job: Job, tmp: Path, signum: int | None = None, group: bool = False) -> Outcome:
+    """Run ``job`` in a worker, sampling its tree; with ``signum``, send it once Lava's
+    processes have been up for two seconds (to its whole process group if ``group``: Ctrl-C)."""
+    path = tmp / "job.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(job, f)
+    proc = subprocess.Popen([sys.executable, __file__, "--worker", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    tree = Tree()
+    if proc.stdout.readline().strip() != READY:
+        proc.wait()
+        raise RuntimeError(f"worker failed to start: {proc.stderr.read()}")
+    started = None
+    while proc.poll() is None:
+        _sample(proc.pid, tree)
+        if signum is not None and started is None and tree.processes >= 3:
+            started = time.monotonic()
+        if started is not None and time.monotonic() - started > 2.0:
+            (os.killpg if group else os.kill)(proc.pid, signum)
+            signum = None
+        time.sleep(SAMPLE_SECONDS)
+    stderr = proc.stderr.read()
+    result = None
+    if proc.returncode == 0:
+        with open(job.result, "rb") as f:
+            result = pickle.load(f)
+    return Outcome(tree, proc.returncode, stderr, result, left_behind(tree))
+
+
+def build_network(model: str, timesteps: int, items: int):
+    """The integer network and ``items`` evaluation inputs, as ``lavaconv deploy`` builds them."""
+    args = cli.parser().parse_args(["deploy", model, "--data", "fashion-mnist", "--quiet",
+                                    "--samples", str(items), "--calib-samples", "2000"])
+    prep = commands.prepare(args)
+    net, _ = commands.integer_network(prep, load_profile(args.profile), timesteps)
+    return net, prep.dataset.x_eval[:items]
+
+
+def engine_batch1(net, payload: torch.Tensor) -> tuple[float, object]:
+    """Median over items of the engine's seconds per timestep at batch size 1 (1 thread)."""
+    times = []
+    for k in range(payload.shape[1]):
+        start = time.perf_counter()
+        simulate(net, payload[:, k:k + 1])
+        times.append((time.perf_counter() - start) / payload.shape[0])
+    return statistics.median(times), simulate(net, payload)
+
+
+def same(result: Result, engine, steps: int) -> bool:
+    counts = all(np.array_equal(c.numpy(), result.spike_counts[n])
+                 for n, c in engine.spike_counts.items())
+    return counts and np.array_equal(engine.readout[steps].numpy(), result.readout)
+
+
+def speed_table(runs: dict[str, list[Outcome]], engine_s: float, exact: dict[str, bool]) -> str:
+    best = {mode: min(o.result.seconds_per_step for o in outs) for mode, outs in runs.items()}
+    rows = [("Lava, stock models (`fast=False`)", "stock"),
+            ("Lava, fused model (`fast=True`)", "fast")]
+    lines = ["| run | ms per timestep | vs stock | vs engine batch 1 | child OS processes "
+             "| start-up s | peak memory (PSS) MiB | bit-exact with engine |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, mode in rows:
+        outs = runs[mode]
+        lines.append(
+            f"| {label} | {1e3 * best[mode]:.3f} | {best['stock'] / best[mode]:.1f}x faster "
+            f"| {best[mode] / engine_s:.1f}x slower "
+            f"| {max(o.tree.processes for o in outs)} "
+            f"| {statistics.median(o.result.startup_seconds for o in outs):.2f} "
+            f"| {max(o.tree.pss_kib for o in outs) / 1024:.0f} | {exact[mode]} |")
+    lines.append(f"| engine, batch 1, 1 thread | {1e3 * engine_s:.3f} "
+                 f"| {best['stock'] / engine_s:.1f}x faster | 1.0x | 1 | | | |")
+    return "\n".join(lines)
+
+
+def cleanup_rows(name: str, outcome: Outcome) -> str:
+    return (f"| {name} | {outcome.tree.processes} | {outcome.returncode} "
+            f"| {len(outcome.left)} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "examples" / "vgg_fmnist.pt2"))
+    ap.add_argument("--timesteps", type=int, default=64)
+    ap.add_argument("--items", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2, help="runs per mode (best is reported)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return
+    torch.set_num_threads(1)
+    net, x = build_network(args.model, args.timesteps, args.items)
+    payload = encode_input(net, x, args.timesteps)
+    engine_s, engine = engine_batch1(net, payload)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+
+        def job(fast: bool, data: np.ndarray | None = None, fail: int = 0) -> Job:
+            data = payload.numpy() if data is None else data
+            return Job(net, data, fast, str(tmp / "result.pkl"), fail)
+
+        runs: dict[str, list[Outcome]] = {"stock": [], "fast": []}
+        for _ in range(args.repeats):  # alternate, so both modes see the same machine load
+            for mode in runs:
+                runs[mode].append(launch(job(mode == "fast"), tmp))
+        for mode, outs in runs.items():
+            for o in outs:
+                if o.result is None:
+                    raise RuntimeError(f"{mode} run failed:\n{o.stderr}")
+        exact = {mode: all(same(o.result, engine, args.timesteps) for o in outs)
+                 for mode, outs in runs.items()}
+        long_payload = np.repeat(payload.numpy(), 100, axis=1)  # long enough to interrupt
+        cleanup = ["| case | child OS processes | worker exit status | left behind |",
+                   "|---|---|---|---|"]
+        for mode in runs:
+            for o in runs[mode]:
+                cleanup.append(cleanup_rows(f"{mode}: normal run", o))
+            cleanup.append(cleanup_rows(f"{mode}: error in a process model",
+                                        launch(job(mode == "fast", fail=5), tmp)))
+            cleanup.append(cleanup_rows(
+                f"{mode}: Ctrl-C (SIGINT to the process group)",
+                launch(job(mode == "fast", long_payload), tmp, signal.SIGINT, group=True)))
+            cleanup.append(cleanup_rows(f"{mode}: SIGTERM to the worker",
+                                        launch(job(mode == "fast", long_payload), tmp,
+                                               signal.SIGTERM)))
+    print(f"{Path(args.model).name}: {len(net.nodes) - 1} populations, {len(net.synapses)} "
+          f"synapses; {args.items} items x "
+          f"{args.timesteps} timesteps (+1 reset step each); torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
+    print(speed_table(runs, engine_s, exact))
+    print()
+    print("\n".join(cleanup))
+
+
+if __name__ == "__main__":
+    main()

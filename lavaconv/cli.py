@@ -16,7 +16,8 @@ def _timesteps(text: str) -> list[int]:
     try:
         steps = sorted({int(t) for t in text.split(",")})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
     if steps[0] < 1:
         raise argparse.ArgumentTypeError("timesteps must be >= 1")
     return steps
@@ -40,6 +41,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=2000, help="evaluation items")
     p.add_argument("--calib-samples", type=int, default=2000, help="calibration items")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                   help="where calibration and the fast engine run (default cpu)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,17 +52,20 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lavaconv", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", parents=[common], help="convert a model to a float spiking network")
+    p = sub.add_parser("convert", parents=[common],
+                       help="convert a model to a float spiking network")
     _model_args(p)
     p.add_argument("--out", required=True, help="output directory")
 
-    p = sub.add_parser("eval", parents=[common], help="accuracy of the ANN and the SNN against timesteps")
+    p = sub.add_parser("eval", parents=[common],
+                       help="accuracy of the ANN and the SNN against timesteps")
     _model_args(p)
     p.add_argument("--timesteps", type=_timesteps, default=_timesteps(DEFAULT_TIMESTEPS))
     p.add_argument("--profile", help="also evaluate the integer network of this profile")
     p.add_argument("--json", help="write the results to this JSON file")
 
-    p = sub.add_parser("deploy", parents=[common], help="quantize, run on Lava, verify bit-exactness, report")
+    p = sub.add_parser("deploy", parents=[common],
+                       help="quantize, run on Lava, verify bit-exactness, report")
     _model_args(p)
     p.add_argument("--target", choices=["sim", "loihi2"], default="sim")
     p.add_argument("--timesteps", type=int, default=64)
@@ -82,7 +88,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        from lavaconv import commands
+        from lavaconv import commands, distributed
+
+        distributed.init()
 
         return getattr(commands, args.command)(args)
     except LavaconvError as err:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np
 
-from lavaconv import pipeline
+from lavaconv import distributed, pipeline
 from lavaconv.calibrate import ActivationStats
 from lavaconv.convert import ConvertOptions, NormSpec
 from lavaconv.data import Dataset, load_dataset
@@ -38,10 +37,17 @@ def prepare(args: argparse.Namespace) -> Prepared:
                            seed=args.seed)
     model = load_model(args.model, tuple(dataset.x_eval.shape[1:]), arch=args.arch,
                        trust_pickle=args.trust_pickle)
-    ann = pipeline.ann_accuracy(model.graph_module, dataset.x_eval, dataset.y_eval)
-    net, stats = pipeline.build(model.graph_module, dataset, options, progress=not args.quiet)
+    device = distributed.device(args.device)
+    ann = pipeline.ann_accuracy(model.graph_module, dataset.x_eval, dataset.y_eval,
+                                device=device)
+    net, stats = pipeline.build(model.graph_module, dataset, options, progress=_progress(args),
+                                device=device)
     net.meta.update(model=str(args.model), data=args.data, ann_accuracy=ann)
     return Prepared(dataset, model, options, net, stats, ann)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and distributed.is_main()
 
 
 def integer_network(prep: Prepared, profile, timesteps: int):
@@ -53,6 +59,8 @@ def integer_network(prep: Prepared, profile, timesteps: int):
 
 def convert(args: argparse.Namespace) -> int:
     prep = prepare(args)
+    if not distributed.is_main():
+        return 0
     with atomic_dir(args.out) as tmp:
         prep.net.save(tmp)
     print(f"ANN accuracy {100 * prep.ann_accuracy:.2f} % on {len(prep.dataset.y_eval)} items; "
@@ -78,12 +86,15 @@ def _table(ann: float, runs: dict[str, pipeline.SnnEval]) -> str:
 def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
     prep = prepare(args)
     data = prep.dataset
+    device = distributed.device(args.device)
     runs = {"float": pipeline.evaluate(prep.net, data.x_eval, data.y_eval, args.timesteps,
-                                       seed=args.seed, progress=not args.quiet)}
+                                       seed=args.seed, progress=_progress(args), device=device)}
     if args.profile:
         net_int, _ = integer_network(prep, load_profile(args.profile), max(args.timesteps))
         runs["int"] = pipeline.evaluate(net_int, data.x_eval, data.y_eval, args.timesteps,
-                                        seed=args.seed, progress=not args.quiet)
+                                        seed=args.seed, progress=_progress(args), device=device)
+    if not distributed.is_main():
+        return 0
     print(_table(prep.ann_accuracy, runs))
     if args.json:
         write_json(args.json, {
@@ -133,4 +144,7 @@ def profiles(args: argparse.Namespace) -> int:
 def deploy(args: argparse.Namespace) -> int:
     from lavaconv.deploy import run_deploy
 
+    if distributed.world()[1] > 1:
+        raise LavaconvError("deploy runs in one process (Lava starts its own); use torchrun "
+                            "for eval and convert")
     return run_deploy(args, prepare(args))

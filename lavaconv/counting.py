@@ -1,8 +1,9 @@
 """Operation counts: ANN multiply-accumulates and SNN synaptic operations.
 
 Convention: one MAC is 1 op here (torchvision / syops-counter); an FPGA datasheet's FLOP count
-is 2 per MAC. A synaptic operation (SOP) is one spike arriving at one synapse; a source neuron's
-fan-out is counted exactly from the connection structure (conv borders and strides included).
+is 2 per MAC. A synaptic operation (SOP) is one spike arriving at one synapse; a synapse is a
+non-zero weight, and a source neuron's fan-out is counted exactly from the connection structure
+(conv borders and strides included; the zeros of an identity shortcut reach nothing).
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ class LayerCount:
     graded: bool = False  # SNN: the source sends graded spikes (analog input: MACs, SNM eq. 15)
 
 
+def _module_path(node: torch.fx.Node) -> str:
+    """The layer's module path (``layer1.0.conv2``) where the front end recorded it."""
+    where = node.meta.get("lavaconv_where")
+    return where.split(" (")[0] if where else node.name
+
+
 def ann_macs(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> list[LayerCount]:
     """MACs of every conv and linear layer of a canonical graph, for one item."""
     ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
@@ -36,18 +43,19 @@ def ann_macs(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> list[Lay
         if node.target == aten.conv2d.default:
             w = getattr(gm, node.args[1].target)
             n_out = int(np.prod(node.meta["tensor_meta"].shape[1:]))
-            out.append(LayerCount(node.name, "conv", float(n_out * np.prod(w.shape[1:]))))
+            out.append(LayerCount(_module_path(node), "conv",
+                                  float(n_out * np.prod(w.shape[1:]))))
         elif node.target == aten.linear.default:
             w = getattr(gm, node.args[1].target)
-            out.append(LayerCount(node.name, "linear", float(w.shape[0] * w.shape[1])))
+            out.append(LayerCount(_module_path(node), "linear", float(w.shape[0] * w.shape[1])))
     return out
 
 
 def fan_out(syn: Conv | Dense, src_shape: tuple[int, ...]) -> np.ndarray:
-    """Number of target neurons each source neuron reaches through ``syn`` (src_shape)."""
+    """Number of non-zero synapses by which each source neuron reaches a target (src_shape)."""
     if isinstance(syn, Dense):
         return (np.asarray(syn.weight) != 0).sum(axis=0).reshape(src_shape).astype(np.float64)
-    w = torch.ones(np.asarray(syn.weight).shape, dtype=torch.float64)
+    w = torch.from_numpy(np.asarray(syn.weight) != 0).to(torch.float64)
     out_shape = F.conv2d(torch.zeros(1, *src_shape, dtype=torch.float64), w, None, syn.stride,
                          syn.padding, 1, syn.groups).shape
     h, wd = out_shape[2:]

@@ -10,45 +10,60 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lavaconv import distributed
 from lavaconv.calibrate import ActivationStats, collect
 from lavaconv.convert import ConvertOptions, calibration_nodes, convert
 from lavaconv.data import Dataset
 from lavaconv.engine import encode_input, simulate
 from lavaconv.errors import LavaconvError
-from lavaconv.network import IF, MaxPool, Network
+from lavaconv.network import IF, MaxPool, Network, Readout
 
 MEMORY_BUDGET = 2 << 30  # bytes of spike trains the engine may hold at once
 
 
-def _batches(x: np.ndarray, size: int):
-    for start in range(0, len(x), size):
-        yield start, torch.from_numpy(np.ascontiguousarray(x[start:start + size]))
+def _batches(x: np.ndarray, size: int, device: str | torch.device = "cpu"):
+    """This rank's share of fixed batches (all of them in a single process)."""
+    for start, stop in distributed.shard(len(x), size):
+        yield start, torch.from_numpy(np.ascontiguousarray(x[start:stop])).to(device)
+
+
+def _merged(stats: dict[str, ActivationStats]) -> dict[str, ActivationStats]:
+    """Statistics over all ranks' shards (histogram merge is exact)."""
+    states = distributed.all_gather_objects({k: v.to_state() for k, v in stats.items()})
+    if len(states) == 1:
+        return stats
+    merged: dict[str, ActivationStats] = {}
+    for per_rank in states:
+        for name, state in per_rank.items():
+            part = ActivationStats.from_state(state)
+            merged[name] = merged[name].merge(part) if name in merged else part
+    return merged
 
 
 def calibrate(gm: torch.fx.GraphModule, x_calib: np.ndarray, batch_size: int = 256,
-              progress: bool = True) -> dict[str, ActivationStats]:
+              progress: bool = True, device: str = "cpu") -> dict[str, ActivationStats]:
     """Activation statistics of every population (keyed by population name)."""
     if len(x_calib) == 0:
         raise LavaconvError("calibration set is empty: give more data or --calib-samples > 0")
     names = calibration_nodes(gm)
     bar = tqdm(total=len(x_calib), desc="calibrate", unit="item", disable=not progress,
                leave=False)
-    batches = (b for _, b in _batches(x_calib, batch_size))
-    by_node = collect(gm, batches, sorted(set(names.values())),
-                      progress=lambda n: bar.update(n))
+    batches = (b for _, b in _batches(x_calib, batch_size, device))
+    by_node = _merged(collect(gm.to(device), batches, sorted(set(names.values())),
+                              progress=lambda n: bar.update(n)))
     bar.close()
     return {pop: by_node[node] for pop, node in names.items()}
 
 
 def ann_accuracy(gm: torch.fx.GraphModule, x: np.ndarray, y: np.ndarray,
-                 batch_size: int = 512) -> float:
+                 batch_size: int = 512, device: str = "cpu") -> float:
     correct = 0
     with torch.no_grad():
-        for start, xb in _batches(x, batch_size):
-            out = gm(xb)
+        for start, xb in _batches(x, batch_size, device):
+            out = gm.to(device)(xb)
             out = out[0] if isinstance(out, (tuple, list)) else out
-            correct += int((out.argmax(1).numpy() == y[start:start + len(xb)]).sum())
-    return correct / max(len(x), 1)
+            correct += int((out.argmax(1).cpu().numpy() == y[start:start + len(xb)]).sum())
+    return distributed.all_sum({"c": correct})["c"] / max(len(x), 1)
 
 
 def auto_batch(net: Network, timesteps: int) -> int:
@@ -79,9 +94,11 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray, timesteps: Sequence[int
         raise LavaconvError(f"--timesteps {steps} is shorter than the network's depth "
                             f"{net.depth()}: the readout would receive nothing")
     batch_size = batch_size or auto_batch(net, steps)
+    sizes = {name: int(np.prod(node.shape)) for name, node in net.nodes.items()
+             if isinstance(node, (IF, MaxPool))}
     correct = dict.fromkeys(checkpoints, 0)
-    spikes = {t: {} for t in checkpoints}
-    saturated: dict[str, int] = {}
+    spikes = {t: dict.fromkeys(sizes, 0.0) for t in checkpoints}
+    saturated = {name: 0 for name, node in net.nodes.items() if isinstance(node, (IF, Readout))}
     bar = tqdm(total=len(x), desc=f"simulate T={steps}", unit="item", disable=not progress,
                leave=False)
     start_time = time.perf_counter()
@@ -94,12 +111,17 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray, timesteps: Sequence[int
             for name, n in res.spikes_at[t].items():
                 spikes[t][name] = spikes[t].get(name, 0.0) + n
         for name, n in res.saturated.items():
-            saturated[name] = saturated.get(name, 0) + n
+            saturated[name] += n
         bar.update(len(xb))
     bar.close()
     elapsed = time.perf_counter() - start_time
-    sizes = {name: int(np.prod(node.shape)) for name, node in net.nodes.items()
-             if isinstance(node, (IF, MaxPool))}
+    totals = distributed.all_sum({**{("c", t): c for t, c in correct.items()},
+                                  **{("s", t, k): v for t, d in spikes.items()
+                                     for k, v in d.items()},
+                                  **{("x", k): v for k, v in saturated.items()}})
+    correct = {t: totals[("c", t)] for t in checkpoints}
+    spikes = {t: {k: totals[("s", t, k)] for k in sizes} for t in checkpoints}
+    saturated = {k[1]: v for k, v in totals.items() if k[0] == "x"}
     n = max(len(x), 1)
     rate = {t: {k: 100.0 * v / (sizes[k] * t * n) for k, v in spikes[t].items()}
             for t in checkpoints}
@@ -114,8 +136,8 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray, timesteps: Sequence[int
 
 
 def build(gm: torch.fx.GraphModule, dataset: Dataset, options: ConvertOptions,
-          progress: bool = True) -> tuple[Network, dict[str, ActivationStats]]:
+          progress: bool = True, device: str = "cpu") -> tuple[Network, dict[str, ActivationStats]]:
     """Calibrate on the calibration items only, then convert."""
-    stats = calibrate(gm, dataset.x_calib, progress=progress)
+    stats = calibrate(gm, dataset.x_calib, progress=progress, device=device)
     net = convert(gm, tuple(dataset.x_eval.shape[1:]), stats, options)
     return net, stats

@@ -92,6 +92,10 @@ def quantize(
         r_max = step * m_max / w_max  # largest vth_mant * 2**-e keeping |W_int| in range
         headroom = headroom_bits if isinstance(node, IF) else math.ceil(math.log2(2 * timesteps))
         cap = min(2 ** formats.threshold_mant_bits - 1, half_state // 2 ** (shift + headroom))
+        b_max = float(np.abs(node.bias).max(initial=0.0))
+        if b_max > 0:  # the bias, b * vth_int, must fit the bias mantissa and exponent
+            bias_room = (2 ** (formats.bias_mant_bits - 1) - 1) * 2**formats.bias_exp_max
+            cap = max(1, min(cap, math.floor(bias_room / (b_max * 2**shift))))
         exp = int(np.clip(math.floor(math.log2(cap / r_max)), formats.weight_exp_min,
                           formats.weight_exp_max))
         vth_mant = min(math.floor(r_max * 2.0**exp), cap)

@@ -135,7 +135,7 @@ def test_network_roundtrip(tmp_path, block):
     net.save(tmp_path)
     back = type(net).load(tmp_path)
     assert list(back.nodes) == list(net.nodes) and back.meta == net.meta
-    for a, b in zip(net.synapses, back.synapses):
+    for a, b in zip(net.synapses, back.synapses, strict=True):
         assert type(a) is type(b) and np.array_equal(a.weight, b.weight)
     for name in net.nodes:
         for field, value in vars(net.nodes[name]).items():

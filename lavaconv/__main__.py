@@ -1,0 +1,7 @@
+"""``python -m lavaconv`` (also under ``torchrun --nproc-per-node N -m lavaconv ...``)."""
+
+import sys
+
+from lavaconv.cli import main
+
+sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -49,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="full tracebacks on internal errors")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--max-seconds", type=float, default=None,
+                        help="stop (exit 2, nothing written) after this many seconds")
     ap = argparse.ArgumentParser(prog="lavaconv", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -85,13 +88,25 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+class TimeLimit(LavaconvError):
+    """--max-seconds ran out."""
+
+
+def _on_signal(signum, frame) -> None:
+    if signum == signal.SIGALRM:
+        raise TimeLimit("--max-seconds reached: stopped, nothing written")
+    raise KeyboardInterrupt  # SIGTERM: unwind like Ctrl-C so every finally block cleans up
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGALRM)}
+    if args.max_seconds:
+        signal.setitimer(signal.ITIMER_REAL, args.max_seconds)
     try:
         from lavaconv import commands, distributed
 
         distributed.init()
-
         return getattr(commands, args.command)(args)
     except LavaconvError as err:
         print(f"lavaconv: error: {err}", file=sys.stderr)
@@ -107,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
               f"({Path(where.filename).name}:{where.lineno}; rerun with --debug)",
               file=sys.stderr)
         return 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,11 @@ def auto_batch(net: Network, timesteps: int) -> int:
     """Items per engine batch so that the spike trains fit in MEMORY_BUDGET."""
     widest = max(int(np.prod(n.shape)) for n in net.nodes.values())
     per_item = timesteps * widest * (16 if net.numeric == "int" else 8) * 3
-    return int(max(1, min(1024, MEMORY_BUDGET // per_item)))
+    if per_item > MEMORY_BUDGET:
+        raise LavaconvError(f"one item at T={timesteps} needs {per_item / 2**30:.1f} GiB of spike "
+                            f"trains (widest layer {widest} neurons), over the engine's memory "
+                            f"budget of {MEMORY_BUDGET / 2**30:.1f} GiB: use fewer timesteps")
+    return int(min(1024, MEMORY_BUDGET // per_item))
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pickle
+import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,12 +142,14 @@ def _torch_load(path: Path, trust: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):
+        found = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(e), re.IGNORECASE)
+        if found is None:
             raise _unreadable(path, "a torch.save file", e) from None
         if not trust:
             raise LavaconvError(
-                f"{path}: holds a pickled model; unpickling runs arbitrary code from the file, "
-                f"so it needs --trust-pickle; safer: {SAFE_FORMATS}") from None
+                f"{path}: holds pickled objects (first: {found.group(1)}); unpickling runs "
+                f"arbitrary code from the file, so it needs --trust-pickle; safer: "
+                f"{SAFE_FORMATS}") from None
     except Exception as e:  # not a torch file at all, or a damaged one
         raise _unreadable(path, "a torch.save file", e) from None
     try:

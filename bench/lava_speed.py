@@ -170,7 +170,7 @@ def launch(job: Job, tmp: Path, signum: int | None = None, group: bool = False) 
         _sample(proc.pid, tree)
         if signum is not None and started is None and tree.processes >= 3:
             started = time.monotonic()
-        if started is not None and time.monotonic() - started > 2.0:
+        if signum is not None and started is not None and time.monotonic() - started > 2.0:
             (os.killpg if group else os.kill)(proc.pid, signum)
             signum = None
         time.sleep(SAMPLE_SECONDS)

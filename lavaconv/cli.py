@@ -1,4 +1,4 @@
-"""``lavaconv`` command line: convert, eval, deploy, profiles."""
+"""``lavaconv`` command line: convert, eval, deploy, export, energy, profiles."""
 
 from __future__ import annotations
 
@@ -22,6 +22,20 @@ def _timesteps(text: str) -> list[int]:
     if steps[0] < 1:
         raise argparse.ArgumentTypeError("timesteps must be >= 1")
     return steps
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W as integers, got {text!r}") from None
+    if min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"every dimension must be >= 1, got {text!r}")
+    return shape
+
+
+def _names(text: str) -> list[str]:
+    return [n for n in text.split(",") if n]
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -82,6 +96,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (.nir / .h5)")
     p.add_argument("--approximate", action="store_true",
                    help="netx: allow the stated approximations (biases from step 0)")
+
+    p = sub.add_parser("energy", parents=[common],
+                       help="MACs, synaptic operations and energy per inference, ANN and SNN")
+    p.add_argument("target", help="model file (the ANN alone) or a directory written by convert "
+                   "or deploy (network.json; with --data)")
+    p.add_argument("--input-shape", type=_shape, help="C,H,W of one item (model file)")
+    p.add_argument("--data", help="network directory: measure its spikes on these items "
+                   "(digits | fashion-mnist[:DIR] | FILE.npz)")
+    p.add_argument("--model", help="network directory: its ANN (default: the model file "
+                   "recorded in network.json)")
+    p.add_argument("--arch", help="module:callable building the model for a state_dict")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling a full nn.Module (runs code from the file)")
+    p.add_argument("--timesteps", type=_timesteps, default=_timesteps("32,64,128"))
+    p.add_argument("--samples", type=int, default=500, help="evaluation items measured")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                   help="where the fast engine runs (default cpu)")
+    p.add_argument("--ann-profiles", type=_names, default=None, help="ANN profiles, names or "
+                   "YAML paths (default stratix10tx-fpga,horowitz-45nm)")
+    p.add_argument("--snn-profiles", type=_names, default=None, help="neuromorphic profiles "
+                   "(default rolls,loihi1,loihi2,truenorth,spinnaker1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object, not tables")
+    p.add_argument("--html", help="also write the tables and bar charts to this HTML file")
 
     p = sub.add_parser("profiles", parents=[common], help="list hardware profiles or show one")
     p.add_argument("name", nargs="?", help="profile name or YAML path")

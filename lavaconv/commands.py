@@ -148,3 +148,65 @@ def deploy(args: argparse.Namespace) -> int:
         raise LavaconvError("deploy runs in one process (Lava starts its own); use torchrun "
                             "for eval and convert")
     return run_deploy(args, prepare(args))
+
+
+def energy(args: argparse.Namespace) -> int:
+    """Operation counts and energy per inference: the ANN of a model file, or a network
+    directory's ANN and its SNN measured on ``--data``."""
+    import json
+
+    from lavaconv.counting import ann_macs
+    from lavaconv.energy import (
+        DEFAULT_ANN_PROFILES,
+        DEFAULT_SNN_PROFILES,
+        measure,
+        profiles_of,
+        summarize,
+    )
+    from lavaconv.report import energy_page, energy_text
+
+    target = Path(args.target)
+    ann_profiles = profiles_of(args.ann_profiles or DEFAULT_ANN_PROFILES, "ann")
+    if not target.is_dir():
+        if args.data:
+            raise LavaconvError(f"--data needs a converted network: run lavaconv convert "
+                                f"{target} ... --out DIR, then lavaconv energy DIR --data ...")
+        if not args.input_shape:
+            raise LavaconvError(f"{target}: a model file needs --input-shape C,H,W")
+        model = load_model(target, args.input_shape, arch=args.arch,
+                           trust_pickle=args.trust_pickle)
+        summary = summarize(ann_macs(model.graph_module, args.input_shape), ann_profiles)
+    else:
+        net, model_path = _network_dir(target, args)
+        shape = tuple(net.nodes[net.input_name].shape)
+        model = load_model(model_path, shape, arch=args.arch, trust_pickle=args.trust_pickle)
+        data = load_dataset(args.data, n_eval=args.samples, n_calib=1, seed=args.seed)
+        if tuple(data.x_eval.shape[1:]) != shape:
+            raise LavaconvError(f"--data {args.data}: items of shape {data.x_eval.shape[1:]}, "
+                                f"but {target} takes {shape}")
+        activity = measure(net, data.x_eval, args.timesteps, seed=args.seed, device=args.device,
+                           progress=not args.quiet)
+        summary = summarize(ann_macs(model.graph_module, shape), ann_profiles, net, activity,
+                            profiles_of(args.snn_profiles or DEFAULT_SNN_PROFILES,
+                                        "neuromorphic"))
+    if args.html:
+        Path(args.html).write_text(energy_page(summary, f"lavaconv energy: {target}").html())
+    print(json.dumps(summary, indent=2) if args.json else energy_text(summary))
+    return 0
+
+
+def _network_dir(directory: Path, args: argparse.Namespace) -> tuple[Network, str]:
+    """The network in ``directory`` and the model file of its ANN."""
+    if not (directory / "network.json").is_file():
+        hint = " (a deploy output: give DIR/network)" if (directory / "network").is_dir() else ""
+        raise LavaconvError(f"{directory}: no network.json{hint}")
+    if not args.data:
+        raise LavaconvError(f"{directory}: give --data to measure the network's spikes")
+    if args.input_shape:
+        raise LavaconvError("--input-shape is for a model file; a network directory has its own")
+    net = Network.load(directory)
+    model = args.model or net.meta.get("model")
+    if not model or not Path(model).is_file():
+        raise LavaconvError(f"{directory}: its ANN {model!r} (recorded in network.json) is not a "
+                            "file here: give --model PATH")
+    return net, model

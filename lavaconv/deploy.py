@@ -1,4 +1,5 @@
-"""``lavaconv deploy``: quantize, evaluate, run on Lava, prove bit-exactness, write the report."""
+"""``lavaconv deploy``: quantize, evaluate, run on Lava, prove bit-exactness, measure energy,
+write the report (HTML, Markdown, JSON)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from dataclasses import asdict
 
 import numpy as np
 
-from lavaconv import pipeline
+from lavaconv import energy, pipeline
 from lavaconv.commands import Prepared, integer_network
+from lavaconv.counting import ann_macs
 from lavaconv.engine import encode_input, simulate
 from lavaconv.errors import LavaconvError
 from lavaconv.network import Network
 from lavaconv.outputs import atomic_dir, write_json
-from lavaconv.profiles import load_profile
+from lavaconv.profiles import Profile, load_profile
+from lavaconv.report import deploy_html, deploy_markdown, deploy_summary
 from lavaconv.resources import estimate
 
 CHECKPOINTS = (8, 16, 32, 64, 128, 256)
@@ -61,34 +64,22 @@ def _lava_check(net_int: Network, x: np.ndarray, steps: int, seed: int, target: 
     }
 
 
-def _report_md(report: dict) -> str:
-    lines = [f"# lavaconv deploy report: {report['model']}", "",
-             f"- data: {report['data']}, {report['items']} evaluation items",
-             f"- neuron {report['options']['neuron']}, norm {report['options']['norm']}, input "
-             f"{report['options']['input']}, profile {report['profile']}",
-             f"- ANN accuracy: {100 * report['ann_accuracy']:.2f} %", "",
-             "| T | float SNN % | integer SNN % |", "|---|---|---|"]
-    for t, acc in report["snn_accuracy"].items():
-        lines.append(f"| {t} | {100 * report['snn_accuracy_float'][t]:.2f} | {100 * acc:.2f} |")
-    lava = report["lava"]
-    if "status" in lava:
-        lines += ["", f"Lava ({lava['target']}): {lava['status']}"]
-    else:
-        lines += ["", f"Lava ({lava['target']}, fixed_pt): {lava['samples']} items x "
-              f"{lava['timesteps']} steps, bit-exact with the engine: {lava['bit_exact']}; "
-              f"{1e3 * lava['seconds_per_step']:.2f} ms per step "
-              f"(engine batch-1: {1e3 * lava['engine_batch1_seconds_per_step']:.3f} ms; "
-              f"engine batched: {1e3 * report['engine']['seconds_per_step']:.4f} ms per item-step)"]
-    lines += ["", "## Quantization", "",
-              "| layer | vth | a_exp | weight err | bias err | saturated |", "|---|---|---|---|---|---|"]
-    for q in report["quantization"]:
-        lines.append(f"| {q['name']} | {q['vth_int']} | {q['a_exp']} | "
-                     f"{q['weight_rel_error']:.4f} | {q['bias_rel_error']:.4f} | "
-                     f"{q['saturated']:.2e} |")
-    res = report["resources"]
-    lines += ["", f"## Resources on {report['profile']}", "",
-              f"{res['total_cores']} cores on {res['chips']} chip(s); fits: {res['fits']}", ""]
-    return "\n".join(lines) + "\n"
+def _snn_profiles(profile: Profile) -> list[Profile]:
+    """The default neuromorphic profiles, plus the deploy profile where it is another one (a
+    user's copy of loihi2 with energy figures, say)."""
+    chosen = energy.profiles_of(energy.DEFAULT_SNN_PROFILES, "neuromorphic")
+    return chosen + ([profile] if profile.name not in energy.DEFAULT_SNN_PROFILES else [])
+
+
+def _energy(prep: Prepared, net_int: Network, profile: Profile, checkpoints: list[int],
+            args: argparse.Namespace, progress: bool) -> dict:
+    """The report's energy section: the ANN's MACs, the integer SNN measured on the items."""
+    data = prep.dataset
+    activity = energy.measure(net_int, data.x_eval, checkpoints, seed=args.seed,
+                              progress=progress)
+    layers = ann_macs(prep.model.graph_module, tuple(data.x_eval.shape[1:]))
+    ann = energy.profiles_of(energy.DEFAULT_ANN_PROFILES, "ann")
+    return energy.summarize(layers, ann, net_int, activity, _snn_profiles(profile))
 
 
 def run_deploy(args: argparse.Namespace, prep: Prepared) -> int:
@@ -110,6 +101,7 @@ def run_deploy(args: argparse.Namespace, prep: Prepared) -> int:
     int_eval = pipeline.evaluate(net_int, data.x_eval, data.y_eval, checkpoints,
                                  seed=args.seed, progress=progress)
     resources = estimate(net_int, profile)
+    energy_section = _energy(prep, net_int, profile, checkpoints, args, progress)
     report = {
         "model": str(args.model), "data": args.data, "items": len(data.y_eval),
         "options": {k: prep.net.meta[k] for k in ("neuron", "norm", "input")},
@@ -120,6 +112,7 @@ def run_deploy(args: argparse.Namespace, prep: Prepared) -> int:
         "engine": {"seconds_per_step": int_eval.seconds_per_step},
         "quantization": [asdict(q) for q in quant],
         "resources": resources,
+        "energy": energy_section,
     }
     hardware_missing = args.target == "loihi2" and not _loihi2_available()
     with atomic_dir(args.out) as tmp:
@@ -134,8 +127,9 @@ def run_deploy(args: argparse.Namespace, prep: Prepared) -> int:
             report["lava"] = _lava_check(net_int, data.x_eval[:k], steps, args.seed,
                                          args.target, progress)
         write_json(tmp / "report.json", report)
-        (tmp / "report.md").write_text(_report_md(report))
-    print(_report_md(report))
+        (tmp / "report.md").write_text(deploy_markdown(report))
+        (tmp / "report.html").write_text(deploy_html(report))
+    print(deploy_summary(report, args.out))
     if hardware_missing:
         raise LavaconvError(f"--target loihi2: {LOIHI2_MISSING}; the integer network and the "
                             f"resource estimate are in {args.out}: on an INRC system with "

@@ -292,7 +292,7 @@ def energy_page(energy: dict, title: str) -> Page:
 
 
 def _snm_line(snm: dict) -> str:
-    ratios = ", ".join(f"T = {t}: {100 * r:.1f} %" for t, r in by_t(snm["snn_over_ann"]))
+    ratios = ", ".join(f"{100 * r:.1f} % at T = {t}" for t, r in by_t(snm["snn_over_ann"]))
     return (f"SNM eq. 15 on {snm['profile']} (input layer as MACs, every other SOP as an "
             f"addition): SNN energy / ANN energy = {ratios}.")
 
@@ -409,8 +409,8 @@ def _deploy_page(report: dict, figures: bool) -> Page:
     if energy.get("snm_eq15"):
         page.parts.append(("p", _snm_line(energy["snm_eq15"])))
     page.parts += [("h2", "Energy assumptions"), ("list", energy["assumptions"])]
-    page.parts += [("h2", "Resources"), *fig("resource use", _resources_png, report), cores,
-                   ("h2", "Quantization"), quant]
+    page.parts += [("h2", "Resources and quantization"),
+                   *fig("resource use", _resources_png, report), cores, quant]
     return page
 
 

@@ -3,6 +3,10 @@
 import glob
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 from multiprocessing import resource_tracker
 
 import numpy as np
@@ -11,7 +15,7 @@ import torch
 
 from lavaconv.engine import encode_input, simulate
 from lavaconv.errors import LavaconvError
-from lavaconv.lava import build, loihi2_available, missing_hw_models, run_lava
+from lavaconv.lava import build, dynamics, loihi2_available, missing_hw_models, run_lava
 from lavaconv.lava import run as lava_run
 from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
 
@@ -29,7 +33,8 @@ def dense_net(encoding: str, reset: str, seed: int = 0) -> Network:
     first = -4 if encoding == "analog" else 0
     nodes = {
         "x": Input((10,), encoding, payload_bits=8, gain=16.0),
-        "h1": IF((8,), 64 * rng.integers(-8, 6, 8), np.array(2**13), reset, 1, a_exp=first),
+        "h1": IF((8,), 64 * rng.integers(-8, 6, 8), np.array(2**13), reset, 1, a_exp=first,
+                 v_init=np.array(2**12)),
         "h2": IF((6,), 64 * rng.integers(-2, 3, 6), np.array(2**11), other, 2, a_exp=-7),
         "output": Readout((4,), 64 * rng.integers(-6, 6, 4), 3, a_exp=0),
     }
@@ -48,7 +53,8 @@ def conv_net(encoding: str, reset: str, seed: int = 0) -> Network:
     nodes = {
         "x": Input((2, 6, 6), encoding, payload_bits=8, gain=16.0),
         "a": IF((c, 6, 6), 64 * rng.integers(-4, 4, (c, 1, 1)),
-                2 ** rng.integers(12, 14, (c, 1, 1)), reset, 1, a_exp=first),
+                2 ** rng.integers(12, 14, (c, 1, 1)), reset, 1, a_exp=first,
+                v_init=2 ** rng.integers(10, 12, (c, 1, 1))),
         "pool": MaxPool((c, 3, 3), "a", (3, 3), (2, 2), (1, 1)),
         "e": IF((c, 3, 3), np.zeros((c, 1, 1), np.int64), np.array(2**8), reset, 2, a_exp=-6),
         "r": IF((c, 3, 3), 64 * rng.integers(-2, 4, (c, 3, 3)), np.array(2**12), reset, 2,
@@ -85,7 +91,7 @@ def to_float(net: Network) -> Network:
     for name, node in net.nodes.items():
         if isinstance(node, IF):
             nodes[name] = IF(node.shape, node.bias / node.v_threshold, np.ones(()), node.reset,
-                             node.t_start)
+                             node.t_start, v_init=node.v_init / node.v_threshold)
         elif isinstance(node, Readout):
             nodes[name] = Readout(node.shape, node.bias / 2.0**12, node.t_start)
     return Network(nodes, syns, numeric="float")
@@ -166,7 +172,7 @@ def test_stock_dense_with_graded_signed_payload(message_bits):
     assert v.tolist() == ((steps - 1) * (w @ seen)).tolist()
 
 
-def test_reset_step_zeroes_state_and_synapse_buffers():
+def test_reset_step_restores_state_and_zeroes_synapse_buffers():
     from lava.magma.core.run_conditions import RunSteps
 
     net = conv_net("analog", "subtract")
@@ -181,12 +187,16 @@ def test_reset_step_zeroes_state_and_synapse_buffers():
         top.run(RunSteps(num_steps=1))  # the reset step
         after = {k: getattr(p, var).get() for k, (p, var) in buffers.items()}
         state = {f"{n}.{var}": getattr(p, var).get() for n, p in graph.nodes.items()
-                 for var in ("v", "count", "c") if hasattr(p, var)}
+                 for var in ("count", "c") if hasattr(p, var)}
+        v = {n: p.v.get() - p.v_init.get() for n, p in graph.nodes.items() if hasattr(p, "v")}
+        v_init = graph.nodes["a"].v_init.get()
     finally:
         top.stop()
     assert np.any(before["0:x->a"]) and np.any(before["1:a->e"])  # the check below can fail
     assert {k: float(np.abs(a).max()) for k, a in after.items()} == dict.fromkeys(after, 0.0)
     assert {k: float(np.abs(s).max()) for k, s in state.items()} == dict.fromkeys(state, 0.0)
+    assert {k: float(np.abs(x).max()) for k, x in v.items()} == dict.fromkeys(v, 0.0)
+    assert v_init.min() > 0  # the potentials are restored to v_init, not zeroed
 
 
 def _assert_same(net: Network, payload: torch.Tensor, res, exact: bool) -> None:
@@ -221,21 +231,166 @@ def test_floating_pt_matches_the_engine(make, encoding, reset):
     _assert_same(net, payload, run_lava(net, payload.numpy(), tag="floating_pt"), exact=False)
 
 
-def test_no_process_left_behind_also_after_an_error(monkeypatch):
+@pytest.mark.parametrize("fast", [False, True])
+def test_no_process_left_behind_after_a_run_or_an_error(monkeypatch, fast):
     resource_tracker.ensure_running()  # Python's own per-interpreter helper, shared by all
     before = _children()
-    net = dense_net("analog", "zero")
+    net = conv_net("analog", "zero")
     payload = encode_input(net, _inputs(net), 4).numpy()
-    run_lava(net, payload)
+    run_lava(net, payload, fast=fast)
     assert _children() == before
 
     def broken(*args):
         raise RuntimeError("read failed")
 
-    monkeypatch.setattr(lava_run, "_read", broken)
-    with pytest.raises(RuntimeError, match="read failed"):
-        run_lava(net, payload)
+    with monkeypatch.context() as patch:
+        patch.setattr(lava_run, "_read", broken)
+        with pytest.raises(RuntimeError, match="read failed"):
+            run_lava(net, payload, fast=fast)
     assert _children() == before
+
+    integrate, calls = dynamics.integrate, []
+
+    def failing(*args):  # Lava forks its processes after this: they inherit it
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("potential update failed")
+        integrate(*args)
+
+    monkeypatch.setattr(dynamics, "integrate", failing)
+    # stock: the failed process's downstream neighbours wait for its messages forever
+    with pytest.raises(RuntimeError, match="(?s)a Lava process failed.*potential update failed"):
+        run_lava(net, payload, fast=fast)
+    assert _children() == before
+
+
+INTERRUPTED = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_lava import conv_net, _inputs
+from lavaconv.engine import encode_input
+from lavaconv.lava import run_lava
+net = conv_net("analog", "zero")
+print("ready", flush=True)
+run_lava(net, encode_input(net, _inputs(net), 100_000).numpy(), fast={fast})
+"""
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid → start time of every descendant of ``pid``."""
+    found = {}
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        with open(path) as f:
+            for child in map(int, f.read().split()):
+                stat = _stat(child)
+                if stat:
+                    found[child] = stat[19]
+                    found.update(_descendants(child))
+    return found
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (state first), None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+@pytest.mark.parametrize("fast,signum,group", [(False, signal.SIGINT, True),
+                                               (True, signal.SIGTERM, False)])
+def test_no_process_left_behind_after_ctrl_c_or_sigterm(fast, signum, group):
+    # Ctrl-C in a terminal signals the whole process group; `kill` signals one process
+    net = conv_net("analog", "zero")
+    models = 1 if fast else len(net.nodes) + len(net.synapses)
+    script = INTERRUPTED.format(tests=os.path.dirname(__file__), fast=fast)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            start_new_session=True, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 60
+    while len(_descendants(proc.pid)) < models + 3:  # + runtime service, memory, tracker
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)  # stepping now
+    lava = _descendants(proc.pid)
+    (os.killpg if group else os.kill)(proc.pid, signum)
+    assert proc.wait(timeout=60) == -signum  # the signal's own exit status, after cleaning up
+    time.sleep(0.5)  # the orphaned resource tracker sees its pipe close
+    left = [p for p, start in lava.items() if (s := _stat(p)) and s[19] == start and s[0] != "Z"]
+    assert left == []
+
+
+def test_fast_models_match_stock_models_beyond_what_build_emits():
+    # Dense: weights out of the 8-bit range (clipped), odd (truncated to 6 bits), weight_exp
+    # -1 and +2, graded input read as binary (num_message_bits 0). Conv: strided, dilated,
+    # grouped, padded, with sums beyond 2**23 (127 * 255 * 9 * 32 taps; wrapped to 24 bits).
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.conv.process import Conv as LavaConv
+    from lava.proc.dense.process import Dense as LavaDense
+
+    from lavaconv.lava.procs import models
+    from lavaconv.lava.procs.process import Readout as ReadoutProc
+    from lavaconv.lava.procs.process import SpikeSource, SpikingNetwork
+
+    rng = np.random.default_rng(5)
+    steps = 4
+
+    def dense_graph():
+        src = SpikeSource(payload=rng.integers(-127, 128, (1, steps, 40)).astype(np.int32))
+        out = ReadoutProc(shape=(6,), a_exp=-6, t_start=steps, steps=steps, state_bits=32)
+        synapses = [LavaDense(weights=rng.integers(-300, 300, (6, 40)), num_message_bits=8,
+                              num_weight_bits=6, weight_exp=-1),
+                    LavaDense(weights=rng.integers(-255, 255, (6, 40)), num_message_bits=0,
+                              weight_exp=2)]
+        return src, out, synapses
+
+    def conv_graph():
+        x = rng.integers(-40, 128, (1, steps, 9, 8, 64)).astype(np.int32)
+        x[..., :32] = 127
+        src = SpikeSource(payload=x)
+        weight = rng.integers(-60, 255, (6, 3, 3, 32))
+        weight[0] = 255
+        conv = LavaConv(weight=weight, input_shape=(9, 8, 64), padding=(1, 2), stride=(2, 1),
+                        dilation=(1, 2), groups=2, num_message_bits=8)
+        out = ReadoutProc(shape=tuple(conv.output_shape), a_exp=-6, t_start=steps, steps=steps,
+                          state_bits=32)
+        return src, out, [conv]
+
+    for make in (dense_graph, conv_graph):
+        v = {}
+        for fast in (False, True):
+            rng = np.random.default_rng(5)
+            src, out, synapses = make()
+            for syn in synapses:
+                src.s_out.reshape(syn.s_in.shape).connect(syn.s_in)
+                syn.a_out.connect(out.a_in)
+            procs = [src, out, *synapses]
+            top = SpikingNetwork(procs=procs)
+            chosen = {top: models.PySpikingNetworkModelFused} if fast else {
+                top: models.SubSpikingNetworkModel,
+                **{p: lava_run.MODELS["fixed_pt"][type(p)] for p in procs}}
+            try:
+                top.run(RunSteps(num_steps=steps), Loihi2SimCfg(exception_proc_model_map=chosen))
+                v[fast] = (top if fast else out).v.get()
+            finally:
+                top.stop()
+        assert np.array_equal(v[False], v[True]), make.__name__
+        assert np.abs(v[True]).max() > 2**15  # far from trivial sums
+
+
+def test_fast_model_refuses_what_the_stock_model_would_overflow():
+    net = Network({"x": Input((1 << 16,), payload_bits=8, gain=1.0),
+                   "output": Readout((1,), np.zeros(1), 2, a_exp=-6)},
+                  [Dense("x", "output", np.full((1, 1 << 16), -256))], numeric="int")
+    payload = np.ones((2, 1, 1 << 16), np.int64)
+    with pytest.raises(LavaconvError, match=r"synapse 0:x->output: .*fast=False"):
+        run_lava(net, payload)
+    with pytest.raises(LavaconvError, match="fixed_pt only"):
+        run_lava(to_float(dense_net("analog", "zero")), payload[:, :, :10], tag="floating_pt",
+                 fast=True)
 
 
 def test_user_errors_name_the_fault():

@@ -44,11 +44,11 @@ def fixed_gain(a: np.ndarray, a_exp: int) -> np.ndarray:
 
 
 def integrate(v: np.ndarray, u: np.ndarray, bias: np.ndarray, bias_on: bool, live: bool,
-              state_bits: int | None) -> None:
-    """In place: ``v = sat(v + u + bias * bias_on)``, or ``v = 0`` in the reset step (not
-    ``live``); ``state_bits`` None means no saturation (floating point)."""
+              state_bits: int | None, rest: np.ndarray | int = 0) -> None:
+    """In place: ``v = sat(v + u + bias * bias_on)``, or ``v = rest`` (the item's initial
+    potential) in the reset step (not ``live``); ``state_bits`` None: no saturation (float)."""
     if not live:
-        v[:] = 0
+        v[:] = rest
         return
     total = v + u
     if bias_on:

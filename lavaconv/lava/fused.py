@@ -69,11 +69,12 @@ def _node(proc: AbstractProcess) -> Node:
     if isinstance(proc, MaxPoolGate):
         params = {"gate": dynamics.Gate(proc.proc_params), "source": source_of(proc.s_in)}
         return Node(proc, params, {"c": np.zeros(proc.c.shape, np.int64)})
-    params = {"bias": initial(proc, "bias"), "a_exp": int(np.ravel(proc.a_exp.init)[0]),
+    params = {"bias": initial(proc, "bias"), "v_init": initial(proc, "v_init"),
+              "a_exp": int(np.ravel(proc.a_exp.init)[0]),
               "t_start": proc.proc_params["t_start"], "state_bits": proc.proc_params["state_bits"]}
     if isinstance(proc, IFNeuron):
         params.update(vth=initial(proc, "vth"), reset=proc.proc_params["reset"])
-    return Node(proc, params, {"v": np.zeros(proc.v.shape, np.int64)})
+    return Node(proc, params, {"v": initial(proc, "v").astype(np.int64)})
 
 
 class FusedNetwork:
@@ -114,7 +115,7 @@ class FusedNetwork:
             return params["gate"](state["c"], state["count"], sent[params["source"]], live)
         u = dynamics.fixed_gain(sum(e.buffer for e in node.inputs), params["a_exp"])
         dynamics.integrate(state["v"], u, params["bias"], t >= params["t_start"], live,
-                           params["state_bits"])
+                           params["state_bits"], params["v_init"])
         if isinstance(node.proc, IFNeuron):
             return dynamics.fire(state["v"], params["vth"], state["count"], live,
                                  params["reset"])

@@ -88,7 +88,8 @@ def _node_process(name: str, node: Node, payload: np.ndarray, net: Network) -> A
     common = dict(shape=shape, bias=full(node.bias), a_exp=node.a_exp, t_start=node.t_start,
                   steps=steps, state_bits=node.state_bits, name=name)
     if isinstance(node, IF):
-        return IFNeuron(vth=full(node.v_threshold), reset=node.reset, **common)
+        return IFNeuron(vth=full(node.v_threshold), v_init=full(node.v_init), reset=node.reset,
+                        **common)
     return Readout(**common)
 
 

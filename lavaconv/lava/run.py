@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import resource_tracker
 
 import numpy as np
 import torch
-from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2HwCfg, Loihi2SimCfg, RunConfig
 from lava.proc.conv.models import PyConvModelFixed, PyConvModelFloat
 from lava.proc.conv.process import Conv as LavaConv
@@ -21,7 +17,7 @@ from lava.proc.dense.process import Dense as LavaDense
 from tqdm import tqdm
 
 from lavaconv.errors import LavaconvError
-from lavaconv.lava import fused
+from lavaconv.lava import fused, lifecycle
 from lavaconv.lava.graph import LavaGraph, build, to_lava
 from lavaconv.lava.hardware import loihi2_available, missing_hw_models
 from lavaconv.lava.procs import models
@@ -31,7 +27,6 @@ from lavaconv.lava.procs.process import (
     MaxPoolGate,
     Readout,
     SpikeSource,
-    SpikingNetwork,
 )
 from lavaconv.network import Network
 
@@ -100,74 +95,6 @@ def _torch_single_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived while Lava ran."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise _Terminated
-
-
-@contextmanager
-def _sigterm_stops_lava() -> Iterator[None]:
-    """In the main thread, SIGTERM raises (so the ``finally`` that stops Lava's processes runs,
-    as for Ctrl-C) and is then delivered again to the caller's own handling."""
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
-        yield
-        return
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    except _Terminated:
-        signal.signal(signal.SIGTERM, previous)
-        signal.raise_signal(signal.SIGTERM)  # by default: the process ends here
-        raise LavaconvError("Lava run stopped by SIGTERM") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Block SIGINT and SIGTERM in this thread: processes forked meanwhile keep them blocked, so
-    a Ctrl-C to the terminal's process group reaches only this process, which stops them."""
-    resource_tracker.ensure_running()  # it would unblock both after starting itself
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _release(runtime) -> None:
-    """Kill whatever Lava process still runs (they block SIGTERM) and free the shared memory,
-    without Lava's stop handshake (relies on lava-nc 0.10's runtime attributes)."""
-    infrastructure = runtime._messaging_infrastructure
-    for actor in infrastructure.actors:
-        if not actor._is_done:
-            actor.kill()
-    runtime._is_started = False  # else Runtime.__del__ would try the handshake again
-    infrastructure.stop()  # joins every process, shuts the shared-memory manager down
-    runtime._watchdog_manager.stop()
-
-
-def _stop(top: SpikingNetwork) -> None:
-    """Stop Lava's processes. After an error inside a process model Lava has joined some of
-    them already and its stop handshake would wait forever: release them instead, as when the
-    handshake itself fails or is interrupted."""
-    runtime = top.runtime
-    if runtime is None:
-        return
-    if any(actor._is_done for actor in runtime._messaging_infrastructure.actors):
-        _release(runtime)
-        return
-    try:
-        top.stop()
-    except BaseException:
-        _release(runtime)
-        raise
-
-
 def _read(graph: LavaGraph, fast: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Spike counts of the counted nodes and the readout's v of the current item, in torch
     layout: from the fused model's Vars (``fast``) or from the sub-processes'."""
@@ -190,6 +117,12 @@ def _read(graph: LavaGraph, fast: bool) -> tuple[dict[str, np.ndarray], np.ndarr
             torch_layout(net.output_name, v, int_mode).reshape(-1))
 
 
+def _timed(advance: Callable[[int], None], steps: int) -> float:
+    start = time.perf_counter()
+    advance(steps)
+    return time.perf_counter() - start
+
+
 def run_lava(net: Network, payload: np.ndarray, *, tag: str = "fixed_pt", target: str = "sim",
              fast: bool | None = None, progress: bool = False) -> LavaResult:
     """Run the items of ``payload`` ``(T, K, *input_shape)`` (as from
@@ -202,35 +135,19 @@ def run_lava(net: Network, payload: np.ndarray, *, tag: str = "fixed_pt", target
     cfg = run_config(graph, tag, target, fast)
     counts: dict[str, list[np.ndarray]] = {}
     readout = []
-    top = graph.top
-
-    def advance(steps: int) -> float:
-        start = time.perf_counter()
-        try:
-            top.run(condition=RunSteps(num_steps=steps))
-        except RuntimeError as error:  # Lava logs the failed model's traceback at INFO only
-            failures = [a.exception[1] for a in top.runtime._messaging_infrastructure.actors
-                        if a._is_done and a.exception]
-            raise RuntimeError("a Lava process failed:\n" + "".join(failures)) from error
-        return time.perf_counter() - start
-
-    with _torch_single_thread(), _sigterm_stops_lava():
+    running = 0.0
+    with _torch_single_thread():
         t0 = time.perf_counter()
-        try:
-            with _signals_blocked():
-                top.create_runtime(run_cfg=cfg)
+        with lifecycle.running(graph.top, cfg) as advance:
             startup = time.perf_counter() - t0
-            running = 0.0
             for k in tqdm(range(graph.items), desc="lava", unit="item", disable=not progress):
-                running += advance(graph.steps)
+                running += _timed(advance, graph.steps)
                 item_counts, v = _read(graph, fast)
                 for n, c in item_counts.items():
                     counts.setdefault(n, []).append(c)
                 readout.append(v)
                 if k + 1 < graph.items:
-                    running += advance(1)  # the reset step
-        finally:
-            _stop(top)
+                    running += _timed(advance, 1)  # the reset step
     executed = graph.items * (graph.steps + 1) - 1
     return LavaResult({n: np.stack(c) for n, c in counts.items()}, np.stack(readout),
                       running / executed, startup)

@@ -55,7 +55,7 @@ class AbstractIntegratorModel(AbstractItemModel):
         t = self.local_step()
         live = t < self.steps
         dynamics.integrate(self.v, self.gain(a), self.bias, t >= self.t_start, live,
-                           self.state_bits if self.saturates else None)
+                           self.state_bits if self.saturates else None, self.v_init)
         self.output(live)
 
 
@@ -88,6 +88,7 @@ class Fire:
 class AbstractIntegratorFloat(FloatingPoint, AbstractIntegratorModel):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     v: np.ndarray = LavaPyType(np.ndarray, float)
+    v_init: np.ndarray = LavaPyType(np.ndarray, float)
     bias: np.ndarray = LavaPyType(np.ndarray, float)
     a_exp: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=4)  # unused in float
 
@@ -95,6 +96,7 @@ class AbstractIntegratorFloat(FloatingPoint, AbstractIntegratorModel):
 class AbstractIntegratorFixed(FixedPoint, AbstractIntegratorModel):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int64, precision=32)  # exact sum
     v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    v_init: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
     bias: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)  # bias_mant << bias_exp
     a_exp: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=4)
 

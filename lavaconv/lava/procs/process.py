@@ -30,16 +30,18 @@ class Integrator(AbstractProcess):
     """Shared interface of :class:`Readout` and :class:`IFNeuron`: input, potential, bias.
 
     ``a_exp`` is the dendritic exponent of fixed point (``G(a) = a << (6 + a_exp)``), ``t_start``
-    the first local step with bias current, ``state_bits`` the width v saturates to.
+    the first local step with bias current, ``state_bits`` the width v saturates to, ``v_init``
+    the potential every item starts from (and the reset step restores).
     """
 
     def __init__(self, *, shape: tuple[int, ...], bias: np.ndarray | float = 0,
                  a_exp: int = 0, t_start: int = 0, steps: int, state_bits: int = 24,
-                 name: str | None = None, **kwargs) -> None:
+                 v_init: np.ndarray | float = 0, name: str | None = None, **kwargs) -> None:
         super().__init__(shape=shape, bias=bias, a_exp=a_exp, t_start=t_start, steps=steps,
                          state_bits=state_bits, name=name, **kwargs)
         self.a_in = InPort(shape=shape)
-        self.v = Var(shape=shape, init=0)
+        self.v = Var(shape=shape, init=_full(v_init, shape))
+        self.v_init = Var(shape=shape, init=_full(v_init, shape))
         self.bias = Var(shape=shape, init=_full(bias, shape))
         self.a_exp = Var(shape=(1,), init=a_exp)
 
@@ -52,7 +54,8 @@ class Readout(Integrator):
 
         v[t] = sat(v[t-1] + G(a_in[t]) + bias * [t >= t_start])
 
-    and ``v = 0`` at the reset step ``t == steps``.
+    from ``v = v_init`` (lavaconv's readouts start at 0), restored at the reset step
+    ``t == steps``.
     """
 
 
@@ -66,7 +69,7 @@ class IFNeuron(Integrator):
         v[t]     = 0 where s_out[t]   (reset='zero': hard reset, Rueckauer eq. 4a)
         count   += s_out[t]           (spikes in the current item)
 
-    and ``s_out = 0``, ``v = 0``, ``count = 0`` at the reset step ``t == steps``.
+    and ``s_out = 0``, ``v = v_init``, ``count = 0`` at the reset step ``t == steps``.
     A signed neuron (graded ±spikes) would be a sibling process with a signed ``s_out``.
     """
 
@@ -141,4 +144,4 @@ class SpikingNetwork(AbstractProcess):
         sizes = [int(np.prod(p.count.shape)) for p in procs if isinstance(p, COUNTED)]
         (readout,) = [p for p in procs if isinstance(p, Readout)]
         self.count = Var(shape=(sum(sizes),), init=0)
-        self.v = Var(shape=readout.v.shape, init=0)
+        self.v = Var(shape=readout.v.shape, init=readout.v.init)

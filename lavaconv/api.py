@@ -1,0 +1,118 @@
+"""Python API for notebooks: the same steps as the CLI, as objects.
+
+    import lavaconv
+    snn = lavaconv.convert("examples/resnet_fmnist.pt2", data="fashion-mnist")
+    acc = snn.simulate(timesteps=[32, 64])            # float engine: {T: accuracy}
+    q = snn.quantize("loihi2", timesteps=64)           # integer network for a profile
+    q.simulate(timesteps=[64])                         # integer engine
+    graph = q.to_lava(items=2, timesteps=64)           # Lava processes (call .run() or run_lava)
+    q.report()                                         # dict: accuracy, rates, quantization
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lavaconv import pipeline
+from lavaconv.calibrate import ActivationStats
+from lavaconv.convert import ConvertOptions, NormSpec
+from lavaconv.data import Dataset, load_dataset
+from lavaconv.engine import encode_input
+from lavaconv.frontend import load_model
+from lavaconv.network import Network
+from lavaconv.profiles import load_profile
+from lavaconv.quantize import Formats, LayerQuant, quantize
+
+
+@dataclass
+class Converted:
+    """A converted network with the data and statistics it came from."""
+
+    network: Network
+    dataset: Dataset
+    stats: dict[str, ActivationStats]
+    ann_accuracy: float
+    quantization: list[LayerQuant] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def simulate(self, timesteps=(32, 64, 128), *, items: int | None = None, seed: int = 0,
+                 device: str = "cpu") -> dict[int, float]:
+        """Accuracy of the fast engine on the first ``items`` evaluation items at each T."""
+        x, y = self.dataset.x_eval[:items], self.dataset.y_eval[:items]
+        ev = pipeline.evaluate(self.network, x, y, list(timesteps), seed=seed, device=device,
+                               progress=False)
+        self.results["simulate"] = ev
+        return ev.accuracy
+
+    def quantize(self, profile: str = "loihi2", *, timesteps: int = 64) -> Converted:
+        """The integer network on ``profile``'s fixed-point formats (a new object)."""
+        prof = load_profile(profile)
+        net, report = quantize(self.network, Formats.from_profile(prof),
+                               input_max=float(self.stats[self.network.input_name].max(False)),
+                               timesteps=timesteps)
+        return Converted(net, self.dataset, self.stats, self.ann_accuracy, report)
+
+    def payload(self, items: int, timesteps: int, seed: int = 0) -> np.ndarray:
+        """What the input process sends, ``(T, items, *shape)``."""
+        return encode_input(self.network, self.dataset.x_eval[:items], timesteps,
+                            seed=seed).numpy()
+
+    def to_lava(self, *, items: int = 1, timesteps: int = 64, seed: int = 0):
+        """The Lava process graph (``lavaconv.lava.LavaGraph``) for the first ``items`` items."""
+        from lavaconv.lava import build
+
+        return build(self.network, self.payload(items, timesteps, seed))
+
+    def run_lava(self, *, items: int = 1, timesteps: int = 64, seed: int = 0,
+                 tag: str | None = None):
+        """Run on Lava's CPU simulator; returns ``lavaconv.lava.LavaResult``."""
+        from lavaconv.lava import run_lava
+
+        tag = tag or ("fixed_pt" if self.network.numeric == "int" else "floating_pt")
+        return run_lava(self.network, self.payload(items, timesteps, seed), tag=tag)
+
+    def energy(self, *, timesteps=(32, 64, 128), items: int = 100,
+               ann_profiles=("stratix10tx-fpga",), snn_profiles=("rolls", "loihi1")) -> dict:
+        """Energy per inference of the ANN and the SNN (see ``lavaconv.energy``)."""
+        from lavaconv.energy import estimate_network
+
+        out = estimate_network(self.network, self.dataset.x_eval[:items], list(timesteps),
+                               ann_profiles=ann_profiles, snn_profiles=snn_profiles)
+        self.results["energy"] = out
+        return out
+
+    def report(self) -> dict:
+        """What is known so far, as plain data."""
+        out: dict[str, Any] = {"ann_accuracy": self.ann_accuracy, "numeric": self.network.numeric,
+                               "options": dict(self.network.meta)}
+        if "simulate" in self.results:
+            ev = self.results["simulate"]
+            out.update(snn_accuracy=ev.accuracy, spike_rate=ev.spike_rate)
+        if self.quantization:
+            out["quantization"] = [vars(q) for q in self.quantization]
+        if "energy" in self.results:
+            out["energy"] = self.results["energy"]
+        return out
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.network.save(directory)
+
+
+def convert(model: str | Path, *, data: str, norm: str = "p99.9", neuron: str = "rmp",
+            input: str = "analog", v_init: float = 0.5, samples: int | None = 2000,
+            calib_samples: int = 2000, arch: str | None = None, trust_pickle: bool = False,
+            seed: int = 0) -> Converted:
+    """Load ``model``, calibrate on ``data``'s calibration items and convert (float)."""
+    dataset = load_dataset(data, n_eval=samples, n_calib=calib_samples, seed=seed)
+    loaded = load_model(model, tuple(dataset.x_eval.shape[1:]), arch=arch,
+                        trust_pickle=trust_pickle)
+    options = ConvertOptions(NormSpec.parse(norm), neuron, input, v_init)
+    ann = pipeline.ann_accuracy(loaded.graph_module, dataset.x_eval, dataset.y_eval)
+    net, stats = pipeline.build(loaded.graph_module, dataset, options, progress=False)
+    net.meta.update(model=str(model), data=data, ann_accuracy=ann)
+    return Converted(net, dataset, stats, ann)

@@ -3,9 +3,10 @@
 lavaconv's own process models (``procs/models.py``) and the fused whole-network model
 (:mod:`lavaconv.lava.fused`) both call these, so a neuron has one implementation. The synapse
 kernels reproduce Lava's stock ``fixed_pt`` Dense and Conv models (``lava/proc/dense/models.py``
-``PyDenseModelBitAcc``, ``lava/proc/conv/models.py`` ``PyConvModelFixed``) bit for bit, including
-the int32 message channel a synapse sends on, vectorised (torch ``conv2d`` instead of a scipy
-``convolve2d`` per channel pair). Arrays use Lava's layout: maps are ``(W, H, C)``.
+``PyDenseModelBitAcc``, ``lava/proc/conv/models.py`` ``PyConvModelFixed``) bit for bit wherever
+those cannot overflow their int32 sums (checked per synapse), vectorised: torch ``conv2d``
+instead of a scipy ``convolve2d`` per channel pair, the active inputs' weight columns summed
+instead of a matrix product. Arrays use Lava's layout: maps are ``(W, H, C)``.
 """
 
 from __future__ import annotations
@@ -37,20 +38,24 @@ def payload_at(payload: np.ndarray, item: int, t: int) -> np.ndarray:
 
 
 def fixed_gain(a: np.ndarray, a_exp: int) -> np.ndarray:
-    """``u = a << (6 + a_exp)``, a flooring right shift when the shift is negative."""
+    """``u = a << (6 + a_exp)``, a flooring right shift when the shift is negative (in place
+    where ``a`` is int64)."""
     shift = 6 + a_exp
     a = np.asarray(a, dtype=np.int64)
-    return np.left_shift(a, shift) if shift >= 0 else np.right_shift(a, -shift)
+    if shift >= 0:
+        return np.left_shift(a, shift, out=a)
+    return np.right_shift(a, -shift, out=a)
 
 
 def integrate(v: np.ndarray, u: np.ndarray, bias: np.ndarray, bias_on: bool, live: bool,
               state_bits: int | None, rest: np.ndarray | int = 0) -> None:
-    """In place: ``v = sat(v + u + bias * bias_on)``, or ``v = rest`` (the item's initial
-    potential) in the reset step (not ``live``); ``state_bits`` None: no saturation (float)."""
+    """In place (``u`` is overwritten): ``v = sat(v + u + bias * bias_on)``, or ``v = rest``
+    (the item's initial potential) in the reset step (not ``live``); ``state_bits`` None: no
+    saturation (floating point)."""
     if not live:
         v[:] = rest
         return
-    total = v + u
+    total = np.add(v, u, out=u)
     if bias_on:
         total += bias
     if state_bits is not None:
@@ -68,7 +73,7 @@ def fire(v: np.ndarray, vth: np.ndarray, count: np.ndarray, live: bool,
         s[:] = False
         count[:] = 0
     if reset == "subtract":
-        np.subtract(v, vth, out=v, where=s)
+        v -= vth * s
     else:
         v[s] = 0
     if live:
@@ -79,37 +84,42 @@ def fire(v: np.ndarray, vth: np.ndarray, count: np.ndarray, live: bool,
 class Gate:
     """Rate-gated spiking max-pool (Rueckauer et al. 2017, sec. 3.6) of one
     :class:`MaxPoolGate`, from its parameters (``in_shape``, ``out_shape``, ``kernel``, ``stride``,
-    ``padding``; Lava's (W, H) order). Each window's candidates are in torch's row-major order
-    (ties: first); the gather index of a padding cell points one past the input (never wins)."""
+    ``padding``; Lava's (W, H) order).
+
+    Each window passes the spike of its candidate with the largest count ``c``, ties to the first
+    in torch's row-major window order. One integer key per cell ranks them all at once:
+    ``key = c * 2K + 2 * (K - 1 - k) + s`` for the k-th of K candidates, so the window's largest
+    key is its winner and its lowest bit the spike; padding cells hold ``-2K`` and never win.
+    """
 
     def __init__(self, params) -> None:
         (kw, kh), (sw, sh), (pw, ph) = (tuple(params[k]) for k in ("kernel", "stride", "padding"))
         width, height, channels = params["in_shape"]
         w_out, h_out, _ = params["out_shape"]
-        outside = width * height * channels
-        candidates = []
-        for i in range(kh):
-            for j in range(kw):
-                x = np.arange(w_out)[:, None] * sw + j - pw
-                y = np.arange(h_out)[None, :] * sh + i - ph
-                inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-                flat = (x * height + y)[..., None] * channels + np.arange(channels)
-                candidates.append(np.where(inside[..., None], flat, outside).ravel())
-        self.index = np.stack(candidates)  # (kh * kw, W_out * H_out * C)
-        self.columns = np.arange(self.index.shape[1])
-        self.out_shape = tuple(params["out_shape"])
+        self.scale = 2 * kw * kh
+        self.key = np.full((width + 2 * pw, height + 2 * ph, channels), -self.scale, np.int64)
+        self.inside = (slice(pw, pw + width), slice(ph, ph + height))
+        self.windows = [((slice(j, j + sw * (w_out - 1) + 1, sw),
+                          slice(i, i + sh * (h_out - 1) + 1, sh)),
+                         self.scale - 2 - 2 * (i * kw + j))
+                        for i in range(kh) for j in range(kw)]
 
     def __call__(self, c: np.ndarray, count: np.ndarray, s: np.ndarray,
                  live: bool) -> np.ndarray:
-        """In place on the counts ``c`` and ``count``: ``c += s``, pass the spikes of each
-        window's first candidate with the largest ``c``; both counts zeroed in the reset step."""
+        """In place on the counts ``c`` and ``count``: ``c += s``, the windows' output spikes;
+        both counts are zeroed in the reset step."""
         if live:
             c += s
         else:
             c[:] = 0
-        pick = np.append(c.ravel(), -1)[self.index].argmax(axis=0)
-        chosen = self.index[pick, self.columns]
-        out = (np.append(s.ravel(), False)[chosen] & live).reshape(self.out_shape)
+        inside = self.key[self.inside]
+        np.multiply(c, self.scale, out=inside)
+        inside += s
+        best = None
+        for window, rank in self.windows:
+            candidate = self.key[window] + rank
+            best = candidate if best is None else np.maximum(best, candidate, out=best)
+        out = (best & 1).astype(bool) & live
         if live:
             count += out
         else:
@@ -135,11 +145,33 @@ def _sum_bound(proc, weights: np.ndarray, message_bits: int, shift: int = 0) -> 
     return bound
 
 
-class DenseKernel:
+class Kernel:
+    """A synapse's step: its output for what its source sent. ``num_message_bits = 0`` reads
+    the input as binary spikes. A graded input that repeats (an analog payload is the same every
+    step of an item) gives the output it gave before, computed once."""
+
+    message_bits: int
+
+    def __init__(self) -> None:
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, s: np.ndarray) -> np.ndarray:
+        if self.message_bits == 0:
+            return self.compute(s != 0)
+        if self.last is None or not np.array_equal(self.last[0], s):
+            self.last = (s.copy(), self.compute(s))
+        return self.last[1]
+
+    def compute(self, s: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class DenseKernel(Kernel):
     """Lava's ``PyDenseModelBitAcc``: weights clipped to 8 bits and truncated to
     ``num_weight_bits`` once, ``a = (W @ s) << weight_exp`` (flooring shift when negative)."""
 
     def __init__(self, proc: LavaDense) -> None:
+        super().__init__()
         params = proc.proc_params
         weights = np.asarray(proc.weights.init)
         sign_mode = params.get("sign_mode") or determine_sign_mode(weights)
@@ -148,21 +180,26 @@ class DenseKernel:
         self.message_bits = int(np.asarray(proc.num_message_bits.init).item())
         self.weight_exp = int(params.get("weight_exp", 0))
         _sum_bound(proc, weights, self.message_bits, self.weight_exp)  # int32 never wraps
-        self.weights = weights.astype(np.float64)  # integer sums below 2**53 are exact
+        self.columns = np.ascontiguousarray(weights.T, dtype=np.int64)  # one row per input
+        self.graded = torch.from_numpy(weights.astype(np.float64))  # exact below 2**53
 
-    def __call__(self, s: np.ndarray) -> np.ndarray:
-        s = s.ravel()
-        s = s if self.message_bits > 0 else s != 0  # num_message_bits 0: binary spikes
-        a = np.rint(self.weights @ s).astype(np.int64)
+    def compute(self, s: np.ndarray) -> np.ndarray:
+        if self.message_bits > 0:  # graded payload (numpy's multithreaded BLAS is avoided)
+            a = torch.mv(self.graded, torch.from_numpy(s.ravel().astype(np.float64)))
+            a = a.numpy().astype(np.int64)  # integral already
+        else:  # binary spikes: the sum of the active inputs' weights, as the stock model's
+            a = self.columns[np.flatnonzero(s)].sum(axis=0)
         return a << self.weight_exp if self.weight_exp > 0 else a >> -self.weight_exp
 
 
-class ConvKernel:
+class ConvKernel(Kernel):
     """Lava's ``PyConvModelFixed``: a true convolution in ``(W, H)`` (weights ``(C_out, kW, kH,
     C_in / groups)``), then wrapped to 24 bits; ``weight_exp`` and ``num_weight_bits`` are ignored
     there and here."""
 
     def __init__(self, proc: LavaConv) -> None:
+        super().__init__()
+
         def value(var) -> tuple[int, ...]:
             return tuple(int(x) for x in np.ravel(var.init))
 
@@ -173,17 +210,17 @@ class ConvKernel:
         # integer sums are exact in float32 below 2**24 in any order: torch's CPU conv2d sums
         # products directly or by im2col-GEMM, never by Winograd or FFT transforms
         self.dtype = np.float32 if bound < 2**24 else np.float64
-        # correlation kernel (C_out, C_in / g, kW, kH) over (1, C, W, H): flip, channels first
-        flipped = weight[:, ::-1, ::-1, :].transpose(0, 3, 1, 2)
-        self.kernel = torch.from_numpy(np.ascontiguousarray(flipped, dtype=self.dtype))
+        # the correlation kernel (C_out, C_in / g, kW, kH) over (1, C, W, H), both stored
+        # channels-last, which is Lava's (W, H, C) order: flip, no copy of the maps
+        flipped = np.ascontiguousarray(weight[:, ::-1, ::-1, :], dtype=self.dtype)
+        self.kernel = torch.from_numpy(flipped).permute(0, 3, 1, 2)
         self.stride, self.padding = value(proc.stride), value(proc.padding)
         self.dilation, self.groups = value(proc.dilation), value(proc.groups)[0]
 
-    def __call__(self, s: np.ndarray) -> np.ndarray:
-        s = s if self.message_bits > 0 else s != 0
+    def compute(self, s: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(s.astype(self.dtype)).permute(2, 0, 1)[None]
         with torch.no_grad():
             y = F.conv2d(x, self.kernel, stride=self.stride, padding=self.padding,
                          dilation=self.dilation, groups=self.groups)
-        a = np.rint(y[0].permute(1, 2, 0).numpy()).astype(np.int64)
+        a = y[0].permute(1, 2, 0).numpy().astype(np.int64)  # integral already, (W, H, C)
         return _wrap(a, 24) if self.wraps else a

@@ -11,7 +11,6 @@ The wiring is read from the processes' own port connections (virtual ports: resh
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +19,7 @@ from lava.proc.conv.process import Conv as LavaConv
 from lava.proc.dense.process import Dense as LavaDense
 
 from lavaconv.lava import dynamics
-from lavaconv.lava.dynamics import ConvKernel, DenseKernel
+from lavaconv.lava.dynamics import ConvKernel, DenseKernel, Kernel
 from lavaconv.lava.procs.process import COUNTED, IFNeuron, MaxPoolGate, Readout, SpikeSource
 
 SYNAPSES = (LavaDense, LavaConv)
@@ -38,7 +37,7 @@ def source_of(port) -> AbstractProcess:
     return src.process
 
 
-def kernel(proc: AbstractProcess) -> Callable[[np.ndarray], np.ndarray]:
+def kernel(proc: AbstractProcess) -> Kernel:
     """The synapse's step function; raises :class:`~lavaconv.errors.LavaconvError` where the
     stock model's sums could overflow (so the fused model would differ from it)."""
     return ConvKernel(proc) if isinstance(proc, LavaConv) else DenseKernel(proc)
@@ -49,7 +48,7 @@ class Edge:
     """One synapse: what it sends next step (int64, in its target's a_in shape) and its kernel."""
 
     source: AbstractProcess
-    kernel: Callable[[np.ndarray], np.ndarray]
+    kernel: Kernel
     buffer: np.ndarray
 
 
@@ -81,22 +80,23 @@ class FusedNetwork:
     """State of all processes; :meth:`step` advances one Lava timestep.
 
     ``procs``: the graph's node processes in topological order, then its synapses. ``count``
-    and ``v`` are caller-owned int32 arrays (the fused process model's Vars) that receive the
-    spike counts of the ``COUNTED`` processes (flat, concatenated, Lava layout) and the readout's
-    potential; all other state is private.
+    holds the spike counts of the ``COUNTED`` processes (int32, flat, concatenated, Lava
+    layout) and ``v`` the readout's potential: the fused process model's Vars. All other state
+    is private.
     """
 
-    def __init__(self, procs: list[AbstractProcess], count: np.ndarray, v: np.ndarray) -> None:
+    def __init__(self, procs: list[AbstractProcess]) -> None:
         self.nodes = {p: _node(p) for p in procs if not isinstance(p, SYNAPSES)}
         self.steps = int(next(iter(self.nodes)).proc_params["steps"])
+        counted = [p for p in procs if isinstance(p, COUNTED)]
+        self.count = np.zeros(sum(int(np.prod(p.count.shape)) for p in counted), np.int32)
         offset = 0
-        for proc in (p for p in procs if isinstance(p, COUNTED)):
+        for proc in counted:
             size = int(np.prod(proc.count.shape))
-            self.nodes[proc].state["count"] = count[offset:offset + size].reshape(proc.count.shape)
+            state = self.nodes[proc].state
+            state["count"] = self.count[offset:offset + size].reshape(proc.count.shape)
             offset += size
-        for node in self.nodes.values():
-            if isinstance(node.proc, Readout):
-                node.state["v"] = v
+        (self.v,) = [n.state["v"] for n in self.nodes.values() if isinstance(n.proc, Readout)]
         self.edges = []
         for proc in procs:
             if isinstance(proc, SYNAPSES):

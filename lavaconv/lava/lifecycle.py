@@ -1,11 +1,14 @@
 """Start, step and always stop Lava's OS processes, also after an error, Ctrl-C or SIGTERM.
 
 Lava forks one OS process per process model plus a runtime service and a shared-memory manager.
-Left alone they outlive their parent in three ways: SIGTERM kills the parent without running its
-``finally`` blocks; a Ctrl-C in a terminal reaches the whole process group, so Lava's processes
-die mid-protocol and the parent's stop handshake waits forever; and when one process model
-raises, Lava's own error path waits for processes that wait for the failed one's messages.
-:func:`running` closes all three (using lava-nc 0.10's runtime attributes where Lava has no API).
+Left alone they outlive their parent, or hang it, in four ways: SIGTERM kills the parent without
+running its ``finally`` blocks; a Ctrl-C in a terminal reaches the whole process group, so
+Lava's processes die mid-protocol; an exception that cuts a get or a run short leaves Lava's
+stop handshake waiting forever; and when one process model raises, Lava's own error path waits
+for processes that wait for the failed one's messages. :func:`running` handles all four: SIGTERM
+raises and is re-delivered afterwards, Lava's processes start with SIGINT and SIGTERM blocked,
+after any exception they are killed instead of asked to stop, and a run polls for a dead process
+instead of waiting on Lava (using lava-nc 0.10's runtime attributes where Lava has no API).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from multiprocessing import resource_tracker
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import RunConfig
+from lava.magma.runtime.mgmt_token_enums import MGMT_RESPONSE, enum_equal
 
 from lavaconv.errors import LavaconvError
 
 HEALTH_SECONDS = 0.02  # how often a running step checks that no Lava process has died
+FAILURE_SECONDS = 5.0  # how long a failed run waits for the failed process's traceback
 
 
 class _Terminated(BaseException):
@@ -81,59 +86,45 @@ def _actors(top: AbstractProcess) -> list:
     return infrastructure.actors if infrastructure is not None else []
 
 
-def _kill_remaining(top: AbstractProcess) -> None:
-    """SIGKILL every Lava process still running (they block SIGTERM)."""
-    for actor in _actors(top):
-        if not _exited(actor):
-            actor.kill()
-
-
-def _failure(top: AbstractProcess, error: BaseException | None = None) -> RuntimeError:
-    """The tracebacks of the Lava processes that raised (Lava logs them at INFO only)."""
+def _failure(top: AbstractProcess) -> RuntimeError:
+    """The tracebacks of the Lava processes that raised (Lava logs them at INFO only), once
+    one of them has ended."""
+    deadline = time.monotonic() + FAILURE_SECONDS
+    while not any(_exited(a) for a in _actors(top)) and time.monotonic() < deadline:
+        time.sleep(0.01)
     tracebacks = "".join(a.exception[1] for a in _actors(top) if a.exception)
-    return RuntimeError("a Lava process failed:\n" + (tracebacks or repr(error)))
+    return RuntimeError("a Lava process failed:\n" + (tracebacks or "(no traceback)"))
 
 
 def _advance(top: AbstractProcess, steps: int) -> None:
-    """Run ``steps`` timesteps. If a Lava process dies meanwhile (its model raised), kill the
-    others, which may be waiting for its messages forever, and raise its error."""
+    """Run ``steps`` timesteps; raise as soon as a Lava process has died (its model raised) or
+    Lava reports an error: Lava's own error path waits for processes that may never end."""
     runtime = top.runtime
     top.run(condition=RunSteps(num_steps=steps, blocking=False))
     delay, checked = 1e-4, time.monotonic()
     while not all(port.probe() for port in runtime.service_to_runtime):
         if time.monotonic() - checked > HEALTH_SECONDS:
             if any(_exited(a) for a in _actors(top)):
-                _kill_remaining(top)
                 raise _failure(top)
             checked = time.monotonic()
         time.sleep(delay)
         delay = min(2 * delay, 1e-3)
-    try:
-        top.wait()
-    except RuntimeError as error:  # Lava's own report of a failed process
-        raise _failure(top, error) from error
-
-
-def _stop(top: AbstractProcess) -> None:
-    """Lava's stop handshake when every process is alive and has run; otherwise (an error,
-    never started, or the handshake itself failing) kill what remains and free the memory."""
-    runtime = top.runtime
-    if runtime is None:
-        return
-    if runtime._is_started and not any(_exited(a) for a in _actors(top)):
-        try:
-            top.stop()
-            return
-        except BaseException:
-            _release(top)
-            raise
-    _release(top)
+    if not all(enum_equal(port.peek(), MGMT_RESPONSE.DONE) for port in runtime.service_to_runtime):
+        raise _failure(top)
+    top.wait()  # takes the DONE
 
 
 def _release(top: AbstractProcess) -> None:
+    """Without a word to Lava's processes (an exception may have cut their protocol short):
+    SIGKILL those still running (they block SIGTERM), join them, free the shared memory."""
     runtime = top.runtime
-    _kill_remaining(top)
-    runtime._is_started = False  # else Runtime.__del__ would try the handshake again
+    if runtime is None:
+        return
+    for actor in _actors(top):
+        if not _exited(actor):
+            actor.kill()
+    runtime._is_started = False  # else Runtime.__del__ would try Lava's stop handshake
+    runtime.join()  # this process's ends of the channels
     for part in (runtime._messaging_infrastructure, runtime._watchdog_manager):
         if part is not None:  # None when start-up failed before building it
             part.stop()  # joins every process and stops the shared memory / the watchdogs
@@ -141,12 +132,19 @@ def _release(top: AbstractProcess) -> None:
 
 @contextmanager
 def running(top: AbstractProcess, cfg: RunConfig) -> Iterator[Callable[[int], None]]:
-    """Start Lava's processes for ``top`` and yield ``advance(steps)``; on leaving, for
-    whatever reason, none of them is left (SIGTERM is re-delivered once they are gone)."""
+    """Start Lava's processes for ``top`` and yield ``advance(steps)``. On success they stop by
+    Lava's handshake; after any exception (an error, Ctrl-C, SIGTERM) they are killed, since
+    the handshake could wait forever. None is left either way; SIGTERM is re-delivered after."""
     with _sigterm_stops_lava():
         try:
             with _signals_blocked():
                 top.create_runtime(run_cfg=cfg)
             yield lambda steps: _advance(top, steps)
-        finally:
-            _stop(top)
+        except BaseException:
+            _release(top)
+            raise
+        try:
+            top.stop()
+        except BaseException:
+            _release(top)
+            raise

@@ -1,9 +1,11 @@
-"""CPU process models of lavaconv's processes, one per numeric regime.
+"""CPU process models of lavaconv's processes, one per numeric regime, and the two models of
+the whole-network :class:`SpikingNetwork`.
 
 ``floating_pt``: float64 state, ``G(a) = a``. ``fixed_pt``: the integer equations of
 docs/design.md section 3 bit for bit (``G(a) = a << (6 + a_exp)``, flooring right shift for a
 negative shift; v saturates to ``state_bits`` signed). The synaptic input ``a_in`` is the exact
-sum of all incoming synapse outputs (int64), as in the design's equations.
+sum of all incoming synapse outputs (int64), as in the design's equations. The arithmetic
+itself lives in :mod:`lavaconv.lava.dynamics`, shared with the fused model.
 
 Imports are absolute: Lava's model discovery also executes this file as a top-level module.
 """
@@ -12,11 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.model import PyAsyncProcessModel, PyLoihiProcessModel
 from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.model.sub.model import AbstractSubProcessModel
 from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lavaconv.lava import dynamics
@@ -178,23 +181,27 @@ class PyMaxPoolGateModel(AbstractItemModel):
         self.s_out.send(self.gate(self.c, self.count, s, live))
 
 
-@implements(proc=SpikingNetwork, protocol=LoihiProtocol)
+@implements(proc=SpikingNetwork, protocol=AsyncProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PySpikingNetworkModelFused(PyLoihiProcessModel):
-    """All sub-processes in this one OS process (:class:`~lavaconv.lava.fused.FusedNetwork`)."""
+class PySpikingNetworkModelFused(PyAsyncProcessModel):
+    """All sub-processes in this one OS process (:class:`~lavaconv.lava.fused.FusedNetwork`),
+    which steps through Lava's timesteps itself: with no ports there is nothing to synchronise
+    with, so Lava's per-step handshake (most of its per-step cost) is left out."""
 
     count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
     v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
-        self.net: FusedNetwork | None = None
+        self.net = FusedNetwork(proc_params["procs"])  # at start-up, not in the first step
+        self.time_step = 0
 
-    def run_spk(self) -> None:
-        if self.net is None:  # the Vars exist only once the builder has set them
-            self.net = FusedNetwork(self.proc_params["procs"], self.count, self.v)
-        self.net.step(self.time_step)
+    def run_async(self) -> None:
+        self.count, self.v = self.net.count, self.net.v  # Lava reads Vars by name
+        for _ in range(self.num_steps):
+            self.time_step += 1
+            self.net.step(self.time_step)
 
 
 @implements(proc=SpikingNetwork, protocol=LoihiProtocol)

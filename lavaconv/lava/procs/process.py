@@ -2,8 +2,9 @@
 
 Every process runs items back to back with a period of ``steps + 1`` timesteps
 (docs/design.md section 4): local step ``t = (time_step - 1) mod (steps + 1)``; steps
-``t < steps`` compute the item, step ``t == steps`` silences every output and zeroes all state,
-so the next item starts from zero. Arrays use Lava's layout: maps are ``(W, H, C)``.
+``t < steps`` compute the item, step ``t == steps`` silences every output and resets all state
+(potentials to ``v_init``, everything else to zero), so the next item starts afresh. Arrays use
+Lava's layout: maps are ``(W, H, C)``.
 
 :class:`SpikingNetwork` wraps a whole graph of these (plus Lava's stock Dense/Conv synapses) as
 one hierarchical process, so that Lava's model selection decides how the same graph runs.
@@ -130,8 +131,8 @@ class SpikingNetwork(AbstractProcess):
     ``procs`` are the network's node processes in topological order followed by its synapse
     processes (Lava's stock ``Dense``/``Conv``), already built and connected
     (:func:`lavaconv.lava.graph.build`). Two models implement it: the sub-process model runs
-    them as they are (Lava's stock models in simulation; Loihi 2), the fused CPU model steps all
-    of them in one OS process with the same fixed-point arithmetic. Either way::
+    them as they are (Lava's stock models in simulation; Loihi 2), the fused CPU model
+    (``fixed_pt``) steps all of them in one OS process with the same arithmetic. Either way::
 
         count = spike counts of the COUNTED processes in the current item, flat, concatenated
         v     = the readout's potential

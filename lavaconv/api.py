@@ -5,7 +5,7 @@
     acc = snn.simulate(timesteps=[32, 64])            # float engine: {T: accuracy}
     q = snn.quantize("loihi2", timesteps=64)           # integer network for a profile
     q.simulate(timesteps=[64])                         # integer engine
-    graph = q.to_lava(items=2, timesteps=64)           # Lava processes (call .run() or run_lava)
+    graph = q.to_lava(items=2, timesteps=64)           # Lava processes (graph.top is the network)
     q.report()                                         # dict: accuracy, rates, quantization
 """
 
@@ -75,16 +75,6 @@ class Converted:
         tag = tag or ("fixed_pt" if self.network.numeric == "int" else "floating_pt")
         return run_lava(self.network, self.payload(items, timesteps, seed), tag=tag)
 
-    def energy(self, *, timesteps=(32, 64, 128), items: int = 100,
-               ann_profiles=("stratix10tx-fpga",), snn_profiles=("rolls", "loihi1")) -> dict:
-        """Energy per inference of the ANN and the SNN (see ``lavaconv.energy``)."""
-        from lavaconv.energy import estimate_network
-
-        out = estimate_network(self.network, self.dataset.x_eval[:items], list(timesteps),
-                               ann_profiles=ann_profiles, snn_profiles=snn_profiles)
-        self.results["energy"] = out
-        return out
-
     def report(self) -> dict:
         """What is known so far, as plain data."""
         out: dict[str, Any] = {"ann_accuracy": self.ann_accuracy, "numeric": self.network.numeric,
@@ -94,8 +84,6 @@ class Converted:
             out.update(snn_accuracy=ev.accuracy, spike_rate=ev.spike_rate)
         if self.quantization:
             out["quantization"] = [vars(q) for q in self.quantization]
-        if "energy" in self.results:
-            out["energy"] = self.results["energy"]
         return out
 
     def save(self, directory: str | Path) -> None:

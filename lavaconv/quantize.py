@@ -95,7 +95,9 @@ def quantize(
         b_max = float(np.abs(node.bias).max(initial=0.0))
         if b_max > 0:  # the bias, b * vth_int, must fit the bias mantissa and exponent
             bias_room = (2 ** (formats.bias_mant_bits - 1) - 1) * 2**formats.bias_exp_max
-            cap = max(1, min(cap, math.floor(bias_room / (b_max * 2**shift))))
+            limit = bias_room / (b_max * 2**shift)
+            if limit < cap:  # a subnormal bias gives an infinite limit: no constraint
+                cap = max(1, math.floor(limit))
         exp = int(np.clip(math.floor(math.log2(cap / r_max)), formats.weight_exp_min,
                           formats.weight_exp_max))
         vth_mant = min(math.floor(r_max * 2.0**exp), cap)

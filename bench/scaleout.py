@@ -36,7 +36,8 @@ def main() -> None:
         wall = time.perf_counter() - start
         rate = args.samples * args.timesteps / wall
         base = base or rate
-        rows.append(f"| {n} | {wall:.1f} | {rate:.0f} | {rate / base:.2f} | {rate / base / n:.2f} |")
+        speedup = rate / base
+        rows.append(f"| {n} | {wall:.1f} | {rate:.0f} | {speedup:.2f} | {speedup / n:.2f} |")
     print(f"model {args.model}, {args.samples} items x T={args.timesteps}, device {args.device}, "
           f"{os.cpu_count()} CPU cores\n")
     print("| processes | wall s | items x steps / s | speed-up | per worker |")

@@ -38,6 +38,15 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
+def _zeta(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model file: .pt2 (torch.export), TorchScript, state_dict "
                    "(with --arch) or pickled nn.Module (with --trust-pickle)")
@@ -46,13 +55,33 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling a full nn.Module (runs code from the file)")
     p.add_argument("--norm", default="p99.9",
-                   help="activation scale: none | max | pQ, optionally :channel (default p99.9)")
-    p.add_argument("--neuron", choices=["rmp", "if"], default="rmp",
-                   help="rmp: reset by subtraction (default); if: reset to zero")
+                   help="activation scale: none | max | pQ, optionally :channel or :neuron "
+                   "(neuron-wise, SNM eq. 14) (default p99.9)")
+    p.add_argument("--neuron", choices=["rmp", "if", "snm"], default="rmp",
+                   help="rmp: reset by subtraction (default); if: reset to zero; snm: signed "
+                   "neuron with memory (SNM eq. 7-11)")
     p.add_argument("--input", choices=["analog", "poisson"], default="analog")
     p.add_argument("--v-init", type=float, default=0.5,
                    help="initial membrane potential in thresholds (default 0.5: Bu et al. 2022; "
                    "0 is the seed papers' choice)")
+    p.add_argument("--readout", choices=["potential", "count", "softmax"], default="potential",
+                   help="class = argmax of the output potential (default), of its spike count, "
+                   "or of a spiking softmax (Rueckauer sec. 3.5)")
+    p.add_argument("--no-shortcut-norm", action="store_true",
+                   help="leave identity shortcuts unnormalised (S-ResNet Table 2 baseline)")
+    p.add_argument("--balance", type=float, metavar="ALPHA",
+                   help="RMP threshold balancing from SNN statistics, threshold = ALPHA * max "
+                   "input (RMP sec. 4.1)")
+    p.add_argument("--zeta", type=_zeta, default=1.0,
+                   help="S-ResNet weight factor (eq. 14), or 'auto' to search it (default 1)")
+    p.add_argument("--correction", choices=["none", "bias", "potential"], default="none",
+                   help="per-channel correction of the bias or of the initial potential from "
+                   "SNN statistics (Li et al. 2021) (default none)")
+    p.add_argument("--calib-steps", type=int, default=64,
+                   help="timesteps of the calibration runs of --balance/--zeta auto/"
+                   "--correction (default 64)")
+    p.add_argument("--calib-items", type=int, default=256,
+                   help="calibration items those runs use (default 256)")
     p.add_argument("--samples", type=int, default=2000, help="evaluation items")
     p.add_argument("--calib-samples", type=int, default=2000, help="calibration items")
     p.add_argument("--seed", type=int, default=0)

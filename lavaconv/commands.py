@@ -32,7 +32,7 @@ class Prepared:
 
 def prepare(args: argparse.Namespace) -> Prepared:
     """Load data and model, measure the ANN, calibrate and convert."""
-    options = ConvertOptions(NormSpec.parse(args.norm), args.neuron, args.input, args.v_init)
+    options = convert_options(args)
     dataset = load_dataset(args.data, n_eval=args.samples, n_calib=args.calib_samples,
                            seed=args.seed)
     model = load_model(args.model, tuple(dataset.x_eval.shape[1:]), arch=args.arch,
@@ -44,6 +44,15 @@ def prepare(args: argparse.Namespace) -> Prepared:
                                 device=device)
     net.meta.update(model=str(args.model), data=args.data, ann_accuracy=ann)
     return Prepared(dataset, model, options, net, stats, ann)
+
+
+def convert_options(args: argparse.Namespace) -> ConvertOptions:
+    """The conversion methods the command line asked for."""
+    return ConvertOptions(
+        NormSpec.parse(args.norm), args.neuron, args.input, args.v_init, readout=args.readout,
+        shortcut_norm=not args.no_shortcut_norm, balance=args.balance, zeta=args.zeta,
+        correction=args.correction, calib_steps=args.calib_steps,
+        calib_items=args.calib_items)
 
 
 def _progress(args: argparse.Namespace) -> bool:

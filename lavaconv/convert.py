@@ -21,7 +21,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from lavaconv.calibrate import ActivationStats
 from lavaconv.errors import LavaconvError
-from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.network import IF, READOUTS, Conv, Dense, Input, MaxPool, Network, Readout
 
 aten = torch.ops.aten
 MAX_COMPOSED_INPUTS = 1 << 16
@@ -30,36 +30,81 @@ MAX_COMPOSED_INPUTS = 1 << 16
 @dataclass(frozen=True)
 class NormSpec:
     """How activation scales lambda are chosen: ``none``, ``max`` (Diehl et al. 2015) or the
-    robust ``p``-th percentile (Rueckauer sec. 3.2.2); layer-wise or per channel."""
+    robust ``p``-th percentile (Rueckauer sec. 3.2.2); layer-wise, per channel, or per neuron
+    (SNM eq. 14: every neuron its own threshold, spikes worth their threshold)."""
 
     method: str = "percentile"  # none | max | percentile
     percentile: float = 99.9
     per_channel: bool = False
+    per_neuron: bool = False
 
     @classmethod
     def parse(cls, text: str) -> NormSpec:
-        """``none``, ``max``, ``p99.9``, optionally ``:channel`` (e.g. ``p99.99:channel``)."""
-        match = re.fullmatch(r"(none|max|p(\d+(?:\.\d+)?))(:channel)?", text.strip())
-        if not match or (match.group(2) and not 0 < float(match.group(2)) <= 100):
+        """``none``, ``max``, ``p99.9``, optionally ``:channel`` or ``:neuron``."""
+        match = re.fullmatch(r"(none|max|p(\d+(?:\.\d+)?))(:channel|:neuron)?", text.strip())
+        if (not match or (match.group(2) and not 0 < float(match.group(2)) <= 100)
+                or (match.group(1) == "none" and match.group(3))):
             raise LavaconvError(
                 f"--norm {text!r}: expected none, max or pQ with 0 < Q <= 100, "
-                "optionally followed by :channel (e.g. p99.9:channel)"
+                "optionally followed by :channel or :neuron (e.g. p99.9:channel, max:neuron)"
             )
         method = "percentile" if match.group(2) else match.group(1)
-        return cls(method, float(match.group(2) or 100.0), bool(match.group(3)))
+        return cls(method, float(match.group(2) or 100.0), match.group(3) == ":channel",
+                   match.group(3) == ":neuron")
 
     def __str__(self) -> str:
         base = f"p{self.percentile:g}" if self.method == "percentile" else self.method
-        return base + (":channel" if self.per_channel else "")
+        return base + (":channel" if self.per_channel else ":neuron" if self.per_neuron else "")
+
+
+NEURONS = {"rmp": "subtract", "if": "zero", "snm": "snm"}
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
+    """Every conversion method, as one value each; they compose freely.
+
+    The data-driven ones (``balance``, ``zeta='auto'``, ``correction``, per-neuron norms)
+    need calibration items: :func:`lavaconv.methods.build_network` applies them.
+    """
+
     norm: NormSpec = field(default_factory=NormSpec)
-    neuron: str = "rmp"  # rmp: reset by subtraction; if: reset to zero
+    neuron: str = "rmp"  # rmp: reset by subtraction; if: reset to zero; snm: SNM eq. 7-11
     input: str = "analog"  # analog current (Rueckauer sec. 3.4) or signed Poisson (RMP sec. 3.1)
     v_init: float = 0.0  # initial potential in thresholds; 0.5 halves the expected quantization
     # error of the spike count (Bu et al., ICLR 2022, "Optimal ANN-SNN conversion", Theorem 2)
+    readout: str = "potential"  # potential | count | softmax (Rueckauer sec. 3.5)
+    shortcut_norm: bool = True  # S-ResNet eq. 3-6; False: identity shortcuts keep weight 1
+    balance: float | None = None  # RMP sec. 4.1 threshold balancing, alpha (None: off)
+    zeta: float | str = 1.0  # S-ResNet eq. 14 weight factor; "auto": searched (eq. 12-13)
+    correction: str = "none"  # none | bias | potential: Li et al., ICML 2021 calibration
+    calib_steps: int = 64  # timesteps of the SNN runs behind the data-driven methods
+    calib_items: int = 256  # calibration items those runs use
+
+    def __post_init__(self) -> None:
+        checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input,
+                  ("analog", "poisson")), ("readout", self.readout, READOUTS),
+                  ("correction", self.correction, ("none", "bias", "potential"))]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise LavaconvError(f"--{name} {value!r}: expected one of {', '.join(allowed)}")
+        if self.balance is not None and not 0 < self.balance <= 4:
+            raise LavaconvError(f"--balance {self.balance}: alpha must lie in (0, 4]")
+        if self.zeta != "auto" and not (isinstance(self.zeta, (int, float)) and self.zeta > 0):
+            raise LavaconvError(f"--zeta {self.zeta!r}: expected a positive factor or 'auto'")
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether :func:`lavaconv.methods.build_network` must run (not :func:`convert`)."""
+        return (self.norm.per_neuron or self.balance is not None or self.zeta == "auto"
+                or self.correction != "none")
+
+    def describe(self) -> dict:
+        """The options as JSON-able data (for ``Network.meta``)."""
+        return {"neuron": self.neuron, "norm": str(self.norm), "input": self.input,
+                "v_init": self.v_init, "readout": self.readout,
+                "shortcut_norm": self.shortcut_norm, "balance": self.balance,
+                "zeta": self.zeta, "correction": self.correction}
 
 
 Op = tuple  # (kind, *params), applied by _apply
@@ -285,16 +330,24 @@ def convert(
     stats: dict[str, ActivationStats],
     options: ConvertOptions = ConvertOptions(),
     progress: Callable[[str], None] | None = None,
+    neuron_scales: dict[str, np.ndarray] | None = None,
 ) -> Network:
-    """Build the float spiking network; ``stats`` is keyed by population name."""
+    """Build the float spiking network; ``stats`` is keyed by population name.
+
+    ``neuron_scales`` (population → per-neuron lambda, from
+    :func:`lavaconv.activations.neuron_scales`) is needed for a per-neuron norm. The other
+    data-driven options are left to :func:`lavaconv.methods.build_network`.
+    """
     norm = options.norm
+    if norm.per_neuron and neuron_scales is None:
+        raise LavaconvError(f"--norm {norm}: neuron-wise normalisation needs per-neuron "
+                            "statistics; use lavaconv.methods.build_network")
     items = trace(gm, input_shape)
     nodes: dict = {}
     synapses: list = []
     scales: dict[str, np.ndarray] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     t_ready: dict[str, int] = {}
-    reset = {"rmp": "subtract", "if": "zero"}[options.neuron]
     for item in items:
         if isinstance(item, tuple) and item[0] == "input":
             _, name, shape = item
@@ -312,29 +365,41 @@ def convert(
             if not pop.terms:
                 raise LavaconvError(f"{pop.where}: layer receives no input from the network")
             readout = pop.kind == "readout"
-            lam = _scale(stats.get(pop.name), norm, norm.per_channel and not readout)
-            if readout and norm.method != "none":  # one scalar keeps the argmax unchanged
-                lam = _scale(stats.get(pop.name), NormSpec("max"), False)
+            theta = np.ones(())
+            if readout:  # one scalar keeps the argmax unchanged
+                lam = _scale(stats.get(pop.name), NormSpec("max" if norm.method != "none"
+                                                           else "none"), False)
+            elif norm.per_neuron:
+                lam, theta = _neuron_thresholds(neuron_scales[pop.name], pop.shape)
+            else:
+                lam = _scale(stats.get(pop.name), norm, norm.per_channel)
             for term in pop.terms:
                 syn = _synapse(term, shapes[term.source], pop.name, pop.where)
-                w_scale = _source_scale(syn, scales[term.source], shapes[term.source])
-                syn.weight = syn.weight * w_scale / _target_scale(lam, syn.weight)  # S-ResNet eq. 2
+                if term.ops or len(pop.terms) == 1 or options.shortcut_norm:
+                    w_scale = _source_scale(syn, scales[term.source], shapes[term.source])
+                    syn.weight = syn.weight * w_scale / _target_scale(lam, syn.weight)  # eq. 2
+                syn.weight = syn.weight * (options.zeta if options.zeta != "auto" else 1.0)
                 synapses.append(syn)
             bias = pop.bias.double().numpy() if pop.bias is not None else np.zeros(())
             bias = _compact(bias, pop.shape) / _target_scale(lam, np.zeros((1,) * len(pop.shape)))
             t_start = min(t_ready[t.source] for t in pop.terms) + 1
-            node = (Readout(pop.shape, bias, t_start, lam) if readout
-                    else IF(pop.shape, bias, np.ones(()), reset, t_start, lam,
-                            v_init=np.asarray(options.v_init)))
+            node = (Readout(pop.shape, bias, t_start, lam, mode=options.readout) if readout
+                    else IF(pop.shape, bias, theta, NEURONS[options.neuron], t_start, lam,
+                            v_init=options.v_init * theta, payload=theta))
             nodes[pop.name] = node
             scales[pop.name], shapes[pop.name], t_ready[pop.name] = lam, pop.shape, t_start
             if progress:
                 progress(pop.name)
-    meta = {"neuron": options.neuron, "norm": str(norm), "input": options.input,
-            "v_init": options.v_init,
-            "input_shape": list(input_shape)}
+    meta = {**options.describe(), "input_shape": list(input_shape)}
     return Network(nodes, synapses, "float", meta)
 
+
+def _neuron_thresholds(lam: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Neuron-wise normalisation (SNM eq. 14) as a layer scale (the largest lambda_j) and
+    relative thresholds theta_j = lambda_j / that; a neuron never active keeps theta = 1."""
+    lam = np.broadcast_to(np.asarray(lam, dtype=np.float64), shape)
+    top = float(lam.max()) if lam.size and lam.max() > 0 else 1.0
+    return np.asarray(top), np.where(lam > 0, lam / top, 1.0)
 
 def _compact(bias: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Per-channel ``(C, 1, 1)`` bias where the map is constant over space, else the map."""

@@ -16,7 +16,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from lavaconv.network import Conv, Dense, Input, Network
+from lavaconv.network import Conv, Dense, Input, MaxPool, Network
 
 aten = torch.ops.aten
 
@@ -26,7 +26,7 @@ class LayerCount:
     name: str
     kind: str
     ops: float  # MACs (ANN) or SOPs per item (SNN)
-    graded: bool = False  # SNN: the source sends graded spikes (analog input: MACs, SNM eq. 15)
+    graded: bool = False  # SNN: the source sends graded values (analog input: MACs, SNM eq. 15)
 
 
 def _module_path(node: torch.fx.Node) -> str:
@@ -67,22 +67,31 @@ def fan_out(syn: Conv | Dense, src_shape: tuple[int, ...]) -> np.ndarray:
     return back[0].numpy()
 
 
+def sends_graded(net: Network, name: str) -> bool:
+    """Whether node ``name`` sends graded values rather than unit spikes: analog input, or an
+    IF population whose ``payload`` is not 1 (a max-pool gate passes its source's)."""
+    node = net.nodes[name]
+    if isinstance(node, Input):
+        return node.encoding == "analog"
+    if isinstance(node, MaxPool):
+        return sends_graded(net, node.source)
+    return bool(np.any(np.asarray(node.payload) != 1))
+
+
 def snn_synops(net: Network, spike_counts: dict[str, np.ndarray],
                input_events: np.ndarray, items: int) -> list[LayerCount]:
-    """SOPs per item of every synapse, from per-neuron spike counts summed over ``items``.
+    """SOPs per item of every synapse, from per-neuron spike events summed over ``items``.
 
     ``input_events`` are the input node's non-zero payload events per neuron (summed over
-    items); for analog input they are graded (multiply-accumulates, SNM eq. 15).
+    items). A synapse whose source sends graded values is marked ``graded``; those from analog
+    input are multiply-accumulates (SNM eq. 15).
     """
     out = []
-    inp = net.nodes[net.input_name]
-    fans: dict[int, np.ndarray] = {}
-    for i, syn in enumerate(net.synapses):
+    for syn in net.synapses:
         src = net.nodes[syn.source]
         counts = input_events if isinstance(src, Input) else spike_counts[syn.source]
-        fans[i] = fan_out(syn, tuple(src.shape))
-        ops = float((np.abs(np.asarray(counts)) * fans[i]).sum()) / max(items, 1)
-        graded = isinstance(src, Input) and inp.encoding == "analog"
+        fan = fan_out(syn, tuple(src.shape))
+        ops = float((np.abs(np.asarray(counts)) * fan).sum()) / max(items, 1)
         out.append(LayerCount(f"{syn.source}->{syn.target}", type(syn).__name__.lower(), ops,
-                              graded))
+                              sends_graded(net, syn.source)))
     return out

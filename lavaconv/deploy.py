@@ -82,7 +82,9 @@ def _energy(prep: Prepared, net_int: Network, profile: Profile, checkpoints: lis
     return energy.summarize(layers, ann, net_int, activity, _snn_profiles(profile))
 
 
-def run_deploy(args: argparse.Namespace, prep: Prepared) -> int:
+def build_report(args: argparse.Namespace, prep: Prepared) -> tuple[dict, Network]:
+    """Quantize, evaluate, estimate resources and energy: the report but its Lava check, and
+    the integer network."""
     profile = load_profile(args.profile)
     steps = args.timesteps
     data = prep.dataset
@@ -114,6 +116,12 @@ def run_deploy(args: argparse.Namespace, prep: Prepared) -> int:
         "resources": resources,
         "energy": energy_section,
     }
+    return report, net_int
+
+
+def run_deploy(args: argparse.Namespace, prep: Prepared) -> int:
+    report, net_int = build_report(args, prep)
+    steps, data, progress = args.timesteps, prep.dataset, not args.quiet
     hardware_missing = args.target == "loihi2" and not _loihi2_available()
     with atomic_dir(args.out) as tmp:
         (tmp / "network").mkdir()

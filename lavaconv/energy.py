@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lavaconv import pipeline
-from lavaconv.counting import LayerCount, snn_synops
+from lavaconv.counting import LayerCount, sends_graded, snn_synops
 from lavaconv.engine import encode_input, simulate
 from lavaconv.errors import LavaconvError
 from lavaconv.network import IF, Input, Network, Readout
@@ -98,15 +98,15 @@ def population_counts(net: Network, activity: Activity, timesteps: int
     population (its incoming synapses' SOPs and messages, its neuron updates)."""
     spikes = activity.spike_counts[timesteps]
     synops = snn_synops(net, spikes, activity.input_events[timesteps], activity.items)
-    per_pop = {name: {"synaptic_op": 0.0, "graded_macs": 0.0, "spike_in_tile": 0.0}
+    per_pop = {name: {"synaptic_op": 0.0, "input_macs": 0.0, "spike_in_tile": 0.0}
                for name, node in net.nodes.items() if isinstance(node, (IF, Readout))}
     for syn, count in zip(net.synapses, synops, strict=True):
         pop = per_pop[syn.target]
         pop["synaptic_op"] += count.ops
-        if count.graded:
-            pop["graded_macs"] += count.ops
         if not isinstance(net.nodes[syn.source], Input):
             pop["spike_in_tile"] += float(np.abs(spikes[syn.source]).sum()) / activity.items
+        elif count.graded:
+            pop["input_macs"] += count.ops
     for name, (active, inactive) in neuron_updates(net, timesteps).items():
         per_pop[name].update(neuron_update_active=active, neuron_update_inactive=inactive)
     return synops, per_pop
@@ -191,13 +191,13 @@ def _ratios(ann: dict[str, dict], snn: dict[str, dict]) -> dict[str, dict[int, f
 
 
 def _snm_eq15(profiles: Sequence[Profile], ann_macs: float, synops: dict[int, float],
-              graded: dict[int, float]) -> dict | None:
+              input_macs: dict[int, float]) -> dict | None:
     """SNN/ANN energy by SNM eq. 15 on the first profile with fp32 MAC and add figures."""
     for p in profiles:
         mac, add = p.energy("mac_fp32"), p.energy("add_fp32")
         if mac is not None and add is not None:
             # SNM eq. 15: (c * alpha + (1 - c/b) * b * beta) / (a * alpha)
-            ratio = {t: (graded[t] * mac.joules + (b - graded[t]) * add.joules)
+            ratio = {t: (input_macs[t] * mac.joules + (b - input_macs[t]) * add.joules)
                      / (ann_macs * mac.joules) for t, b in synops.items()}
             return {"profile": p.name, "snn_over_ann": ratio}
     return None
@@ -225,13 +225,18 @@ def _assumptions(ann_profiles: Sequence[Profile], net: Network | None,
         "per item = mean over the items.",
         "Neuron updates: every IF and readout neuron updates every step, counted active from "
         "its population's first input step (t_start) on and inactive before.",
-        "Routing: one spike_in_tile per spike and outgoing synapse; inter-tile hops, static "
-        "and leakage power are not counted (they depend on placement and run time).",
+        "Routing: one spike_in_tile per spike and outgoing synapse (input from the host "
+        "excluded); inter-tile hops, static and leakage power are not counted (they depend "
+        "on placement and run time).",
         "An all-in figure (synaptic event of the whole chip) is used alone: neuron updates "
         "and routing are included in it. A part without a figure is left out of the total.",
         "Figures are of different kinds (vendor peak efficiency, pre-silicon simulation, chip "
         "measurement) and process nodes (FPGA 14 nm, ROLLS 180 nm): ratios compare estimates.",
     ]
+    if any(sends_graded(net, s.source) for s in net.synapses
+           if not isinstance(net.nodes[s.source], Input)):
+        lines.append("Graded spikes (a population whose spike carries a value other than 1) "
+                     "are marked graded; each graded event is priced as one synaptic event.")
     if inp.encoding == "analog":
         lines.append("Analog input: the input layer's graded events are multiply-accumulates "
                      "(SNM eq. 15); on neuromorphic profiles each is priced as one synaptic "
@@ -260,8 +265,9 @@ def summarize(ann_layers: Sequence[LayerCount], ann_profiles: Sequence[Profile],
     ann_total = sum(layer.ops for layer in ann_layers)
     out = {
         "convention": CONVENTION,
-        "ann_macs": ann_total,
-        "ann_layers": [{"name": x.name, "kind": x.kind, "macs": x.ops} for x in ann_layers],
+        "ann_macs": round(ann_total),  # per item; a MAC count is a whole number
+        "ann_layers": [{"name": x.name, "kind": x.kind, "macs": round(x.ops)}
+                       for x in ann_layers],
         "ann_profiles": [p.name for p in ann_profiles],  # in the user's order (JSON sorts keys)
         "snn_profiles": [p.name for p in snn_profiles] if activity is not None else [],
         "per_profile": {p.name: ann_energy(p, ann_layers) for p in ann_profiles},
@@ -274,14 +280,18 @@ def summarize(ann_layers: Sequence[LayerCount], ann_profiles: Sequence[Profile],
     for t in steps:
         synops[t], per_pop[t] = population_counts(net, activity, t)
     total = {t: sum(x.ops for x in synops[t]) for t in steps}
-    graded = {t: sum(x.ops for x in synops[t] if x.graded) for t in steps}
+    input_macs = {t: sum(p["input_macs"] for p in per_pop[t].values()) for t in steps}
     updates = {t: neuron_updates(net, t).values() for t in steps}
     out.update(
         items=activity.items,
         timesteps=steps,
+        populations=list(per_pop[steps[0]]),  # network order (JSON sorts keys)
+        population_synops={t: {k: c["synaptic_op"] for k, c in per_pop[t].items()}
+                           for t in steps},
         snn_synops=total,
         snn_synops_dataset={t: v * activity.items for t, v in total.items()},
-        snn_input_macs=graded,
+        snn_graded_synops={t: sum(x.ops for x in synops[t] if x.graded) for t in steps},
+        snn_input_macs=input_macs,
         snn_layers={t: [{"name": x.name, "kind": x.kind, "synops": x.ops, "graded": x.graded}
                         for x in synops[t]] for t in steps},
         neuron_updates={t: {"active": sum(a for a, _ in u), "inactive": sum(i for _, i in u)}
@@ -291,5 +301,5 @@ def summarize(ann_layers: Sequence[LayerCount], ann_profiles: Sequence[Profile],
     snn = {p.name: snn_energy(p, per_pop) for p in snn_profiles}
     out["per_profile"].update(snn)
     out["ratios"] = _ratios({p.name: out["per_profile"][p.name] for p in ann_profiles}, snn)
-    out["snm_eq15"] = _snm_eq15(ann_profiles, ann_total, total, graded)
+    out["snm_eq15"] = _snm_eq15(ann_profiles, ann_total, total, input_macs)
     return out

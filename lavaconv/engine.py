@@ -1,14 +1,21 @@
 """Fast batched PyTorch simulator of a :class:`~lavaconv.network.Network`.
 
 Implements the update equations of ``docs/design.md`` section 3 exactly, in float mode
-(float32) and in integer mode (integer state in int64, synaptic sums in float64, which is exact
-below 2**53). Each synapse's input for all timesteps is computed in one batched op: the spike
-train ``(T, B, ...)`` is folded into the batch dimension, shifted by the one-step synapse delay.
+(float32) and in integer mode (integers held exactly in float32 or float64, see
+:class:`_Current`). Each synapse's input for all timesteps
+is computed in one batched op: the payload train ``(T, B, ...)`` is folded into the batch
+dimension, shifted by the one-step synapse delay. Convolutions run in channels-last layout.
+
+In integer mode every synaptic sum is an integer. A synapse whose worst case
+``max_o sum_i |W[o, i]| * max |payload|`` stays below 2**23 is computed in float32, which is
+then exact whatever the order of summation (every partial sum is an integer below 2**24) and
+never wraps; any other synapse runs in float64 (exact below 2**53), with Lava's 24-bit wrap
+for convolutions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,15 +24,21 @@ import torch.nn.functional as F
 
 from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Synapse
 
+#: ``probe(name, current, train)`` after each IF population: ``current`` (T, B, *shape) is
+#: what the population adds to v at each step (synaptic input, gain and bias), ``train`` the
+#: payload it sent (T, B, *shape).
+Probe = Callable[[str, torch.Tensor, torch.Tensor], None]
+
 
 @dataclass
 class SimResult:
     """What one simulation produced for a batch of items."""
 
-    readout: dict[int, torch.Tensor]  # checkpoint t -> readout potential v[t-1], (B, n_out)
-    spike_counts: dict[str, torch.Tensor]  # node -> spikes per neuron over all T, (B, *shape)
-    spikes_at: dict[int, dict[str, float]] = field(default_factory=dict)  # t -> node -> total
+    readout: dict[int, torch.Tensor]  # checkpoint t -> score (B, n_out) of Readout.mode
+    spike_counts: dict[str, torch.Tensor]  # node -> spike events per neuron over all T
+    spikes_at: dict[int, dict[str, float]] = field(default_factory=dict)  # t -> node -> events
     saturated: dict[str, int] = field(default_factory=dict)  # int mode: neuron-steps clipped
+    readout_input: torch.Tensor | None = None  # (T, B, n_out): what the readout adds each step
 
     def predictions(self, t: int) -> torch.Tensor:
         return self.readout[t].argmax(dim=1)
@@ -69,155 +82,350 @@ def _wrap(a: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.remainder(a + half, 2 * half) - half
 
 
-def _apply_synapse(syn: Synapse, s: torch.Tensor, int_mode: bool) -> torch.Tensor:
+def max_payload(net: Network, name: str) -> float:
+    """Largest |payload| node ``name`` can send in one step."""
+    node = net.nodes[name]
+    if isinstance(node, MaxPool):
+        return max_payload(net, node.source)
+    if isinstance(node, Input):
+        if node.encoding == "analog":
+            return float(2 ** (node.payload_bits - 1) - 1) if net.numeric == "int" else np.inf
+        return 1.0
+    return float(np.abs(node.payload).max())
+
+
+def _plan(net: Network, syn: Synapse) -> tuple[torch.dtype, bool]:
+    """Arithmetic of one synapse: (dtype of the sum, whether it must wrap to 24 bits)."""
+    if net.numeric != "int":
+        return torch.float32, False
+    w = np.abs(syn.weight).reshape(len(syn.weight), -1).sum(axis=1).max(initial=0)
+    if float(w) * max_payload(net, syn.source) < 2**23:
+        return torch.float32, False
+    return torch.float64, isinstance(syn, Conv)
+
+
+def _pointwise(syn: Conv) -> bool:
+    """A depthwise 1x1 convolution with stride 1 and no padding (one weight per channel)."""
+    out_ch, in_per_group, kh, kw = syn.weight.shape
+    return (kh, kw, in_per_group) == (1, 1, 1) and syn.groups == out_ch and tuple(
+        syn.stride) == (1, 1) and tuple(syn.padding) == (0, 0)
+
+
+def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: tuple[torch.dtype, bool]) -> torch.Tensor:
     """Synaptic output for a batch of source payloads ``s`` (N, *src_shape)."""
-    dtype = torch.float64 if int_mode else torch.float32
+    dtype, wrap = plan
     w = torch.as_tensor(syn.weight, dtype=dtype, device=s.device)
-    s = s.to(dtype)
     if isinstance(syn, Dense):
-        return s.flatten(1) @ w.T
-    a = F.conv2d(s, w, stride=tuple(syn.stride), padding=tuple(syn.padding), groups=syn.groups)
-    return _wrap(a, 24) if int_mode else a
+        return s.to(dtype).flatten(1) @ w.T
+    layout = torch.channels_last
+    s = s.to(dtype=dtype, memory_format=layout)
+    if _pointwise(syn):  # a per-channel scale (identity shortcut): no convolution needed
+        a = s * w.reshape(1, -1, 1, 1)
+        return _wrap(a, 24) if wrap else a
+    a = F.conv2d(s, w.contiguous(memory_format=layout), stride=tuple(syn.stride),
+                 padding=tuple(syn.padding), groups=syn.groups)
+    return _wrap(a, 24) if wrap else a
+
+
+def _widest(dtypes) -> torch.dtype:
+    return torch.float64 if torch.float64 in set(dtypes) else torch.float32
+
+
+def _like_layout(a: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
+    """Empty ``(steps, *a.shape[1:])`` tensor; maps (T, B, C, H, W) channels-last like conv
+    outputs, so that copying ``a`` in and feeding the next convolution need no transpose."""
+    if a.dim() != 5:
+        return a.new_empty((steps, *a.shape[1:]), dtype=dtype)
+    _, batch, ch, h, w = a.shape
+    return a.new_empty((steps, batch, h, w, ch), dtype=dtype).permute(0, 1, 4, 2, 3)
 
 
 def synaptic_input(
     net: Network, name: str, trains: dict[str, torch.Tensor], constant: set[str]
 ) -> torch.Tensor:
-    """``a[t] = sum_e syn_e(s_src[t-1])`` for all t at once; ``a[0] = 0`` (one-step delay)."""
-    int_mode = net.numeric == "int"
+    """``a[t] = sum_e syn_e(p_src[t-1])`` for all t at once; ``a[0] = 0`` (one-step delay).
+    Float32 or float64; in int mode every entry is an exact integer."""
+    syns = net.inputs_of(name)
+    plans = [_plan(net, syn) for syn in syns]
     total = None
-    for syn in net.inputs_of(name):
+    for syn, plan in zip(syns, plans, strict=True):
         s = trains[syn.source]
         steps = s.shape[0]
         if syn.source in constant:  # analog input: the same payload every step
-            a = _apply_synapse(syn, s[0], int_mode)
+            a = _apply_synapse(syn, s[0], plan)
             a = a.unsqueeze(0).expand(steps - 1, *a.shape)
         else:
-            flat = s[:-1].reshape(-1, *s.shape[2:])
-            a = _apply_synapse(syn, flat, int_mode)
+            a = _apply_synapse(syn, s[:-1].reshape(-1, *s.shape[2:]), plan)
             a = a.reshape(steps - 1, s.shape[1], *a.shape[1:])
         if total is None:
-            total = a.new_zeros((steps, *a.shape[1:]))
-        total[1:] += a
-    return total.round().to(torch.int64) if int_mode else total
+            total = _like_layout(a, steps, _widest(p[0] for p in plans))
+            total[0] = 0
+            total[1:] = a
+        else:
+            total[1:] += a
+    return total
 
 
 def _gain(a: torch.Tensor, a_exp: int) -> torch.Tensor:
-    """Integer dendritic gain ``a * 2**(6 + a_exp)``, floor shift when negative."""
+    """Integer dendritic gain ``a * 2**(6 + a_exp)``, floor shift when negative (in place)."""
     shift = 6 + a_exp
-    return a << shift if shift >= 0 else a >> -shift
+    return a.__ilshift__(shift) if shift >= 0 else a.__irshift__(-shift)
 
 
-def run_population(
-    net: Network, node: IF | Readout, a: torch.Tensor, checkpoints: Sequence[int]
-) -> tuple[torch.Tensor | None, dict[int, torch.Tensor], int]:
-    """Integrate ``a`` (T, B, *shape), which this function may overwrite; return the spike
-    train (IF), v at the checkpoints and how many neuron-steps saturated the state (int mode)."""
-    int_mode = net.numeric == "int"
-    dtype = torch.int64 if int_mode else torch.float32
-    if int_mode:
-        a = _gain(a, node.a_exp)
-    a[node.t_start:] += torch.as_tensor(node.bias, device=a.device).to(dtype)
-    lo, hi = -(2 ** (node.state_bits - 1)), 2 ** (node.state_bits - 1) - 1
-    if isinstance(node, Readout):
-        v = torch.cumsum(a, dim=0)
-        if not int_mode or (v.min() >= lo and v.max() <= hi):  # no saturation: a plain sum
-            return None, {t: v[t - 1] for t in checkpoints}, 0
-    return _integrate_and_fire(node, a, checkpoints, (lo, hi) if int_mode else None)
+def input_current(net: Network, node: IF | Readout, a: torch.Tensor) -> torch.Tensor:
+    """What the population adds to v at each step, ``G(a[t]) + bias * [t >= t_start]``, for
+    all t (a new tensor; int64 in int mode)."""
+    a = _gain(a.to(torch.int64), node.a_exp) if net.numeric == "int" else a.clone()
+    a[node.t_start:] += _tensor(node.bias, a)
+    return a
 
 
-def _integrate_and_fire(node: IF | Readout, a: torch.Tensor, checkpoints: Sequence[int],
-                        bounds: tuple[int, int] | None):
-    """The step-by-step loop, in place; ``bounds`` saturate the state (int mode)."""
-    spiking = isinstance(node, IF)
-    v = torch.zeros_like(a[0])
-    if spiking:
-        v += torch.as_tensor(node.v_init, device=a.device).to(a.dtype)
-    fired = torch.zeros_like(a[0], dtype=torch.bool)
-    spikes = torch.zeros_like(a) if spiking else None
-    if spiking:
-        vth = torch.as_tensor(node.v_threshold, device=a.device).to(a.dtype)
-        scalar_vth = vth.dim() == 0
-    marks = set(checkpoints)
-    at: dict[int, torch.Tensor] = {}
+class _Current:
+    """``input_current(net, node, a)[t]`` one step at a time, in a reused buffer.
+
+    In int mode the buffer has ``a``'s float dtype: float32 holds every integer below 2**24
+    exactly, and the gain (a power of two) and the floor shift stay exact; where ``a << s`` +
+    bias reaches 2**24 and rounds, the state is beyond the 24-bit bound whatever the rounding,
+    so after saturation it is exact again (and so is the count of saturated neuron-steps).
+    """
+
+    def __init__(self, net: Network, node: IF | Readout, a: torch.Tensor) -> None:
+        self.a, self.node = a, node
+        self.int_mode = net.numeric == "int"
+        self.x = torch.empty_like(a[0])
+        self.bias = _tensor(node.bias, self.x)
+        self.shift = 6 + node.a_exp
+
+    def __call__(self, t: int) -> torch.Tensor:
+        x = self.x
+        if self.int_mode:
+            x.copy_(self.a[t]).mul_(2.0**self.shift)
+            if self.shift < 0:  # floor shift right
+                x.floor_()
+            if t >= self.node.t_start:
+                x.add_(self.bias)
+        elif t >= self.node.t_start:
+            torch.add(self.a[t], self.bias, out=x)
+        else:
+            x.copy_(self.a[t])
+        return x
+
+
+def _bounds(net: Network, node: IF | Readout) -> tuple[int, int] | None:
+    if net.numeric != "int":
+        return None
+    return -(2 ** (node.state_bits - 1)), 2 ** (node.state_bits - 1) - 1
+
+
+def _tensor(x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x), device=like.device).to(like.dtype)
+
+
+def _subtract(v: torch.Tensor, s: torch.Tensor, vth: torch.Tensor) -> None:
+    """``v -= vth * s`` in place."""
+    if vth.dim() == 0:
+        v.sub_(s, alpha=vth.item())
+    else:
+        v.addcmul_(s, vth, value=-1)
+
+
+def _saturate(v: torch.Tensor, bounds: tuple[int, int] | None) -> int:
+    """Clip ``v`` to ``bounds`` in place; return how many entries were outside."""
+    if bounds is None:
+        return 0
+    outside = torch.count_nonzero(v.lt(bounds[0]).logical_or_(v.gt(bounds[1])))
+    v.clamp_(*bounds)
+    return int(outside)
+
+
+def integrate_and_fire(node: IF, current: Callable[[int], torch.Tensor], steps: int,
+                       out: torch.Tensor, bounds: tuple[int, int] | None) -> int:
+    """Run the IF dynamics of :class:`~lavaconv.network.IF` for ``steps`` steps on
+    ``current(t)`` (what v receives at step t), writing the spikes s[t] in {-1, 0, 1} into
+    ``out[t]`` (the payload not applied); return how many neuron-steps saturated (int mode)."""
+    first = current(0)
+    v = torch.zeros_like(first) + _tensor(node.v_init, first)
+    vth = _tensor(node.v_threshold, v)
+    memory = torch.zeros_like(v) if node.reset == "snm" else None
     saturated = 0
-    for t in range(a.shape[0]):
-        v.add_(a[t])
-        if bounds is not None:
-            saturated += int(torch.count_nonzero((v < bounds[0]) | (v > bounds[1])))
-            v.clamp_(*bounds)
-        if spiking:
-            torch.ge(v, vth, out=fired)
-            if node.reset == "subtract":  # reset by subtraction (Rueckauer eq. 4b)
-                v.sub_(fired.to(v.dtype) * vth) if not scalar_vth else v.sub_(
-                    fired.to(v.dtype), alpha=vth.item())
-            else:  # reset to zero (Rueckauer eq. 4a)
-                v.masked_fill_(fired, 0)
-            spikes[t] = fired
-        if t + 1 in marks:
-            at[t + 1] = v.clone()
-    return spikes, at, saturated
+    for t in range(steps):
+        v.add_(current(t))
+        saturated += _saturate(v, bounds)
+        fired = v >= vth
+        s = fired.to(v.dtype)
+        if memory is not None:  # SNM eq. 9: a negative spike only while the memory is > 0
+            s.sub_(((v <= -vth) & (memory > 0)).to(v.dtype))
+            memory.add_(s)  # SNM eq. 11
+        if node.reset == "zero":  # reset to zero (Rueckauer eq. 4a)
+            v.masked_fill_(fired, 0)
+        else:  # reset by subtraction (Rueckauer eq. 4b, SNM eq. 10)
+            _subtract(v, s, vth)
+        out[t] = s
+    return saturated
 
 
-def maxpool_gate(node: MaxPool, s: torch.Tensor) -> torch.Tensor:
-    """Rate-gated spiking max-pool (Rueckauer sec. 3.6): pass the spikes of the input with the
-    highest spike count so far in each window; ties go to the first, padding never wins."""
-    steps, batch, ch, h, w = s.shape
-    counts = torch.cumsum(s, dim=0).to(torch.float64)
-    ph, pw = node.padding
-    kh, kw = node.kernel
+def _potential(u: torch.Tensor, bounds: tuple[int, int] | None) -> tuple[torch.Tensor, int]:
+    """v[t] of a population that never spikes, for all t, and the neuron-steps saturated."""
+    v = torch.cumsum(u, dim=0)
+    if bounds is None or (v.min() >= bounds[0] and v.max() <= bounds[1]):
+        return v, 0
+    state = torch.zeros_like(u[0])
+    saturated = 0
+    for t in range(u.shape[0]):
+        saturated += _saturate(state.add_(u[t]), bounds)
+        v[t] = state
+    return v, saturated
 
-    def windows(x: torch.Tensor, fill: float) -> torch.Tensor:
-        x = F.pad(x.reshape(-1, ch, h, w).to(torch.float64), (pw, pw, ph, ph), value=fill)
-        cols = F.unfold(x, (kh, kw), stride=tuple(node.stride))  # (N, C*kh*kw, L)
-        return cols.reshape(x.shape[0], ch, kh * kw, -1)
 
-    pick = windows(counts, -1.0).argmax(dim=2, keepdim=True)
-    out = windows(s, 0.0).gather(2, pick).squeeze(2)
-    return out.reshape(steps, batch, *node.shape).to(s.dtype)
+def readout_scores(node: Readout, u: torch.Tensor, checkpoints: Sequence[int],
+                   bounds: tuple[int, int] | None = None, mode: str | None = None,
+                   seed: int = 0) -> tuple[dict[int, torch.Tensor], int]:
+    """Score per class at each checkpoint, whose argmax is the class, for the readout mode
+    (default ``node.mode``; see :class:`~lavaconv.network.Readout`), from the current ``u``
+    (T, B, n) of :func:`input_current`; and the neuron-steps saturated."""
+    mode = mode or node.mode
+    if mode == "count":
+        spiking = IF(node.shape, np.zeros(()), node.v_threshold, "subtract")
+        out = torch.empty_like(u)
+        saturated = integrate_and_fire(spiking, u.__getitem__, len(u), out, bounds)
+        counts = torch.cumsum(out, dim=0)
+        return {t: counts[t - 1] for t in checkpoints}, saturated
+    v, saturated = _potential(u, bounds)
+    if mode == "potential":
+        return {t: v[t - 1] for t in checkpoints}, saturated
+    # spiking softmax (Rueckauer sec. 3.5): one class fires per step, P = softmax(v / vth)
+    p = torch.softmax(v.to(torch.float64) / _tensor(node.v_threshold, v).to(torch.float64), -1)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    r = torch.rand(v.shape[:-1], generator=gen, dtype=torch.float64).to(v.device)
+    k = torch.searchsorted(torch.cumsum(p, -1), r.unsqueeze(-1)).clamp_(max=v.shape[-1] - 1)
+    counts = torch.cumsum(F.one_hot(k.squeeze(-1), v.shape[-1]), dim=0)
+    return {t: counts[t - 1] for t in checkpoints}, saturated
+
+
+def maxpool_gate(node: MaxPool, s: torch.Tensor, bound: float | None = None) -> torch.Tensor:
+    """Rate-gated spiking max-pool (Rueckauer sec. 3.6): pass the payload of the input with
+    the largest payload sum so far in each window; ties go to the first in row-major window
+    order, padding never wins. ``bound`` is the largest |payload| (scanned when None)."""
+    steps = s.shape[0]
+    bound = float(s.abs().max()) if bound is None else bound
+    exact32 = bound * steps < 2**24  # then every running sum is exact in float32
+    (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
+    ho, wo = node.shape[1:]
+    fill = -bound * steps - 1.0  # below any reachable sum (signed payloads too)
+    counts = F.pad(torch.zeros_like(s[0], dtype=torch.float32 if exact32 else torch.float64),
+                   (pw, pw, ph, ph), value=fill)
+    core = counts[..., ph:ph + s.shape[-2], pw:pw + s.shape[-1]]
+    windows = [(..., slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
+               for i in range(kh) for j in range(kw)]
+    out = s.new_empty((steps, *s.shape[1:3], ho, wo))
+    for t in range(steps):
+        core += s[t]
+        payload = F.pad(s[t], (pw, pw, ph, ph)) if ph or pw else s[t]
+        best, sent = counts[windows[0]], payload[windows[0]]
+        for win in windows[1:]:
+            better = counts[win] > best  # strict: the earlier input keeps a tie
+            best = torch.where(better, counts[win], best)
+            sent = torch.where(better, payload[win], sent)
+        out[t] = sent
+    return out
+
+
+def _last_uses(net: Network) -> dict[str, str]:
+    """Source node → the last node (in order) that reads it."""
+    order = {name: i for i, name in enumerate(net.nodes)}
+    uses = [(s.source, s.target) for s in net.synapses]
+    uses += [(n.source, name) for name, n in net.nodes.items() if isinstance(n, MaxPool)]
+    last: dict[str, str] = {}
+    for src, dst in uses:
+        if src not in last or order[dst] > order[last[src]]:
+            last[src] = dst
+    return last
 
 
 def simulate(
     net: Network,
     payload: torch.Tensor,
     checkpoints: Sequence[int] | None = None,
+    *,
+    seed: int = 0,
+    probe: Probe | None = None,
+    stop_after: str | None = None,
 ) -> SimResult:
-    """Run ``net`` on a payload ``(T, B, *input_shape)`` from :func:`encode_input`."""
+    """Run ``net`` on a payload ``(T, B, *input_shape)`` from :func:`encode_input`.
+
+    ``seed`` drives the spiking-softmax readout; ``probe`` sees every IF population's current
+    and payload train; ``stop_after`` ends the run after that node (no readout scores then).
+    """
     steps = payload.shape[0]
     checkpoints = sorted(set(checkpoints or [steps]))
     if checkpoints[-1] > steps or checkpoints[0] < 1:
         raise ValueError(f"checkpoints must lie in [1, {steps}], got {checkpoints}")
-    order = {name: i for i, name in enumerate(net.nodes)}
-    uses = [(s.source, s.target) for s in net.synapses]
-    uses += [(n.source, name) for name, n in net.nodes.items() if isinstance(n, MaxPool)]
-    last_use: dict[str, str] = {}
-    for src, dst in uses:
-        if src not in last_use or order[dst] > order[last_use[src]]:
-            last_use[src] = dst
+    last_use = _last_uses(net)
     inp = net.nodes[net.input_name]
     trains: dict[str, torch.Tensor] = {net.input_name: payload}
     constant = {net.input_name} if inp.encoding == "analog" else set()
-    counts: dict[str, torch.Tensor] = {}
-    spikes_at: dict[int, dict[str, float]] = {t: {} for t in checkpoints}
-    readout: dict[int, torch.Tensor] = {}
-    saturated: dict[str, int] = {}
+    result = SimResult({}, {}, {t: {} for t in checkpoints}, {})
     for name, node in net.nodes.items():
         if isinstance(node, Input):
             continue
         if isinstance(node, MaxPool):
-            train = maxpool_gate(node, trains[node.source])
+            trains[name] = maxpool_gate(node, trains[node.source],
+                                        max_payload(net, node.source))
+            _count(result, name, trains[name], checkpoints, net.numeric, not _binary(net, name))
         else:
             a = synaptic_input(net, name, trains, constant)
-            train, at, saturated[name] = run_population(net, node, a, checkpoints)
-            del a
             if isinstance(node, Readout):
-                readout = at
-        if train is not None:
-            trains[name] = train
-            cum = train.abs().sum(dim=tuple(range(1, train.dim()))).cumsum(0)
-            for t in checkpoints:
-                spikes_at[t][name] = float(cum[t - 1])
-            counts[name] = train.sum(dim=0)
+                u = input_current(net, node, a)
+                result.readout, result.saturated[name] = readout_scores(
+                    node, u, checkpoints, _bounds(net, node), seed=seed)
+                result.readout_input = u
+            else:
+                trains[name] = _fire(net, name, a, result, checkpoints, probe)
+            del a
         for src in [s for s, last in last_use.items() if last == name and s in trains]:
             del trains[src]
-    return SimResult(readout, counts, spikes_at, saturated)
+        if name == stop_after:
+            break
+    return result
+
+
+def _fire(net: Network, name: str, a: torch.Tensor, result: SimResult,
+          checkpoints: Sequence[int], probe: Probe | None) -> torch.Tensor:
+    """Run IF population ``name`` on its synaptic input ``a``; record its activity; return the
+    float32 payload train it sends."""
+    node = net.nodes[name]
+    u = input_current(net, node, a) if probe is not None else None
+    train = a if a.dtype == torch.float32 and u is None else torch.empty_like(
+        a, dtype=torch.float32)
+    result.saturated[name] = integrate_and_fire(node, _Current(net, node, a), len(a), train,
+                                                _bounds(net, node))
+    _count(result, name, train, checkpoints, net.numeric, node.reset == "snm")
+    if not np.all(node.payload == 1):
+        train.mul_(_tensor(node.payload, train))
+    if probe is not None:
+        probe(name, u, train)
+    return train
+
+
+def _binary(net: Network, name: str) -> bool:
+    """Whether node ``name`` only ever sends 0 or 1."""
+    node = net.nodes[name]
+    if isinstance(node, MaxPool):
+        return _binary(net, node.source)
+    return isinstance(node, IF) and node.reset != "snm" and bool(np.all(node.payload == 1))
+
+
+def _count(result: SimResult, name: str, spikes: torch.Tensor, checkpoints: Sequence[int],
+           numeric: str, signed: bool) -> None:
+    """Spike events (positive and negative) per neuron and in total up to each checkpoint,
+    from a float32 train whose nonzero entries are the events (float32 sums of fewer than
+    2**24 ones are exact)."""
+    events = spikes.ne(0).to(torch.float32) if signed else spikes
+    wide = events[0].numel() >= 2**24
+    per_step = events.sum(dim=tuple(range(1, events.dim())),
+                          dtype=torch.float64 if wide else torch.float32
+                          ).cumsum(0, dtype=torch.float64)
+    for t in checkpoints:
+        result.spikes_at[t][name] = float(per_step[t - 1])
+    counts = events.sum(dim=0)
+    result.spike_counts[name] = counts.to(torch.int64) if numeric == "int" else counts

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
 Shape = tuple[int, ...]
+RESETS = ("subtract", "zero", "snm")
+READOUTS = ("potential", "count", "softmax")
 
 
 def _array(x) -> np.ndarray:
@@ -42,14 +43,23 @@ class Input:
 class IF:
     """Integrate-and-fire population (one per ANN ReLU).
 
-    a[t]  = sum_e syn_e(s_src[t-1])                      (one step of delay per synapse)
-    v[-1] = v_init
+    a[t]  = sum_e syn_e(p_src[t-1])                      (one step of delay per synapse)
+    v[-1] = v_init;  m[-1] = 0
     v[t]  = v[t-1] + G(a[t]) + bias * [t >= t_start]
-    s[t]  = v[t] >= v_threshold
-    v[t] -= v_threshold * s[t]   (reset='subtract', RMP / reset-by-subtraction)
-    v[t]  = 0 where s[t]         (reset='zero', hard-reset IF)
-    G is the identity in float mode; in int mode G(a) = a * 2**(6 + a_exp) (floor shift)
-    and v saturates to the signed ``state_bits`` range.
+    s[t]  = +1 where v[t] >= v_threshold
+            -1 where v[t] <= -v_threshold and m[t-1] > 0  (reset='snm' only)
+             0 otherwise
+    v[t] -= v_threshold * s[t]   (reset='subtract', RMP / reset-by-subtraction; and 'snm')
+    v[t]  = 0 where s[t] != 0    (reset='zero', hard-reset IF)
+    m[t]  = m[t-1] + s[t]        (reset='snm': the memory, net spikes sent so far)
+    p[t]  = payload * s[t]       (what the synapses receive: the graded spike value)
+
+    ``reset='snm'`` is the signed neuron with memory (Wang et al. 2022, SNM eq. 7-11).
+    ``payload`` is what one spike carries (SNM eq. 6: a spike is worth its threshold): 1 for
+    binary spikes; in float mode it equals ``v_threshold`` relative to the layer's scale when
+    thresholds differ per neuron (neuron-wise normalisation, SNM eq. 14), in int mode it is
+    the integer graded payload. G is the identity in float mode; in int mode
+    G(a) = a * 2**(6 + a_exp) (floor shift) and v saturates to the signed ``state_bits`` range.
     """
 
     shape: Shape
@@ -61,19 +71,33 @@ class IF:
     a_exp: int = 0  # int mode
     state_bits: int = 24  # int mode
     v_init: np.ndarray = field(default_factory=lambda: np.zeros(()))  # initial potential
+    payload: np.ndarray = field(default_factory=lambda: np.ones(()))  # value of one spike
 
     def __post_init__(self) -> None:
         self.bias = _array(self.bias)
         self.v_init = _array(self.v_init)
         self.v_threshold = _array(self.v_threshold)
         self.scale = _array(self.scale)
-        if self.reset not in ("subtract", "zero"):
-            raise ValueError(f"IF.reset must be 'subtract' or 'zero', not {self.reset!r}")
+        self.payload = _array(self.payload)
+        if self.reset not in RESETS:
+            raise ValueError(f"IF.reset must be one of {', '.join(RESETS)}, not {self.reset!r}")
+        if not np.all(self.payload > 0):
+            raise ValueError("IF.payload must be positive (a spike's value)")
 
 
 @dataclass
 class Readout:
-    """Output layer: integrates like :class:`IF` but never spikes; class = argmax v[T-1]."""
+    """Output layer: integrates like :class:`IF` (v[t] = v[t-1] + G(a[t]) + bias) and is read
+    at the end. ``mode`` says how the class is read at step T:
+
+    potential  argmax v[T-1] (never spikes)
+    count      argmax of the spikes it fires as a reset-by-subtraction neuron with threshold
+               ``v_threshold`` (Rueckauer et al. 2017, sec. 3.5: "the neuron that spiked most")
+    softmax    argmax of the spikes of a spiking softmax (Rueckauer sec. 3.5, after Nessler et
+               al. 2009): at every step one class k fires, drawn with P(k) = softmax(v[t] /
+               v_threshold)_k from a seeded generator; off-chip, so not part of the int contract
+    Ties go to the lowest class index.
+    """
 
     shape: Shape
     bias: np.ndarray
@@ -81,18 +105,26 @@ class Readout:
     scale: np.ndarray = field(default_factory=lambda: np.ones(()))
     a_exp: int = 0
     state_bits: int = 24
+    mode: str = "potential"
+    v_threshold: np.ndarray = field(default_factory=lambda: np.ones(()))
 
     def __post_init__(self) -> None:
         self.bias = _array(self.bias)
         self.scale = _array(self.scale)
+        self.v_threshold = _array(self.v_threshold)
+        if self.mode not in READOUTS:
+            raise ValueError(f"Readout.mode must be one of {', '.join(READOUTS)}, "
+                             f"not {self.mode!r}")
 
 
 @dataclass
 class MaxPool:
     """Spiking max-pool by rate-gated selection (Rueckauer et al. 2017, sec. 3.6).
 
-    c[t] += s_src[t]; each window passes s_src[t] of its input with the largest c[t]
-    (ties: first in row-major window order; padding never wins). No delay.
+    c[t] += p_src[t]; each window passes p_src[t] of its input with the largest c[t]
+    (ties: first in row-major window order; padding never wins). No delay. ``p`` is the
+    source's payload, so ``c`` counts spikes for binary spikes and sums their values for graded
+    or signed ones (the running estimate of the source's activation either way).
     """
 
     shape: Shape
@@ -140,8 +172,8 @@ def _scalar(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-Node = Union[Input, IF, Readout, MaxPool]
-Synapse = Union[Conv, Dense]
+Node = Input | IF | Readout | MaxPool
+Synapse = Conv | Dense
 _NODE_TYPES = {c.__name__: c for c in (Input, IF, Readout, MaxPool)}
 _SYN_TYPES = {c.__name__: c for c in (Conv, Dense)}
 
@@ -211,6 +243,8 @@ class Network:
             kind = types[entry["type"]]
             kwargs = {}
             for f in fields(kind):
+                if f.name not in entry:  # written before the field existed: its default
+                    continue
                 value = entry[f.name]
                 if isinstance(value, dict) and "array" in value:
                     value = arrays[value["array"]]

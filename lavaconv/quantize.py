@@ -6,6 +6,12 @@ incoming synapse, the integer weights, threshold and dendritic exponent satisfy
 network computes the float one scaled by ``vth_int`` (docs/design.md section 3). ``vth_mant``
 takes as many bits as the 24-bit state allows with ``headroom_bits`` of room above threshold;
 weights use the profile's signed mantissa (step 2 on Lava's 8-bit Dense grid, |m| <= 127).
+
+A population with per-neuron thresholds (neuron-wise normalisation) sends graded spikes: its
+float payload ``P`` (= its relative threshold, SNM eq. 6) becomes ``ceil(P * G)`` on a grid of
+``G = (2**(b-1) - 1) / max P`` with ``b = min(graded_payload_bits, input_payload_bits)``, and
+its threshold is put on the same grid, so a spike still subtracts exactly what it sends. The grid
+is made coarser where a target's weight exponent would otherwise fall below the profile's range.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lavaconv.errors import LavaconvError
-from lavaconv.network import IF, Input, Network, Readout
+from lavaconv.network import IF, MaxPool, Network, Readout
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class Formats:
     bias_mant_bits: int = 13
     bias_exp_max: int = 7
     state_bits: int = 24
+    graded_payload_bits: int = 24
     input_payload_bits: int = 8
 
     @classmethod
@@ -78,26 +85,23 @@ def quantize(
         inp.payload_bits = formats.input_payload_bits
         inp.gain = (2 ** (formats.input_payload_bits - 1) - 1) / max(input_max / inp.scale, 1e-12)
         unit[out.input_name] = 1.0 / inp.gain
-    half_state = 2 ** (formats.state_bits - 1)
     shift = formats.threshold_shift
     step = 2 ** (9 - formats.weight_bits)  # Lava keeps 8 stored bits; mixed sign drops the rest
     m_max = 2 ** (formats.weight_bits - 1) - 1
+    levels = _payload_levels(out, formats, unit, headroom_bits, timesteps)
     report = []
     for name, node in out.nodes.items():
-        if isinstance(node, Input) or not isinstance(node, (IF, Readout)):
+        if isinstance(node, MaxPool):
+            unit[name] = unit[node.source]
+        if not isinstance(node, (IF, Readout)):
             continue
         syns = out.inputs_of(name)
         w_unit = [s.weight * unit[s.source] for s in syns]
         w_max = max(float(np.abs(w).max()) for w in w_unit) or 1.0
         r_max = step * m_max / w_max  # largest vth_mant * 2**-e keeping |W_int| in range
-        headroom = headroom_bits if isinstance(node, IF) else math.ceil(math.log2(2 * timesteps))
-        cap = min(2 ** formats.threshold_mant_bits - 1, half_state // 2 ** (shift + headroom))
-        b_max = float(np.abs(node.bias).max(initial=0.0))
-        if b_max > 0:  # the bias, b * vth_int, must fit the bias mantissa and exponent
-            bias_room = (2 ** (formats.bias_mant_bits - 1) - 1) * 2**formats.bias_exp_max
-            limit = bias_room / (b_max * 2**shift)
-            if limit < cap:  # a subnormal bias gives an infinite limit: no constraint
-                cap = max(1, math.floor(limit))
+        spiking = isinstance(node, IF)
+        theta = _relative_thresholds(node, levels.get(name)) if spiking else np.ones(())
+        cap = _cap(node, formats, headroom_bits, timesteps)
         exp = int(np.clip(math.floor(math.log2(cap / r_max)), formats.weight_exp_min,
                           formats.weight_exp_max))
         vth_mant = min(math.floor(r_max * 2.0**exp), cap)
@@ -107,7 +111,7 @@ def quantize(
                 f"(weights up to {w_max:.3g} per threshold); use a larger weight_exp range")
         ratio = vth_mant * 2.0**-exp
         errors = []
-        for syn, w in zip(syns, w_unit):
+        for syn, w in zip(syns, w_unit, strict=True):
             w_int = step * np.round(w * ratio / step)
             errors.append((w * ratio, w_int))
             syn.weight = w_int.astype(np.int64)
@@ -124,12 +128,90 @@ def quantize(
         node.bias = bias_int
         node.a_exp = exp
         node.state_bits = formats.state_bits
-        if isinstance(node, IF):
+        if spiking:
             node.v_init = np.round(vth_int * node.v_init).astype(np.int64)
-            node.v_threshold = np.round(vth_int * node.v_threshold).astype(np.int64)
+            node.v_threshold = (np.round(vth_mant * theta).astype(np.int64) << shift)
+            unit[name] = _graded(node, levels.get(name))
+        else:
+            node.v_threshold = np.asarray(vth_int, dtype=np.int64)
         exact = np.concatenate([e.ravel() for e, _ in errors])
         approx = np.concatenate([a.ravel() for _, a in errors])
         report.append(LayerQuant(name, vth_int, exp, _rel_error(exact, approx),
                                  _rel_error(bias_float, bias_int.astype(float)), bias_exp))
     out.meta = {**net.meta, "formats": formats.__dict__, "headroom_bits": headroom_bits}
     return out, report
+
+
+def _cap(node: IF | Readout, formats: Formats, headroom_bits: int, timesteps: int) -> int:
+    """Largest threshold mantissa: ``headroom`` bits of the state above the largest threshold
+    (a readout: room to accumulate ``timesteps`` steps), and the bias (in thresholds) times the
+    threshold within the bias range."""
+    spiking = isinstance(node, IF)
+    headroom = headroom_bits if spiking else math.ceil(math.log2(2 * timesteps))
+    top = max(1.0, float(np.max(node.v_threshold))) if spiking else 1.0
+    half_state = 2 ** (formats.state_bits - 1)
+    cap = min(2 ** formats.threshold_mant_bits - 1,
+              math.floor(half_state / (2 ** (formats.threshold_shift + headroom) * top)))
+    bias = float(np.abs(node.bias).max(initial=0))  # bias * vth_int must fit mant << exp_max
+    bias_max = (2 ** (formats.bias_mant_bits - 1) - 1) * 2**formats.bias_exp_max
+    limit = bias_max / (bias * 2**formats.threshold_shift) if bias > 0 else math.inf
+    if limit < cap:  # a subnormal bias gives an infinite limit: no constraint
+        cap = math.floor(limit)
+    return max(cap, 1)
+
+
+def _graded_source(net: Network, name: str) -> str | None:
+    """The population whose graded spikes a synapse from ``name`` carries, if any."""
+    node = net.nodes[name]
+    if isinstance(node, MaxPool):
+        return _graded_source(net, node.source)
+    return name if isinstance(node, IF) and not np.all(node.payload == 1) else None
+
+
+def _payload_levels(net: Network, formats: Formats, unit: dict[str, float],
+                    headroom_bits: int, timesteps: int) -> dict[str, int]:
+    """Largest integer payload of every graded population: ``2**(b-1) - 1`` with
+    ``b = min(graded_payload_bits, input_payload_bits)``, divided by 2 for every step a target's
+    weight exponent would fall below ``weight_exp_min`` (fine payloads make each payload unit
+    worth less, so the target's weights need a smaller exponent); 1 makes the spikes binary."""
+    bits = min(formats.graded_payload_bits, formats.input_payload_bits)
+    levels = {n: 2 ** (bits - 1) - 1 for n in net.nodes if _graded_source(net, n) == n}
+    step_max = 2 ** (9 - formats.weight_bits) * (2 ** (formats.weight_bits - 1) - 1)
+    for name, node in net.nodes.items():
+        if not isinstance(node, (IF, Readout)):
+            continue
+        cap = _cap(node, formats, headroom_bits, timesteps)
+        for syn in net.inputs_of(name):
+            src = _graded_source(net, syn.source)
+            if src is None:
+                continue
+            top = float(np.max(net.nodes[src].payload))
+            w_max = float(np.abs(syn.weight).max()) * top / levels[src] or 1.0
+            ideal = math.floor(math.log2(cap * w_max / step_max))
+            if ideal < formats.weight_exp_min:
+                levels[src] = max(1, levels[src] >> (formats.weight_exp_min - ideal))
+    return levels
+
+
+def _payload_grid(node: IF, levels: int | None) -> float:
+    """Graded payload units per unit of float payload (1 for binary spikes)."""
+    if levels is None:
+        return 1.0
+    return levels / float(np.max(node.payload))
+
+
+def _relative_thresholds(node: IF, levels: int | None) -> np.ndarray:
+    """Float thresholds, put on the payload grid where a spike is worth its threshold."""
+    grid = _payload_grid(node, levels)
+    if levels is None or not np.array_equal(
+            np.broadcast_to(node.v_threshold, node.payload.shape), node.payload):
+        return node.v_threshold
+    return np.maximum(np.ceil(node.payload * grid), 1) / grid
+
+
+def _graded(node: IF, levels: int | None) -> float:
+    """Set the integer payload of ``node``; return the float value of one payload unit."""
+    grid = _payload_grid(node, levels)
+    if levels is not None:
+        node.payload = np.maximum(np.ceil(node.payload * grid), 1).astype(np.int64)
+    return 1.0 / grid

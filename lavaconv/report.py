@@ -157,9 +157,10 @@ def energy_tables(energy: dict) -> list[Table]:
     items, ups = energy["items"], energy["neuron_updates"]
     tables.append(Table(
         f"SNN: operations per inference (mean of {items} items) and per dataset",
-        ["T", "SOPs", "of which graded input MACs", "neuron updates active / inactive",
-         "spike messages", f"SOPs, all {items} items"],
-        [[str(k), count(energy["snn_synops"][k]), count(energy["snn_input_macs"][k]),
+        ["T", "SOPs", "of which graded", "of which analog input MACs",
+         "neuron updates active / inactive", "spike messages", f"SOPs, all {items} items"],
+        [[str(k), count(energy["snn_synops"][k]), count(energy["snn_graded_synops"][k]),
+          count(energy["snn_input_macs"][k]),
           f"{count(ups[k]['active'])} / {count(ups[k]['inactive'])}",
           count(energy["spike_messages"][k]), count(energy["snn_synops_dataset"][k])]
          for k in _keys(energy["snn_synops"])]))
@@ -192,14 +193,12 @@ def _keys(d: dict) -> list:
 def _layer_table(energy: dict) -> Table:
     key = _keys(energy["snn_synops"])[-1]
     ok = {n: p for n, p in _snn_profiles(energy).items() if p["status"] == "ok"}
-    sops: dict[str, float] = {}
-    for layer in energy["snn_layers"][key]:
-        target = layer["name"].split("->")[1]
-        sops[target] = sops.get(target, 0.0) + layer["synops"]
+    sops = energy["population_synops"][key]
     return Table(f"SNN: per population at T = {key} (SOPs received, energy)",
                  ["population", "SOPs", *ok],
-                 [[pop, count(n), *(joules(_layer_total(p, key, pop)) for p in ok.values())]
-                  for pop, n in sops.items()])
+                 [[pop, count(sops[pop]),
+                   *(joules(_layer_total(p, key, pop)) for p in ok.values())]
+                  for pop in energy["populations"]])
 
 
 def _layer_total(prof: dict, key, pop: str) -> float:
@@ -223,7 +222,12 @@ def _grouped(ax, labels: list[str], series: dict[str, list[float]], hatches=None
                hatch=hatches[i] if hatches else None, edgecolor="white")
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    _legend(ax)
+
+
+def _legend(ax) -> None:
+    """A small legend right of the axes, clear of the bars."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
 def energy_vs_t_png(energy: dict) -> bytes:
@@ -231,7 +235,7 @@ def energy_vs_t_png(energy: dict) -> bytes:
     parts (synaptic, neuron updates, routing) of every per-term profile."""
     snn = {n: p for n, p in _snn_profiles(energy).items() if p["status"] == "ok"}
     steps = _keys(energy["snn_synops"])
-    labels = [f"T = {t}" for t in steps]
+    labels = [str(t) for t in steps]
     split = {n: p for n, p in snn.items() if p["scope"] == "per-term" and
              sum(p["by_t"][steps[-1]][key] is not None for key, _, _ in BAR_PARTS) > 1}
 
@@ -243,8 +247,10 @@ def energy_vs_t_png(energy: dict) -> bytes:
         for j, (name, prof) in enumerate(_ann_profiles(energy).items()):
             axes[0].axhline(prof["total_j"], color="k", ls=("--", ":", "-.")[j % 3],
                             label=f"ANN on {name}")
-        axes[0].legend(fontsize=7)
+        _legend(axes[0])
         axes[0].set_ylabel("energy per inference (J)")
+        for ax in axes:
+            ax.set_xlabel("timesteps T")
         axes[0].set_title("SNN total per profile; ANN as lines")
         for ax, (name, prof) in zip(axes[1:], split.items(), strict=True):
             parts = {label: [prof["by_t"][k][key] or 0.0 for k in steps]
@@ -267,7 +273,7 @@ def energy_per_layer_png(energy: dict) -> bytes:
                                   for n, p in _ann_profiles(energy).items()})
         axes[0].set_title("ANN per layer")
         if len(axes) > 1:
-            pops = list(next(iter(snn.values()))["by_t"][key]["layers"])
+            pops = energy["populations"]
             _grouped(axes[1], pops, {n: [_layer_total(p, key, q) for q in pops]
                                      for n, p in snn.items()})
             axes[1].set_title(f"SNN per population at T = {key}")

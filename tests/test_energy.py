@@ -29,7 +29,7 @@ CHECKPOINTS = [3, 7, 12]
 @pytest.fixture(scope="module")
 def net() -> Network:
     """Conv with zero weights, max-pool gate, strided conv, two synapses into one population,
-    dense readout with zero weights: every case of the fan-out."""
+    dense readout with zero weights: every case of the fan-out; "b" sends graded spikes."""
     rng = np.random.default_rng(0)
     w1 = rng.uniform(0.0, 0.6, (3, 1, 3, 3)) * (rng.random((3, 1, 3, 3)) > 0.3)
     w2 = rng.uniform(-0.2, 0.5, (4, 3, 3, 3))
@@ -39,7 +39,7 @@ def net() -> Network:
         "x": Input((1, 6, 6)),
         "a": IF((3, 6, 6), np.full((3, 1, 1), 0.05), t_start=1),
         "p": MaxPool((3, 3, 3), "a", (2, 2), (2, 2)),
-        "b": IF((4, 3, 3), np.full((4, 1, 1), 0.02), t_start=2),
+        "b": IF((4, 3, 3), np.full((4, 1, 1), 0.02), t_start=2, payload=np.full((4, 1, 1), 0.7)),
         "output": Readout((5,), np.zeros(5), t_start=3),
     }, [Conv("x", "a", w1, padding=(1, 1)), Conv("p", "b", w2, padding=(1, 1)),
         Conv("a", "b", w3, stride=(2, 2)), Dense("b", "output", w4)])
@@ -86,10 +86,11 @@ def test_synops_equal_recount_by_convolving_spike_maps(net, x, activity):
             src = activity.input_events[t] if syn.source == "x" else \
                 activity.spike_counts[t][syn.source]
             assert count.ops * len(x) == pytest.approx(_recount(syn, src), rel=1e-12)
-            assert count.graded == (syn.source == "x")
+            assert count.graded == (syn.source in ("x", "b"))
         into_b = [c.ops for s, c in zip(net.synapses, synops, strict=True) if s.target == "b"]
         assert per_pop["b"]["synaptic_op"] == pytest.approx(sum(into_b))
-        assert per_pop["a"]["graded_macs"] == per_pop["a"]["synaptic_op"] > 0
+        assert per_pop["a"]["input_macs"] == per_pop["a"]["synaptic_op"] > 0
+        assert per_pop["output"]["input_macs"] == 0
         assert per_pop["b"]["spike_in_tile"] * len(x) == pytest.approx(
             activity.spike_counts[t]["p"].sum() + activity.spike_counts[t]["a"].sum())
 
@@ -115,7 +116,7 @@ def test_prices_follow_the_published_figures(net, activity, summary):
         _, per_pop = population_counts(net, activity, t)
         total = {k: sum(p[k] for p in per_pop.values()) for k in
                  ("synaptic_op", "neuron_update_active", "neuron_update_inactive",
-                  "spike_in_tile", "graded_macs")}
+                  "spike_in_tile", "input_macs")}
         loihi = summary["per_profile"]["loihi1"]["by_t"][t]  # Davies 2018 Table 2
         assert loihi["synaptic_j"] == pytest.approx(total["synaptic_op"] * 23.6e-12)
         assert loihi["neuron_j"] == pytest.approx(total["neuron_update_active"] * 81e-12
@@ -130,9 +131,11 @@ def test_prices_follow_the_published_figures(net, activity, summary):
             total["synaptic_op"] * 26e-12)
         assert summary["ratios"]["stratix10tx-fpga/rolls"][t] == pytest.approx(
             fpga / rolls["total_j"])
-        b, c = total["synaptic_op"], total["graded_macs"]
+        b, c = total["synaptic_op"], total["input_macs"]
         assert summary["snm_eq15"]["snn_over_ann"][t] == pytest.approx(
             (c * 4.6 + (b - c) * 0.9) / (macs * 4.6))
+    assert any(line.startswith("Graded spikes") for line in summary["assumptions"])
+    assert summary["snn_graded_synops"][12] > summary["snn_input_macs"][12]  # "b" is graded
     assert summary["per_profile"]["loihi2"]["status"] == "no public figure"
     assert "stratix10tx-fpga/loihi2" not in summary["ratios"]
 

@@ -1,0 +1,43 @@
+"""Conversion with every method of :class:`~lavaconv.convert.ConvertOptions` applied,
+including those that need calibration items (per-neuron norms, RMP threshold balancing,
+bias correction, the S-ResNet zeta search)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch.fx
+
+from lavaconv.activations import neuron_scales
+from lavaconv.balance import balance_thresholds, compensate, correct, search_zeta
+from lavaconv.calibrate import ActivationStats
+from lavaconv.convert import ConvertOptions, convert
+from lavaconv.network import Network
+
+
+def build_network(gm: torch.fx.GraphModule, x_calib: np.ndarray,
+                  stats: dict[str, ActivationStats], options: ConvertOptions,
+                  progress: Callable[[str], None] | None = None) -> Network:
+    """Convert ``gm`` (calibrated by ``stats`` on ``x_calib``), then apply, in this order,
+    RMP threshold balancing, bias or potential correction and the zeta search on the first
+    ``options.calib_items`` calibration items, each SNN run ``options.calib_steps`` long.
+    What each step found is kept in ``net.meta['calibration']``."""
+    scales = neuron_scales(gm, x_calib, options.norm) if options.norm.per_neuron else None
+    net = convert(gm, tuple(x_calib.shape[1:]), stats, options, progress, scales)
+    x = x_calib[:options.calib_items]
+    steps = options.calib_steps
+    found: dict = {}
+    if options.balance is not None:
+        found["balance_factors"] = balance_thresholds(net, x, options.balance, steps)
+    if options.correction != "none":
+        found[f"{options.correction}_correction"] = correct(net, gm, x, steps, options.correction)
+    if options.zeta == "auto":
+        search = search_zeta(net, gm, x, steps)
+        compensate(net, search.zeta)
+        found["zeta"] = {"chosen": search.zeta, "p": search.error.p, "q": search.error.q,
+                         "objective": {str(k): v for k, v in search.objective.items()},
+                         "error_per_layer": {ly.name: ly.at_max for ly in search.error.layers}}
+    if found:
+        net.meta["calibration"] = found
+    return net

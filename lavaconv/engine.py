@@ -211,7 +211,8 @@ class _Current:
         return x
 
 
-def _bounds(net: Network, node: IF | Readout) -> tuple[int, int] | None:
+def state_bounds(net: Network, node: IF | Readout) -> tuple[int, int] | None:
+    """The range v saturates to (int mode), None in float mode."""
     if net.numeric != "int":
         return None
     return -(2 ** (node.state_bits - 1)), 2 ** (node.state_bits - 1) - 1
@@ -377,7 +378,7 @@ def simulate(
             if isinstance(node, Readout):
                 u = input_current(net, node, a)
                 result.readout, result.saturated[name] = readout_scores(
-                    node, u, checkpoints, _bounds(net, node), seed=seed)
+                    node, u, checkpoints, state_bounds(net, node), seed=seed)
                 result.readout_input = u
             else:
                 trains[name] = _fire(net, name, a, result, checkpoints, probe)
@@ -398,7 +399,7 @@ def _fire(net: Network, name: str, a: torch.Tensor, result: SimResult,
     train = a if a.dtype == torch.float32 and u is None else torch.empty_like(
         a, dtype=torch.float32)
     result.saturated[name] = integrate_and_fire(node, _Current(net, node, a), len(a), train,
-                                                _bounds(net, node))
+                                                state_bounds(net, node))
     _count(result, name, train, checkpoints, net.numeric, node.reset == "snm")
     if not np.all(node.payload == 1):
         train.mul_(_tensor(node.payload, train))

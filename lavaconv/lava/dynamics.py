@@ -64,20 +64,29 @@ def integrate(v: np.ndarray, u: np.ndarray, bias: np.ndarray, bias_on: bool, liv
     v[:] = total
 
 
-def fire(v: np.ndarray, vth: np.ndarray, count: np.ndarray, live: bool,
-         reset: str) -> np.ndarray:
-    """In place: spike where ``v >= vth``, reset by subtraction or to zero, count the spikes of
-    the item (zeroed in the reset step); returns the spikes."""
-    s = v >= vth
+def fire(v: np.ndarray, vth: np.ndarray, count: np.ndarray, live: bool, reset: str,
+         memory: np.ndarray | None = None) -> np.ndarray:
+    """In place: ``s = +1`` where ``v >= vth``, and with a ``memory`` (reset 'snm', SNM eq. 9)
+    ``s = -1`` where ``v <= -vth`` while the memory is positive; reset by subtraction (``v -=
+    vth * s``, Rueckauer eq. 4b, SNM eq. 10) or to zero (eq. 4a); ``memory += s`` (SNM eq.
+    11); count the item's spike events. The reset step sends nothing and zeroes the memory and
+    the count. Returns s (int8)."""
+    s = (v >= vth).astype(np.int8)
+    if memory is not None:
+        s -= (v <= -vth) & (memory > 0)
     if not live:
-        s[:] = False
+        s[:] = 0
         count[:] = 0
-    if reset == "subtract":
-        v -= vth * s
+        if memory is not None:
+            memory[:] = 0
+    if reset == "zero":
+        v[s != 0] = 0
     else:
-        v[s] = 0
+        v -= vth * s
     if live:
-        count += s
+        if memory is not None:
+            memory += s
+        count += s != 0
     return s
 
 
@@ -86,43 +95,46 @@ class Gate:
     :class:`MaxPoolGate`, from its parameters (``in_shape``, ``out_shape``, ``kernel``, ``stride``,
     ``padding``; Lava's (W, H) order).
 
-    Each window passes the spike of its candidate with the largest count ``c``, ties to the first
-    in torch's row-major window order. One integer key per cell ranks them all at once:
-    ``key = c * 2K + 2 * (K - 1 - k) + s`` for the k-th of K candidates, so the window's largest
-    key is its winner and its lowest bit the spike; padding cells hold ``-2K`` and never win.
+    Each window passes what its candidate with the largest running sum ``c`` of received
+    payloads sent (binary, graded or signed), ties to the first in torch's row-major window
+    order: candidates are visited in that order and only a strictly larger ``c`` takes over.
+    Padding cells hold ``c = -inf`` and never win.
     """
 
     def __init__(self, params) -> None:
         (kw, kh), (sw, sh), (pw, ph) = (tuple(params[k]) for k in ("kernel", "stride", "padding"))
         width, height, channels = params["in_shape"]
         w_out, h_out, _ = params["out_shape"]
-        self.scale = 2 * kw * kh
-        self.key = np.full((width + 2 * pw, height + 2 * ph, channels), -self.scale, np.int64)
+        self.padded = (width + 2 * pw, height + 2 * ph, channels)
+        self.c = np.full(self.padded, -np.inf)
+        self.s: np.ndarray | None = None  # the padded payload, in the dtype it arrives in
         self.inside = (slice(pw, pw + width), slice(ph, ph + height))
-        self.windows = [((slice(j, j + sw * (w_out - 1) + 1, sw),
-                          slice(i, i + sh * (h_out - 1) + 1, sh)),
-                         self.scale - 2 - 2 * (i * kw + j))
+        self.windows = [(slice(j, j + sw * (w_out - 1) + 1, sw),
+                         slice(i, i + sh * (h_out - 1) + 1, sh))
                         for i in range(kh) for j in range(kw)]
 
     def __call__(self, c: np.ndarray, count: np.ndarray, s: np.ndarray,
                  live: bool) -> np.ndarray:
-        """In place on the counts ``c`` and ``count``: ``c += s``, the windows' output spikes;
-        both counts are zeroed in the reset step."""
+        """In place on the sums ``c`` and the counts ``count``: ``c += s``, the windows'
+        outputs; both are zeroed in the reset step, which sends nothing."""
         if live:
             c += s
         else:
             c[:] = 0
-        inside = self.key[self.inside]
-        np.multiply(c, self.scale, out=inside)
-        inside += s
-        best = None
-        for window, rank in self.windows:
-            candidate = self.key[window] + rank
-            best = candidate if best is None else np.maximum(best, candidate, out=best)
-        out = (best & 1).astype(bool) & live
+        if self.s is None or self.s.dtype != s.dtype:
+            self.s = np.zeros(self.padded, s.dtype)
+        self.c[self.inside] = c
+        self.s[self.inside] = s
+        first = self.windows[0]
+        best, out = self.c[first].copy(), self.s[first].copy()
+        for window in self.windows[1:]:
+            better = self.c[window] > best
+            np.copyto(best, self.c[window], where=better)
+            np.copyto(out, self.s[window], where=better)
         if live:
-            count += out
+            count += out != 0
         else:
+            out[:] = 0
             count[:] = 0
         return out
 

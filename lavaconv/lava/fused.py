@@ -71,9 +71,17 @@ def _node(proc: AbstractProcess) -> Node:
     params = {"bias": initial(proc, "bias"), "v_init": initial(proc, "v_init"),
               "a_exp": int(np.ravel(proc.a_exp.init)[0]),
               "t_start": proc.proc_params["t_start"], "state_bits": proc.proc_params["state_bits"]}
+    params["vth"] = initial(proc, "vth")
+    state = {"v": initial(proc, "v").astype(np.int64)}
     if isinstance(proc, IFNeuron):
-        params.update(vth=initial(proc, "vth"), reset=proc.proc_params["reset"])
-    return Node(proc, params, {"v": initial(proc, "v").astype(np.int64)})
+        reset = proc.proc_params["reset"]
+        payload = initial(proc, "payload").astype(np.int64)
+        params.update(reset=reset, payload=None if np.all(payload == 1) else payload)
+        state["m"] = np.zeros(proc.m.shape, np.int64) if reset == "snm" else None
+    else:
+        params["mode"] = proc.proc_params["mode"]
+        state["count"] = np.zeros(proc.count.shape, np.int32)  # the readout's own
+    return Node(proc, params, state)
 
 
 class FusedNetwork:
@@ -81,8 +89,8 @@ class FusedNetwork:
 
     ``procs``: the graph's node processes in topological order, then its synapses. ``count``
     holds the spike counts of the ``COUNTED`` processes (int32, flat, concatenated, Lava
-    layout) and ``v`` the readout's potential: the fused process model's Vars. All other state
-    is private.
+    layout) and ``score`` what the readout's mode reads (its potential or its spike count):
+    the fused process model's Vars. All other state is private.
     """
 
     def __init__(self, procs: list[AbstractProcess]) -> None:
@@ -96,7 +104,8 @@ class FusedNetwork:
             state = self.nodes[proc].state
             state["count"] = self.count[offset:offset + size].reshape(proc.count.shape)
             offset += size
-        (self.v,) = [n.state["v"] for n in self.nodes.values() if isinstance(n.proc, Readout)]
+        (out,) = [n for n in self.nodes.values() if isinstance(n.proc, Readout)]
+        self.score = out.state["count" if out.params["mode"] == "count" else "v"]
         self.edges = []
         for proc in procs:
             if isinstance(proc, SYNAPSES):
@@ -117,8 +126,11 @@ class FusedNetwork:
         dynamics.integrate(state["v"], u, params["bias"], t >= params["t_start"], live,
                            params["state_bits"], params["v_init"])
         if isinstance(node.proc, IFNeuron):
-            return dynamics.fire(state["v"], params["vth"], state["count"], live,
-                                 params["reset"])
+            s = dynamics.fire(state["v"], params["vth"], state["count"], live,
+                              params["reset"], state["m"])
+            return s if params["payload"] is None else s * params["payload"]
+        if params["mode"] == "count":
+            dynamics.fire(state["v"], params["vth"], state["count"], live, "subtract")
         return state["v"]
 
     def step(self, time_step: int) -> None:

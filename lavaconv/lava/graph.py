@@ -61,13 +61,22 @@ class LavaGraph:
         return [*self.nodes.values(), *self.synapses.values()]
 
 
-def _message_bits(node: Node, numeric: str) -> int:
-    """Graded payload width a synapse reads from ``node``: 0 for binary spikes."""
-    if not isinstance(node, Input):
+def _message_bits(net: Network, name: str) -> int:
+    """Graded payload width a synapse reads from node ``name``: 0 for binary spikes, else
+    enough signed bits for the largest |payload| (graded analog input, signed Poisson spikes,
+    graded or signed IF spikes, passed on by a max-pool gate)."""
+    node = net.nodes[name]
+    if isinstance(node, MaxPool):
+        return _message_bits(net, node.source)
+    if isinstance(node, Input):
+        if node.encoding == "poisson":
+            return 2  # signed ±1 spikes: a bool cast would turn -1 into +1
+        return node.payload_bits if net.numeric == "int" else GRADED_FLOAT_BITS
+    if node.reset != "snm" and np.all(node.payload == 1):
         return 0
-    if node.encoding == "poisson":
-        return 2  # signed ±1 spikes: a bool cast would turn -1 into +1
-    return node.payload_bits if numeric == "int" else GRADED_FLOAT_BITS
+    if net.numeric != "int":
+        return GRADED_FLOAT_BITS
+    return int(np.max(node.payload)).bit_length() + 1
 
 
 def _node_process(name: str, node: Node, payload: np.ndarray, net: Network) -> AbstractProcess:
@@ -89,8 +98,8 @@ def _node_process(name: str, node: Node, payload: np.ndarray, net: Network) -> A
                   steps=steps, state_bits=node.state_bits, name=name)
     if isinstance(node, IF):
         return IFNeuron(vth=full(node.v_threshold), v_init=full(node.v_init), reset=node.reset,
-                        **common)
-    return Readout(**common)
+                        payload=full(node.payload), **common)
+    return Readout(vth=full(node.v_threshold), mode=node.mode, **common)
 
 
 def _check_int_weights(key: str, syn: Dense | Conv) -> None:
@@ -105,7 +114,7 @@ def _check_int_weights(key: str, syn: Dense | Conv) -> None:
 
 def _synapse_process(key: str, syn: Dense | Conv, net: Network) -> AbstractProcess:
     src, dst = net.nodes[syn.source], net.nodes[syn.target]
-    bits = _message_bits(src, net.numeric)
+    bits = _message_bits(net, syn.source)
     weight = np.asarray(syn.weight)
     if net.numeric == "int":
         _check_int_weights(key, syn)

@@ -33,11 +33,11 @@ from lavaconv.network import Network
 MODELS = {
     "fixed_pt": {IFNeuron: models.PyIFModelFixed, Readout: models.PyReadoutModelFixed,
                  SpikeSource: models.PySpikeSourceModelFixed,
-                 MaxPoolGate: models.PyMaxPoolGateModel,
+                 MaxPoolGate: models.PyMaxPoolGateModelFixed,
                  LavaDense: PyDenseModelBitAcc, LavaConv: PyConvModelFixed},
     "floating_pt": {IFNeuron: models.PyIFModelFloat, Readout: models.PyReadoutModelFloat,
                     SpikeSource: models.PySpikeSourceModelFloat,
-                    MaxPoolGate: models.PyMaxPoolGateModel,
+                    MaxPoolGate: models.PyMaxPoolGateModelFloat,
                     LavaDense: PyDenseModelFloat, LavaConv: PyConvModelFloat},
 }
 TARGETS = ("sim", "loihi2")
@@ -48,7 +48,7 @@ class LavaResult:
     """What Lava computed for K items (torch layouts)."""
 
     spike_counts: dict[str, np.ndarray]  # IF / MaxPool node → spikes per neuron, (K, *shape)
-    readout: np.ndarray  # (K, n_out): readout v at each item's last step
+    readout: np.ndarray  # (K, n_out): readout score (v or count) at each item's last step
     seconds_per_step: float  # wall time per executed Lava timestep (reset steps included)
     startup_seconds: float  # compile and process start-up
 
@@ -96,25 +96,27 @@ def _torch_single_thread() -> Iterator[None]:
 
 
 def _read(graph: LavaGraph, fast: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Spike counts of the counted nodes and the readout's v of the current item, in torch
-    layout: from the fused model's Vars (``fast``) or from the sub-processes'."""
+    """Spike counts of the counted nodes and the readout's score (v, or its spike count in
+    ``count`` mode) of the current item, in torch layout: from the fused model's Vars
+    (``fast``) or from the sub-processes'."""
     net, int_mode = graph.net, graph.net.numeric == "int"
     counted = [n for n, p in graph.nodes.items() if isinstance(p, COUNTED)]
     if fast:
         shapes = [graph.nodes[n].count.shape for n in counted]
         flat = np.split(graph.top.count.get(), np.cumsum([np.prod(s) for s in shapes])[:-1])
         counts = {n: x.reshape(s) for n, x, s in zip(counted, flat, shapes, strict=True)}
-        v = graph.top.v.get()
+        score = graph.top.score.get()
     else:
         counts = {n: graph.nodes[n].count.get() for n in counted}
-        v = graph.nodes[net.output_name].v.get()
+        out = graph.nodes[net.output_name]
+        score = (out.count if net.nodes[net.output_name].mode == "count" else out.v).get()
 
     def torch_layout(name: str, x: np.ndarray, integer: bool) -> np.ndarray:
         x = to_lava(x, net.nodes[name].shape)
         return np.rint(x).astype(np.int64) if integer else x
 
     return ({n: torch_layout(n, x, True) for n, x in counts.items()},
-            torch_layout(net.output_name, v, int_mode).reshape(-1))
+            torch_layout(net.output_name, score, int_mode).reshape(-1))
 
 
 def _timed(advance: Callable[[int], None], steps: int) -> float:

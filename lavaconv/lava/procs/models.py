@@ -81,11 +81,22 @@ class FixedPoint:
 
 
 class Fire:
-    """IF spiking: ``s = v >= vth``, reset by subtraction or to zero, count per item."""
+    """IF spiking (:class:`IFNeuron`): signed spikes with the SNM memory where reset is 'snm',
+    sent as ``payload * s``."""
 
     def output(self, live: bool) -> None:
-        self.s_out.send(dynamics.fire(self.v, self.vth, self.count, live,
-                                      self.proc_params["reset"]))
+        reset = self.proc_params["reset"]
+        s = dynamics.fire(self.v, self.vth, self.count, live, reset,
+                          self.m if reset == "snm" else None)
+        self.s_out.send(s * self.payload)
+
+
+class Score:
+    """A readout in ``count`` mode fires (reset by subtraction) and counts, with no output."""
+
+    def output(self, live: bool) -> None:
+        if self.proc_params["mode"] == "count":
+            dynamics.fire(self.v, self.vth, self.count, live, "subtract")
 
 
 class AbstractIntegratorFloat(FloatingPoint, AbstractIntegratorModel):
@@ -94,6 +105,8 @@ class AbstractIntegratorFloat(FloatingPoint, AbstractIntegratorModel):
     v_init: np.ndarray = LavaPyType(np.ndarray, float)
     bias: np.ndarray = LavaPyType(np.ndarray, float)
     a_exp: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=4)  # unused in float
+    vth: np.ndarray = LavaPyType(np.ndarray, float)
+    count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
 
 class AbstractIntegratorFixed(FixedPoint, AbstractIntegratorModel):
@@ -102,19 +115,21 @@ class AbstractIntegratorFixed(FixedPoint, AbstractIntegratorModel):
     v_init: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
     bias: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)  # bias_mant << bias_exp
     a_exp: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=4)
+    vth: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)  # vth_mant << 6
+    count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
 
 @implements(proc=Readout, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyReadoutModelFloat(AbstractIntegratorFloat):
+class PyReadoutModelFloat(Score, AbstractIntegratorFloat):
     pass
 
 
 @implements(proc=Readout, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyReadoutModelFixed(AbstractIntegratorFixed):
+class PyReadoutModelFixed(Score, AbstractIntegratorFixed):
     pass
 
 
@@ -122,18 +137,18 @@ class PyReadoutModelFixed(AbstractIntegratorFixed):
 @requires(CPU)
 @tag("floating_pt")
 class PyIFModelFloat(Fire, AbstractIntegratorFloat):
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, bool, precision=1)
-    vth: np.ndarray = LavaPyType(np.ndarray, float)
-    count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    payload: np.ndarray = LavaPyType(np.ndarray, float)
+    m: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
 
 @implements(proc=IFNeuron, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PyIFModelFixed(Fire, AbstractIntegratorFixed):
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, bool, precision=1)
-    vth: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)  # vth_mant << 6
-    count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)  # graded
+    payload: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    m: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
 
 class AbstractSpikeSourceModel(AbstractItemModel):
@@ -160,25 +175,36 @@ class PySpikeSourceModelFixed(AbstractSpikeSourceModel):
     payload: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
 
-@implements(proc=MaxPoolGate, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt", "fixed_pt")
-class PyMaxPoolGateModel(AbstractItemModel):
-    """Binary spikes and integer counts: the same model serves both regimes."""
-
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, bool, precision=1)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, bool, precision=1)
-    c: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+class AbstractMaxPoolGateModel(AbstractItemModel):
+    """The rate-gated max-pool of :class:`MaxPoolGate` on whatever payload arrives."""
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
         self.gate = dynamics.Gate(proc_params)
 
     def run_spk(self) -> None:
-        s = self.s_in.recv().astype(bool)
         live = self.local_step() < self.steps
-        self.s_out.send(self.gate(self.c, self.count, s, live))
+        self.s_out.send(self.gate(self.c, self.count, self.s_in.recv(), live))
+
+
+@implements(proc=MaxPoolGate, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyMaxPoolGateModelFloat(AbstractMaxPoolGateModel):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    c: np.ndarray = LavaPyType(np.ndarray, float)
+    count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+
+@implements(proc=MaxPoolGate, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyMaxPoolGateModelFixed(AbstractMaxPoolGateModel):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    c: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
 
 @implements(proc=SpikingNetwork, protocol=AsyncProtocol)
@@ -190,7 +216,7 @@ class PySpikingNetworkModelFused(PyAsyncProcessModel):
     with, so Lava's per-step handshake (most of its per-step cost) is left out."""
 
     count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    score: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
@@ -198,7 +224,7 @@ class PySpikingNetworkModelFused(PyAsyncProcessModel):
         self.time_step = 0
 
     def run_async(self) -> None:
-        self.count, self.v = self.net.count, self.net.v  # Lava reads Vars by name
+        self.count, self.score = self.net.count, self.net.score  # Lava reads Vars by name
         for _ in range(self.num_steps):
             self.time_step += 1
             self.net.step(self.time_step)

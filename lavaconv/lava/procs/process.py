@@ -20,7 +20,8 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 
-RESETS = ("subtract", "zero")
+RESETS = ("subtract", "zero", "snm")
+READOUTS = ("potential", "count", "softmax")
 
 
 def _full(value: np.ndarray | float, shape: tuple[int, ...]) -> np.ndarray:
@@ -48,7 +49,7 @@ class Integrator(AbstractProcess):
 
 
 class Readout(Integrator):
-    """Non-spiking integrator (the output layer); class = argmax v at the item's last step.
+    """Non-spiking integrator (the output layer), read at the item's last step.
 
     Dynamics per step t < steps (G: identity in floating point, ``a << (6 + a_exp)`` with
     a flooring right shift when negative in fixed point; sat: clip to ``state_bits`` signed)::
@@ -56,31 +57,47 @@ class Readout(Integrator):
         v[t] = sat(v[t-1] + G(a_in[t]) + bias * [t >= t_start])
 
     from ``v = v_init`` (lavaconv's readouts start at 0), restored at the reset step
-    ``t == steps``.
+    ``t == steps``. ``mode`` says what is read (lavaconv.network.Readout): ``potential`` and
+    ``softmax`` read v (a spiking softmax samples classes from v off-chip); ``count`` also
+    fires, with reset by subtraction at ``vth`` and no output port, and reads the per-item
+    spike ``count`` (the neuron that spiked most, Rueckauer sec. 3.5).
     """
+
+    def __init__(self, *, shape: tuple[int, ...], vth: np.ndarray | float = 1,
+                 mode: str = "potential", **kwargs) -> None:
+        if mode not in READOUTS:
+            raise ValueError(f"Readout mode must be one of {READOUTS}, not {mode!r}")
+        super().__init__(shape=shape, mode=mode, **kwargs)
+        self.vth = Var(shape=shape, init=_full(vth, shape))
+        self.count = Var(shape=shape, init=0)
 
 
 class IFNeuron(Integrator):
-    """Integrate-and-fire population with reset by subtraction or to zero.
+    """Integrate-and-fire population: reset by subtraction, to zero, or the signed neuron with
+    memory of Wang et al. 2022 (SNM).
 
     Dynamics per step t < steps (v integrates as in :class:`Readout`, then)::
 
-        s_out[t] = v[t] >= vth
-        v[t]    -= vth * s_out[t]     (reset='subtract': soft reset, RMP / Rueckauer eq. 4b)
-        v[t]     = 0 where s_out[t]   (reset='zero': hard reset, Rueckauer eq. 4a)
-        count   += s_out[t]           (spikes in the current item)
+        s[t]     = +1 where v[t] >= vth
+                   -1 where v[t] <= -vth and m > 0    (reset='snm' only, SNM eq. 9)
+        v[t]    -= vth * s[t]          (reset='subtract' and 'snm': RMP / Rueckauer eq. 4b)
+        v[t]     = 0 where s[t] != 0   (reset='zero': hard reset, Rueckauer eq. 4a)
+        m       += s[t]                (reset='snm': net spikes sent, SNM eq. 11)
+        s_out[t] = payload * s[t]      (a graded spike worth ``payload``; 1: binary spikes)
+        count   += s[t] != 0           (spike events in the current item)
 
-    and ``s_out = 0``, ``v = v_init``, ``count = 0`` at the reset step ``t == steps``.
-    A signed neuron (graded ±spikes) would be a sibling process with a signed ``s_out``.
+    and ``s_out = 0``, ``v = v_init``, ``m = 0``, ``count = 0`` at the reset step.
     """
 
     def __init__(self, *, shape: tuple[int, ...], vth: np.ndarray | float,
-                 reset: str = "subtract", **kwargs) -> None:
+                 reset: str = "subtract", payload: np.ndarray | float = 1, **kwargs) -> None:
         if reset not in RESETS:
             raise ValueError(f"IFNeuron reset must be one of {RESETS}, not {reset!r}")
         super().__init__(shape=shape, reset=reset, **kwargs)
         self.s_out = OutPort(shape=shape)
         self.vth = Var(shape=shape, init=_full(vth, shape))
+        self.payload = Var(shape=shape, init=_full(payload, shape))
+        self.m = Var(shape=shape, init=0)
         self.count = Var(shape=shape, init=0)
 
 
@@ -104,9 +121,9 @@ class MaxPoolGate(AbstractProcess):
     Dynamics per step t < steps, for each window of ``s_in`` (kernel, stride and padding in
     Lava's (W, H) order; candidates in torch's row-major (h, w) window order)::
 
-        c       += s_in[t]
+        c       += s_in[t]      (binary, graded or signed payloads)
         s_out[t] = s_in[t] at the first candidate with the largest c (padding never wins)
-        count   += s_out[t]
+        count   += s_out[t] != 0
 
     and ``c = 0``, ``count = 0``, ``s_out = 0`` at the reset step ``t == steps``.
     """
@@ -135,7 +152,7 @@ class SpikingNetwork(AbstractProcess):
     (``fixed_pt``) steps all of them in one OS process with the same arithmetic. Either way::
 
         count = spike counts of the COUNTED processes in the current item, flat, concatenated
-        v     = the readout's potential
+        score = what the readout's mode reads: its potential v, or its spike count
 
     (the fused model's Vars; with the sub-process model read the sub-processes' own Vars).
     """
@@ -145,4 +162,4 @@ class SpikingNetwork(AbstractProcess):
         sizes = [int(np.prod(p.count.shape)) for p in procs if isinstance(p, COUNTED)]
         (readout,) = [p for p in procs if isinstance(p, Readout)]
         self.count = Var(shape=(sum(sizes),), init=0)
-        self.v = Var(shape=readout.v.shape, init=readout.v.init)
+        self.score = Var(shape=readout.v.shape, init=readout.v.init)

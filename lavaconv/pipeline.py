@@ -12,10 +12,11 @@ from tqdm import tqdm
 
 from lavaconv import distributed
 from lavaconv.calibrate import ActivationStats, collect
-from lavaconv.convert import ConvertOptions, calibration_nodes, convert
+from lavaconv.convert import ConvertOptions, calibration_nodes
 from lavaconv.data import Dataset
 from lavaconv.engine import encode_input, simulate
 from lavaconv.errors import LavaconvError
+from lavaconv.methods import build_network
 from lavaconv.network import IF, MaxPool, Network, Readout
 
 MEMORY_BUDGET = 2 << 30  # bytes of spike trains the engine may hold at once
@@ -141,7 +142,8 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray, timesteps: Sequence[int
 
 def build(gm: torch.fx.GraphModule, dataset: Dataset, options: ConvertOptions,
           progress: bool = True, device: str = "cpu") -> tuple[Network, dict[str, ActivationStats]]:
-    """Calibrate on the calibration items only, then convert."""
+    """Calibrate on the calibration items only, then convert with every method of
+    ``options`` (those that run the SNN use calibration items too)."""
     stats = calibrate(gm, dataset.x_calib, progress=progress, device=device)
-    net = convert(gm, tuple(dataset.x_eval.shape[1:]), stats, options)
+    net = build_network(gm, dataset.x_calib, stats, options)
     return net, stats

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test lint bench clean
+.PHONY: setup system demo test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -18,17 +18,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps --ignore-requires-python lava-nc==0.10.0 lava-dl==0.6.0
 	touch $@
 
-data: $(FMNIST)/t10k-images-idx3-ubyte.gz
+# Debian packages: the Fashion-MNIST data, and Chromium, in which the report test renders the
+# HTML report headless
+SYSTEM := $(FMNIST)/t10k-images-idx3-ubyte.gz /usr/bin/chromium
 
-$(FMNIST)/t10k-images-idx3-ubyte.gz:
+system: $(SYSTEM)
+
+$(SYSTEM) &:
 	$(SUDO) apt-get update -qq
-	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist chromium
 
-demo: setup data
+demo: setup system
 	$(BIN)/lavaconv deploy examples/resnet_fmnist.pt2 --data fashion-mnist --timesteps 64 \
 		--samples 2000 --lava-samples 4 --out out/demo
 
-test: setup data
+test: setup system
 	$(BIN)/python -m pytest -q
 
 lint: setup

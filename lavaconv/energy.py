@@ -50,8 +50,7 @@ def measure(net: Network, x: np.ndarray, checkpoints: Sequence[int], *, seed: in
     """Run the engine on ``x`` and keep every neuron's spike count at each checkpoint.
 
     Batches and seeds are those of :func:`lavaconv.pipeline.evaluate`, so Poisson input draws
-    the same spikes. ``simulate`` counts per neuron over a whole run only, so each checkpoint
-    runs the first T steps of the longest payload (the engine is causal: the same spikes).
+    the same spikes; one run to the last checkpoint gives them all (the engine is causal).
     """
     checkpoints = sorted(set(int(t) for t in checkpoints))
     steps = checkpoints[-1]
@@ -61,18 +60,18 @@ def measure(net: Network, x: np.ndarray, checkpoints: Sequence[int], *, seed: in
     shape = tuple(net.nodes[net.input_name].shape)
     counts: dict[int, dict[str, np.ndarray]] = {t: {} for t in checkpoints}
     events = {t: np.zeros(shape) for t in checkpoints}
-    bar = tqdm(total=len(x) * sum(checkpoints), desc="count spikes", unit="item-step",
+    bar = tqdm(total=len(x) * steps, desc="count spikes", unit="item-step",
                disable=not progress, leave=False)
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
         payload = encode_input(net, xb, steps, seed=seed + start, device=device)
+        res = simulate(net, payload, checkpoints, counts_at=True)
         for t in checkpoints:
-            res = simulate(net, payload[:t])
-            for name, c in res.spike_counts.items():
+            for name, c in res.counts_at[t].items():
                 per_neuron = c.sum(dim=0).double().cpu().numpy()
                 counts[t][name] = counts[t].get(name, 0.0) + per_neuron
             events[t] += (payload[:t] != 0).sum(dim=(0, 1)).double().cpu().numpy()
-            bar.update(len(xb) * t)
+        bar.update(len(xb) * steps)
     bar.close()
     return Activity(len(x), counts, events)
 

@@ -39,6 +39,8 @@ class SimResult:
     spikes_at: dict[int, dict[str, float]] = field(default_factory=dict)  # t -> node -> events
     saturated: dict[str, int] = field(default_factory=dict)  # int mode: neuron-steps clipped
     readout_input: torch.Tensor | None = None  # (T, B, n_out): what the readout adds each step
+    counts_at: dict[int, dict[str, torch.Tensor]] | None = None  # t -> node -> per-neuron
+    # events in steps [0, t) (only when simulate is asked for them)
 
     def predictions(self, t: int) -> torch.Tensor:
         return self.readout[t].argmax(dim=1)
@@ -351,11 +353,13 @@ def simulate(
     seed: int = 0,
     probe: Probe | None = None,
     stop_after: str | None = None,
+    counts_at: bool = False,
 ) -> SimResult:
     """Run ``net`` on a payload ``(T, B, *input_shape)`` from :func:`encode_input`.
 
     ``seed`` drives the spiking-softmax readout; ``probe`` sees every IF population's current
-    and payload train; ``stop_after`` ends the run after that node (no readout scores then).
+    and payload train; ``stop_after`` ends the run after that node (no readout scores then);
+    ``counts_at`` keeps every neuron's spike events up to each checkpoint.
     """
     steps = payload.shape[0]
     checkpoints = sorted(set(checkpoints or [steps]))
@@ -365,7 +369,8 @@ def simulate(
     inp = net.nodes[net.input_name]
     trains: dict[str, torch.Tensor] = {net.input_name: payload}
     constant = {net.input_name} if inp.encoding == "analog" else set()
-    result = SimResult({}, {}, {t: {} for t in checkpoints}, {})
+    result = SimResult({}, {}, {t: {} for t in checkpoints}, {},
+                       counts_at={t: {} for t in checkpoints} if counts_at else None)
     for name, node in net.nodes.items():
         if isinstance(node, Input):
             continue
@@ -428,5 +433,8 @@ def _count(result: SimResult, name: str, spikes: torch.Tensor, checkpoints: Sequ
                           ).cumsum(0, dtype=torch.float64)
     for t in checkpoints:
         result.spikes_at[t][name] = float(per_step[t - 1])
-    counts = events.sum(dim=0)
-    result.spike_counts[name] = counts.to(torch.int64) if numeric == "int" else counts
+    dtype = torch.int64 if numeric == "int" else events.dtype
+    if result.counts_at is not None:
+        for t in checkpoints:
+            result.counts_at[t][name] = events[:t].sum(dim=0).to(dtype)
+    result.spike_counts[name] = events.sum(dim=0).to(dtype)

@@ -46,6 +46,9 @@ def test_bias_starts_at_t_start_and_readout_counts_spikes():
     # the readout sees each spike one step later
     assert float(res.readout[41][0, 0]) == 10 - (1 if (41 - 2) % 4 == 3 else 0)
     assert res.spikes_at[10]["n"] == 2
+    at = simulate(net, encode_input(net, [[0.0]], 41), checkpoints=[10, 41], counts_at=True)
+    # bias 0.25 from t = 1: the 4th, 8th, ... step of bias fires (steps 4, 8, ...)
+    assert [int(at.counts_at[t]["n"][0, 0]) for t in (10, 41)] == [2, 10]
 
 
 def test_maxpool_gate_passes_the_most_active_input():

@@ -3,48 +3,21 @@
 import numpy as np
 import pytest
 import torch
+from nets import ResidualBlock, calibrated
 from torch import nn
 
-from lavaconv.calibrate import collect
-from lavaconv.convert import ConvertOptions, NormSpec, calibration_nodes, convert
+from lavaconv.convert import ConvertOptions, NormSpec, convert
 from lavaconv.engine import encode_input, simulate
 from lavaconv.errors import LavaconvError
-from lavaconv.frontend import canonicalize
 from lavaconv.network import IF, Conv, Dense, MaxPool
-
-
-class Block(nn.Module):
-    """A residual block with an identity shortcut and a 1x1-conv shortcut block after it."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(1, 4, 3, padding=1)
-        self.c1 = nn.Conv2d(4, 4, 3, padding=1)
-        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.c3 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
-        self.short = nn.Conv2d(4, 6, 1, stride=2)
-        self.fc = nn.Linear(6 * 4 * 4, 3)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        x = torch.relu(self.c2(torch.relu(self.c1(x))) + x)
-        x = torch.relu(self.c3(x) + self.short(x))
-        return self.fc(x.flatten(1))
-
-
-def calibrated(model: nn.Module, x: torch.Tensor):
-    gm = canonicalize(model.eval(), tuple(x.shape[1:]))
-    names = calibration_nodes(gm)
-    by_node = collect(gm, [x[:32], x[32:]], sorted(set(names.values())))
-    return gm, {pop: by_node[node] for pop, node in names.items()}
 
 
 @pytest.fixture(scope="module")
 def block():
     torch.manual_seed(0)
-    model = Block()
+    model = ResidualBlock()
     x = torch.rand(64, 1, 8, 8)
-    gm, stats = calibrated(model, x)
+    gm, stats = calibrated(model, x, batches=2)
     return model, x, gm, stats
 
 

@@ -11,17 +11,15 @@ import nir
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from nets import ResidualBlock, calibrated
 
 import lavaconv.lava  # noqa: F401  (first: Lava sets the fork start method on import)
-from lavaconv.calibrate import collect
-from lavaconv.convert import ConvertOptions, NormSpec, calibration_nodes, convert
+from lavaconv.convert import ConvertOptions, NormSpec, convert
 from lavaconv.engine import encode_input, simulate
 from lavaconv.errors import LavaconvError
 from lavaconv.export.netx import export_netx
 from lavaconv.export.nir import below, export_nir, nir_graph, output_node, spike_node
 from lavaconv.export.nir_sim import run_nir
-from lavaconv.frontend import canonicalize
 from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
 
 STEPS = 40
@@ -161,33 +159,11 @@ def test_nir_refuses_what_it_cannot_express():
         nir_graph(net)
 
 
-class Block(nn.Module):
-    """Residual block with identity and strided 1x1 shortcuts, avg-pool, flatten, linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(1, 4, 3, padding=1)
-        self.c1 = nn.Conv2d(4, 4, 3, padding=1)
-        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.c3 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
-        self.short = nn.Conv2d(4, 6, 1, stride=2)
-        self.fc = nn.Linear(6 * 2 * 2, 3)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        x = torch.relu(self.c2(torch.relu(self.c1(x))) + x)
-        x = torch.relu(self.c3(x) + self.short(x))
-        return self.fc(nn.functional.avg_pool2d(x, 2).flatten(1))
-
-
 @pytest.mark.parametrize("neuron", ["rmp", "if"])
 def test_nir_of_a_converted_residual_model(tmp_path, neuron):
     torch.manual_seed(0)
     x = torch.rand(32, 1, 8, 8)
-    gm = canonicalize(Block().eval(), (1, 8, 8))
-    names = calibration_nodes(gm)
-    by_node = collect(gm, [x], sorted(set(names.values())))
-    stats = {pop: by_node[node] for pop, node in names.items()}
+    gm, stats = calibrated(ResidualBlock(pool=True), x)
     net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec("max"), neuron))
     for syn in net.synapses:  # onto the dyadic grid, so that every float32 sum is exact
         syn.weight = np.round(syn.weight * 256) / 256

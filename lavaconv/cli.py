@@ -165,6 +165,16 @@ def _on_signal(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM: unwind like Ctrl-C so every finally block cleans up
 
 
+def _user_error(err: BaseException) -> LavaconvError | None:
+    """The TimeLimit in ``err``'s chain (the alarm can strike inside code that re-raises what
+    it catches as another error, as torch.fx's ShapeProp does), else ``err`` if it is a user
+    error."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, TimeLimit):
+        cause = cause.__cause__ or cause.__context__
+    return cause or (err if isinstance(err, LavaconvError) else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGALRM)}
@@ -175,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
 
         distributed.init()
         return getattr(commands, args.command)(args)
-    except LavaconvError as err:
-        print(f"lavaconv: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("lavaconv: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - the one place internal errors are reported
+    except Exception as err:  # noqa: BLE001 - the one place errors are reported
+        if (user := _user_error(err)) is not None:
+            print(f"lavaconv: error: {user}", file=sys.stderr)
+            return 2
         if args.debug:
             traceback.print_exc()
         where = traceback.extract_tb(err.__traceback__)[-1]

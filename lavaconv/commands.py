@@ -193,8 +193,8 @@ def energy(args: argparse.Namespace) -> int:
         if tuple(data.x_eval.shape[1:]) != shape:
             raise LavaconvError(f"--data {args.data}: items of shape {data.x_eval.shape[1:]}, "
                                 f"but {target} takes {shape}")
-        activity = measure(net, data.x_eval, args.timesteps, seed=args.seed, device=args.device,
-                           progress=not args.quiet)
+        activity = measure(net, data.x_eval, args.timesteps, seed=args.seed,
+                           device=distributed.device(args.device), progress=not args.quiet)
         summary = summarize(ann_macs(model.graph_module, shape), ann_profiles, net, activity,
                             profiles_of(args.snn_profiles or DEFAULT_SNN_PROFILES,
                                         "neuromorphic"))

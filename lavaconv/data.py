@@ -9,6 +9,8 @@ items stay the same whatever calibration subset ``seed`` draws.
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -122,6 +124,26 @@ def _fashion(directory: Path) -> tuple[np.ndarray, ...]:
     return tuple(parts)
 
 
+def _check_sizes(npz: np.lib.npyio.NpzFile) -> None:
+    """Refuse, before numpy allocates it, an array whose header claims more bytes than its
+    archive member holds, or a member larger than this machine's memory."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+    for info in npz.zip.infolist():
+        with npz.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version not in read_header:
+                continue  # numpy's own reader checks the rarer versions
+            shape, _, dtype = read_header[version](member)
+            held = info.file_size - member.tell()
+        need = math.prod(shape) * dtype.itemsize
+        if need > held or info.file_size > memory:
+            raise ValueError(f"{info.filename} claims shape {shape} of {dtype} "
+                             f"({need / 2**30:.3g} GiB) and holds {held / 2**30:.3g} GiB; "
+                             f"this machine has {memory / 2**30:.3g} GiB")
+
+
 def _npz(path: Path) -> tuple[np.ndarray, ...]:
     if not path.is_file():
         raise LavaconvError(f"{path}: no such file")
@@ -130,6 +152,7 @@ def _npz(path: Path) -> tuple[np.ndarray, ...]:
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise ValueError("a single .npy array, not an npz archive")
         with npz:
+            _check_sizes(npz)
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise LavaconvError(f"{path}: cannot read npz ({err})") from None

@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from lavaconv import energy, pipeline
+from lavaconv import distributed, energy, pipeline
 from lavaconv.commands import Prepared, integer_network
 from lavaconv.counting import ann_macs
 from lavaconv.engine import encode_input, readout_scores, simulate, state_bounds
@@ -82,7 +82,7 @@ def _energy(prep: Prepared, net_int: Network, profile: Profile, checkpoints: lis
     """The report's energy section: the ANN's MACs, the integer SNN measured on the items."""
     data = prep.dataset
     activity = energy.measure(net_int, data.x_eval, checkpoints, seed=args.seed,
-                              progress=progress)
+                              device=distributed.device(args.device), progress=progress)
     layers = ann_macs(prep.model.graph_module, tuple(data.x_eval.shape[1:]))
     ann = energy.profiles_of(energy.DEFAULT_ANN_PROFILES, "ann")
     return energy.summarize(layers, ann, net_int, activity, _snn_profiles(profile))
@@ -94,20 +94,20 @@ def build_report(args: argparse.Namespace, prep: Prepared) -> tuple[dict, Networ
     profile = load_profile(args.profile)
     steps = args.timesteps
     data = prep.dataset
-    progress = not args.quiet
+    progress, device = not args.quiet, distributed.device(args.device)
     if steps < prep.net.depth():
         raise LavaconvError(f"--timesteps {steps} is shorter than the network's depth "
                             f"{prep.net.depth()}")
     checkpoints = sorted({t for t in CHECKPOINTS if prep.net.depth() <= t < steps} | {steps})
     net_int, quant = integer_network(prep, profile, steps)
     calib = pipeline.evaluate(net_int, data.x_calib[:256], data.y_calib[:256], [steps],
-                              seed=args.seed, progress=progress)
+                              seed=args.seed, device=device, progress=progress)
     for q in quant:
         q.saturated = calib.saturated.get(q.name, 0.0)
     float_eval = pipeline.evaluate(prep.net, data.x_eval, data.y_eval, checkpoints,
-                                   seed=args.seed, progress=progress)
+                                   seed=args.seed, device=device, progress=progress)
     int_eval = pipeline.evaluate(net_int, data.x_eval, data.y_eval, checkpoints,
-                                 seed=args.seed, progress=progress)
+                                 seed=args.seed, device=device, progress=progress)
     resources = estimate(net_int, profile)
     energy_section = _energy(prep, net_int, profile, checkpoints, args, progress)
     report = {

@@ -11,6 +11,7 @@ from torch.export import ExportedProgram
 from torch.fx import GraphModule
 
 from lavaconv.errors import LavaconvError
+from lavaconv.frontend.fx import check_item_size
 from lavaconv.frontend.passes import PASSES, propagate_shapes
 
 VERIFY_ITEMS = 4  # seeded random inputs compared on every load
@@ -116,6 +117,7 @@ def canonicalize(model: torch.nn.Module | ExportedProgram, input_shape: tuple[in
                  atol: float = 1e-4) -> GraphModule:
     """Canonical, verified GraphModule of an in-memory model (put in eval mode) or program."""
     input_shape = tuple(input_shape)
+    check_item_size(input_shape, 4, "the input")
     with quiet():
         if isinstance(model, ExportedProgram):
             return build(model, model.module(), input_shape, atol, "ExportedProgram")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import reduce
 from typing import Any
 
@@ -13,8 +14,18 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from lavaconv.errors import LavaconvError
 
+MAX_ITEM_BYTES = 1 << 30  # one item's largest tensor (the input or an activation) lavaconv takes
 SUPPORTED = ("Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, mean over H,W, "
              "BatchNorm, residual add, flatten, Dropout/Identity, softmax at the output")
+
+
+def check_item_size(dims: Sequence[int], itemsize: int, what: str) -> None:
+    """Refuse, before anything allocates it, a tensor of one item over MAX_ITEM_BYTES."""
+    size = math.prod(dims) * itemsize
+    if size > MAX_ITEM_BYTES:
+        raise LavaconvError(f"{what} of shape {tuple(dims)} needs {size / 2**30:.3g} GiB per "
+                            f"item, over lavaconv's limit of {MAX_ITEM_BYTES / 2**30:g} GiB per "
+                            "tensor: use smaller items or a smaller model")
 
 
 def op_name(target: Any) -> str:

@@ -19,6 +19,7 @@ from torch.fx import GraphModule
 
 from lavaconv.errors import LavaconvError
 from lavaconv.frontend.canon import build, export_module, one_line, quiet
+from lavaconv.frontend.fx import check_item_size
 
 SAFE_FORMATS = ("a torch.export archive (.pt2), a TorchScript archive (torch.jit.save), "
                 "or a state_dict with --arch module.path:callable")
@@ -44,6 +45,7 @@ def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | No
     path, input_shape = Path(path), tuple(input_shape)
     if not path.is_file():
         raise LavaconvError(f"{path}: no such file")
+    check_item_size(input_shape, 4, f"{path}: the input")
     kind = _format(path)
     if arch is not None and kind != "pickle":
         raise LavaconvError(f"{path}: --arch is for state_dict files; this is a {kind} archive")

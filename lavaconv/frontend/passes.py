@@ -30,6 +30,7 @@ from lavaconv.frontend.fx import (
     arguments,
     attr,
     call,
+    check_item_size,
     is_assert,
     new_attr,
     nodes,
@@ -83,6 +84,16 @@ def _describe(node: Node) -> str:
     if owners:  # TorchScript graphs carry no module stack: name the parameter's owner
         return owners[0]
     return f"{short}.forward{line}" if line else f"graph node {node.name}"
+
+
+def check_sizes(gm: GraphModule) -> None:
+    """Refuse, before any pass runs the graph, activations of one item that would not fit in
+    memory (their shapes come from export's fake tensors, nothing is allocated)."""
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "call_function" and isinstance(val, torch.Tensor):
+            dims = [d for d in val.shape if isinstance(d, int)]  # a dynamic batch is symbolic
+            check_item_size(dims, val.element_size(), f"the output of {where(node)}")
 
 
 def fold_constants(gm: GraphModule) -> None:
@@ -367,9 +378,9 @@ def flat_attributes(gm: GraphModule) -> None:
 
 
 PASSES: tuple[Callable[[GraphModule], None], ...] = (
-    name_places, fold_constants, check_supported, drop_noops, strip_output_activation,
-    to_relu, to_conv2d, to_linear, bias_add_into_linear, to_max_pool2d, to_avg_pool2d,
-    to_flatten, to_channel_affine, fold_affine_into_producer, fold_affine_after_add,
-    fold_affine_into_consumer, check_affine_folded, relu_before_max_pool, drop_double_relu,
-    relu_after_avg_pool, check_canonical, flat_attributes,
+    name_places, check_sizes, fold_constants, check_supported, drop_noops,
+    strip_output_activation, to_relu, to_conv2d, to_linear, bias_add_into_linear, to_max_pool2d,
+    to_avg_pool2d, to_flatten, to_channel_affine, fold_affine_into_producer,
+    fold_affine_after_add, fold_affine_into_consumer, check_affine_folded, relu_before_max_pool,
+    drop_double_relu, relu_after_avg_pool, check_canonical, flat_attributes,
 )

@@ -9,6 +9,8 @@ for processes that wait for the failed one's messages. :func:`running` handles a
 raises and is re-delivered afterwards, Lava's processes start with SIGINT and SIGTERM blocked,
 after any exception they are killed instead of asked to stop, and a run polls for a dead process
 instead of waiting on Lava (using lava-nc 0.10's runtime attributes where Lava has no API).
+``--max-seconds`` (SIGALRM, :mod:`lavaconv.cli`) is one more exception: it cuts a run short
+mid-step; neither it nor a signal cuts the start or the cleanup short.
 """
 
 from __future__ import annotations
@@ -61,10 +63,12 @@ def _sigterm_stops_lava() -> Iterator[None]:
 
 @contextmanager
 def _signals_blocked() -> Iterator[None]:
-    """Block SIGINT and SIGTERM in this thread: processes forked meanwhile keep them blocked, so
-    a Ctrl-C to the terminal's process group reaches only this process, which stops them."""
-    resource_tracker.ensure_running()  # it would unblock both after starting itself
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    """Hold SIGINT, SIGTERM and SIGALRM in this thread until the block ends: processes forked
+    meanwhile keep them blocked, so a Ctrl-C to the terminal's process group reaches only this
+    process, which stops them; and none of them interrupts Lava's start or a cleanup."""
+    resource_tracker.ensure_running()  # it would unblock them after starting itself
+    old = signal.pthread_sigmask(signal.SIG_BLOCK,
+                                 {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
     try:
         yield
     finally:
@@ -120,14 +124,15 @@ def _release(top: AbstractProcess) -> None:
     runtime = top.runtime
     if runtime is None:
         return
-    for actor in _actors(top):
-        if not _exited(actor):
-            actor.kill()
-    runtime._is_started = False  # else Runtime.__del__ would try Lava's stop handshake
-    runtime.join()  # this process's ends of the channels
-    for part in (runtime._messaging_infrastructure, runtime._watchdog_manager):
-        if part is not None:  # None when start-up failed before building it
-            part.stop()  # joins every process and stops the shared memory / the watchdogs
+    with _signals_blocked():
+        for actor in _actors(top):
+            if not _exited(actor):
+                actor.kill()
+        runtime._is_started = False  # else Runtime.__del__ would try Lava's stop handshake
+        runtime.join()  # this process's ends of the channels
+        for part in (runtime._messaging_infrastructure, runtime._watchdog_manager):
+            if part is not None:  # None when start-up failed before building it
+                part.stop()  # joins every process and stops the shared memory / the watchdogs
 
 
 @contextmanager

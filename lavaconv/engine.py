@@ -15,6 +15,7 @@ for convolutions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -345,6 +346,21 @@ def _last_uses(net: Network) -> dict[str, str]:
     return last
 
 
+def _exact_float32(fn):
+    """Run ``fn`` with cuDNN's TF32 convolutions off: they round float32 operands to 10
+    mantissa bits on a GPU, and the integer mode relies on exact float32 integer sums."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                         deterministic=cudnn.deterministic, allow_tf32=False):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+@_exact_float32
 def simulate(
     net: Network,
     payload: torch.Tensor,

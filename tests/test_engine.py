@@ -92,3 +92,12 @@ def test_int_mode_shift_saturation_and_reset():
     # readout state: 8-bit, so it saturates at 127
     assert int(res.readout[30][0, 0]) == 127
     assert res.saturated["output"] > 0
+
+
+def test_tf32_convolutions_are_off_while_simulating():
+    # on a GPU, TF32 would round the float32 operands the integer mode sums exactly
+    net = one_neuron(0.5, "subtract")
+    seen = []
+    simulate(net, encode_input(net, [[1.0]], 4),
+             probe=lambda *_: seen.append(torch.backends.cudnn.allow_tf32))
+    assert seen == [False] and torch.backends.cudnn.allow_tf32

@@ -20,6 +20,8 @@ def init() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and os.environ.get(
             "LAVACONV_BACKEND", "gloo") == "nccl" else "gloo"
+        if backend == "nccl":  # collectives run on this rank's GPU
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
 
 
@@ -63,7 +65,10 @@ def all_sum(values: dict) -> dict:
     keys = sorted(values, key=str)
     flat = [np.asarray(values[k], dtype=np.float64) for k in keys]
     buf = torch.from_numpy(np.concatenate([f.ravel() for f in flat]) if flat else np.zeros(0))
+    if dist.get_backend() == "nccl":  # nccl reduces GPU tensors only
+        buf = buf.to(f"cuda:{torch.cuda.current_device()}")
     dist.all_reduce(buf)
+    buf = buf.cpu()
     out, offset = {}, 0
     for k, f in zip(keys, flat, strict=True):
         out[k] = buf[offset:offset + f.size].numpy().reshape(f.shape)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lavaconv import signals
+
 
 @contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
@@ -28,10 +30,11 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = target.with_name(f".{target.name}.old")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    tmp.rename(target)
+    with signals.held():  # an interrupt between the renames would lose the previous output
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+        tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -28,6 +28,7 @@ from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import RunConfig
 from lava.magma.runtime.mgmt_token_enums import MGMT_RESPONSE, enum_equal
 
+from lavaconv import signals
 from lavaconv.errors import LavaconvError
 
 HEALTH_SECONDS = 0.02  # how often a running step checks that no Lava process has died
@@ -67,12 +68,8 @@ def _signals_blocked() -> Iterator[None]:
     meanwhile keep them blocked, so a Ctrl-C to the terminal's process group reaches only this
     process, which stops them; and none of them interrupts Lava's start or a cleanup."""
     resource_tracker.ensure_running()  # it would unblock them after starting itself
-    old = signal.pthread_sigmask(signal.SIG_BLOCK,
-                                 {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
-    try:
+    with signals.held():
         yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _exited(actor) -> bool:

@@ -77,15 +77,13 @@ def _snn_profiles(profile: Profile) -> list[Profile]:
     return chosen + ([profile] if profile.name not in energy.DEFAULT_SNN_PROFILES else [])
 
 
-def _energy(prep: Prepared, net_int: Network, profile: Profile, checkpoints: list[int],
-            args: argparse.Namespace, progress: bool) -> dict:
-    """The report's energy section: the ANN's MACs, the integer SNN measured on the items."""
-    data = prep.dataset
-    activity = energy.measure(net_int, data.x_eval, checkpoints, seed=args.seed,
-                              device=distributed.device(args.device), progress=progress)
-    layers = ann_macs(prep.model.graph_module, tuple(data.x_eval.shape[1:]))
+def _energy(prep: Prepared, net_int: Network, profile: Profile,
+            int_eval: pipeline.SnnEval) -> dict:
+    """The report's energy section: the ANN's MACs, the integer SNN's activity on the items."""
+    layers = ann_macs(prep.model.graph_module, tuple(prep.dataset.x_eval.shape[1:]))
     ann = energy.profiles_of(energy.DEFAULT_ANN_PROFILES, "ann")
-    return energy.summarize(layers, ann, net_int, activity, _snn_profiles(profile))
+    return energy.summarize(layers, ann, net_int, energy.activity(int_eval),
+                            _snn_profiles(profile))
 
 
 def build_report(args: argparse.Namespace, prep: Prepared) -> tuple[dict, Network]:
@@ -107,12 +105,13 @@ def build_report(args: argparse.Namespace, prep: Prepared) -> tuple[dict, Networ
     float_eval = pipeline.evaluate(prep.net, data.x_eval, data.y_eval, checkpoints,
                                    seed=args.seed, device=device, progress=progress)
     int_eval = pipeline.evaluate(net_int, data.x_eval, data.y_eval, checkpoints,
-                                 seed=args.seed, device=device, progress=progress)
+                                 seed=args.seed, device=device, progress=progress,
+                                 per_neuron=True)
     resources = estimate(net_int, profile)
-    energy_section = _energy(prep, net_int, profile, checkpoints, args, progress)
+    energy_section = _energy(prep, net_int, profile, int_eval)
     report = {
         "model": str(args.model), "data": args.data, "items": len(data.y_eval),
-        "options": {k: prep.net.meta[k] for k in ("neuron", "norm", "input")},
+        "options": prep.options.describe(),
         "profile": profile.name, "target": args.target,
         "ann_accuracy": prep.ann_accuracy,
         "snn_accuracy": int_eval.accuracy, "snn_accuracy_float": float_eval.accuracy,

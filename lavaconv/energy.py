@@ -14,11 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from lavaconv import pipeline
 from lavaconv.counting import LayerCount, sends_graded, snn_synops
-from lavaconv.engine import encode_input, simulate
 from lavaconv.errors import LavaconvError
 from lavaconv.network import IF, Input, Network, Readout
 from lavaconv.profiles import Profile, load_profile
@@ -47,33 +45,19 @@ class Activity:
 def measure(net: Network, x: np.ndarray, checkpoints: Sequence[int], *, seed: int = 0,
             batch_size: int | None = None, device: str = "cpu",
             progress: bool = True) -> Activity:
-    """Run the engine on ``x`` and keep every neuron's spike count at each checkpoint.
+    """Run the engine on ``x`` (batches and seeds of :func:`lavaconv.pipeline.evaluate`, so
+    Poisson input draws the same spikes) and keep every neuron's spike count at each
+    checkpoint, from one run to the last checkpoint (the engine is causal)."""
+    if min(checkpoints) < 1:
+        raise LavaconvError(f"timesteps must be >= 1, got {min(checkpoints)}")
+    return activity(pipeline.evaluate(net, x, None, checkpoints, seed=seed,
+                                      batch_size=batch_size, device=device,
+                                      progress=progress, per_neuron=True))
 
-    Batches and seeds are those of :func:`lavaconv.pipeline.evaluate`, so Poisson input draws
-    the same spikes; one run to the last checkpoint gives them all (the engine is causal).
-    """
-    checkpoints = sorted(set(int(t) for t in checkpoints))
-    steps = checkpoints[-1]
-    if checkpoints[0] < 1:
-        raise LavaconvError(f"timesteps must be >= 1, got {checkpoints[0]}")
-    batch_size = batch_size or pipeline.auto_batch(net, steps)
-    shape = tuple(net.nodes[net.input_name].shape)
-    counts: dict[int, dict[str, np.ndarray]] = {t: {} for t in checkpoints}
-    events = {t: np.zeros(shape) for t in checkpoints}
-    bar = tqdm(total=len(x) * steps, desc="count spikes", unit="item-step",
-               disable=not progress, leave=False)
-    for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size]
-        payload = encode_input(net, xb, steps, seed=seed + start, device=device)
-        res = simulate(net, payload, checkpoints, counts_at=True)
-        for t in checkpoints:
-            for name, c in res.counts_at[t].items():
-                per_neuron = c.sum(dim=0).double().cpu().numpy()
-                counts[t][name] = counts[t].get(name, 0.0) + per_neuron
-            events[t] += (payload[:t] != 0).sum(dim=(0, 1)).double().cpu().numpy()
-        bar.update(len(xb) * steps)
-    bar.close()
-    return Activity(len(x), counts, events)
+
+def activity(ev: pipeline.SnnEval) -> Activity:
+    """The per-neuron activity an evaluation with ``per_neuron=True`` kept."""
+    return Activity(ev.items, ev.neuron_counts, ev.input_events)
 
 
 def neuron_updates(net: Network, timesteps: int) -> dict[str, tuple[float, float]]:

@@ -87,12 +87,17 @@ class SnnEval:
     seconds_per_step: float  # engine wall time per timestep for one item
     items: int
     saturated: dict[str, float] = field(default_factory=dict)  # fraction of neuron-steps
+    # with per_neuron=True: T -> node -> spike events per neuron in steps [0, T), all items;
+    # T -> non-zero input payloads per input neuron (what energy estimates count)
+    neuron_counts: dict[int, dict[str, np.ndarray]] | None = None
+    input_events: dict[int, np.ndarray] | None = None
 
 
-def evaluate(net: Network, x: np.ndarray, y: np.ndarray, timesteps: Sequence[int], *,
+def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Sequence[int], *,
              seed: int = 0, batch_size: int | None = None, device: str = "cpu",
-             progress: bool = True) -> SnnEval:
-    """Run the engine once to max(timesteps) and read accuracy at every checkpoint."""
+             progress: bool = True, per_neuron: bool = False) -> SnnEval:
+    """Run the engine once to max(timesteps) and read accuracy at every checkpoint (and, with
+    ``per_neuron``, every neuron's spike count there); ``y`` None: no accuracy."""
     checkpoints = sorted(set(int(t) for t in timesteps))
     steps = checkpoints[-1]
     if steps < net.depth():
@@ -104,17 +109,24 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray, timesteps: Sequence[int
     correct = dict.fromkeys(checkpoints, 0)
     spikes = {t: dict.fromkeys(sizes, 0.0) for t in checkpoints}
     saturated = {name: 0 for name, node in net.nodes.items() if isinstance(node, (IF, Readout))}
+    per = {("n", t, k): 0.0 for t in checkpoints for k in sizes} if per_neuron else {}
+    per.update({("i", t): 0.0 for t in checkpoints} if per_neuron else {})
     bar = tqdm(total=len(x), desc=f"simulate T={steps}", unit="item", disable=not progress,
                leave=False)
     start_time = time.perf_counter()
     for start, xb in _batches(x, batch_size):
         payload = encode_input(net, xb, steps, seed=seed + start, device=device)
-        res = simulate(net, payload, checkpoints)
-        yb = torch.as_tensor(y[start:start + len(xb)])
+        res = simulate(net, payload, checkpoints, counts_at=per_neuron)
         for t in checkpoints:
-            correct[t] += int((res.predictions(t).cpu() == yb).sum())
+            if y is not None:
+                yb = torch.as_tensor(y[start:start + len(xb)])
+                correct[t] += int((res.predictions(t).cpu() == yb).sum())
             for name, n in res.spikes_at[t].items():
                 spikes[t][name] = spikes[t].get(name, 0.0) + n
+            if per_neuron:
+                for name, c in res.counts_at[t].items():
+                    per[("n", t, name)] += c.sum(dim=0).double().cpu().numpy()
+                per[("i", t)] += (payload[:t] != 0).sum(dim=(0, 1)).double().cpu().numpy()
         for name, n in res.saturated.items():
             saturated[name] += n
         bar.update(len(xb))
@@ -123,7 +135,7 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray, timesteps: Sequence[int
     totals = distributed.all_sum({**{("c", t): c for t, c in correct.items()},
                                   **{("s", t, k): v for t, d in spikes.items()
                                      for k, v in d.items()},
-                                  **{("x", k): v for k, v in saturated.items()}})
+                                  **{("x", k): v for k, v in saturated.items()}, **per})
     correct = {t: totals[("c", t)] for t in checkpoints}
     spikes = {t: {k: totals[("s", t, k)] for k in sizes} for t in checkpoints}
     saturated = {k[1]: v for k, v in totals.items() if k[0] == "x"}
@@ -131,12 +143,15 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray, timesteps: Sequence[int
     rate = {t: {k: 100.0 * v / (sizes[k] * t * n) for k, v in spikes[t].items()}
             for t in checkpoints}
     return SnnEval(
-        accuracy={t: c / n for t, c in correct.items()},
+        accuracy={t: c / n for t, c in correct.items()} if y is not None else {},
         spike_rate=rate,
         seconds_per_step=elapsed / (steps * n),
         items=len(x),
         saturated={k: v / (int(np.prod(net.nodes[k].shape)) * steps * n)
                    for k, v in saturated.items()},
+        neuron_counts={t: {k: totals[("n", t, k)] for k in sizes} for t in checkpoints}
+        if per_neuron else None,
+        input_events={t: totals[("i", t)] for t in checkpoints} if per_neuron else None,
     )
 
 

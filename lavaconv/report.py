@@ -398,7 +398,7 @@ def _deploy_page(report: dict, figures: bool) -> Page:
     opts = report["options"]
     page.parts.append(("list", [
         f"data: {report['data']}, {report['items']} evaluation items",
-        "conversion: " + ", ".join(f"{k} {v}" for k, v in opts.items()),
+        "conversion: " + ", ".join(f"{k} {v}" for k, v in sorted(opts.items())),
         f"profile {report['profile']}",
         f"ANN accuracy: {100 * report['ann_accuracy']:.2f} %", _lava_line(report)]))
     acc, quant, cores = _deploy_tables(report)

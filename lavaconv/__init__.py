@@ -2,7 +2,7 @@
 
 Python API (see ``lavaconv.api``): ``lavaconv.convert(model, data=...)`` returns a
 :class:`~lavaconv.api.Converted` with ``.simulate``, ``.quantize``, ``.to_lava``,
-``.run_lava`` and ``.report``. The command line is ``lavaconv`` (``lavaconv.cli``).
+``.run_lava``, ``.energy`` and ``.report``. The command line is ``lavaconv`` (``lavaconv.cli``).
 """
 
 from lavaconv.api import Converted, convert

@@ -6,21 +6,32 @@
     q = snn.quantize("loihi2", timesteps=64)           # integer network for a profile
     q.simulate(timesteps=[64])                         # integer engine
     graph = q.to_lava(items=2, timesteps=64)           # Lava processes (graph.top is the network)
-    q.report()                                         # dict: accuracy, rates, quantization
+    e = q.energy(timesteps=[64], items=100)            # ANN and SNN joules per inference
+    q.report()                                         # dict: accuracy, rates, quantization, energy
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.fx
 
 from lavaconv import pipeline
 from lavaconv.calibrate import ActivationStats
 from lavaconv.convert import ConvertOptions, NormSpec
+from lavaconv.counting import ann_macs
 from lavaconv.data import Dataset, load_dataset
+from lavaconv.energy import (
+    DEFAULT_ANN_PROFILES,
+    DEFAULT_SNN_PROFILES,
+    measure,
+    profiles_of,
+    summarize,
+)
 from lavaconv.engine import encode_input
 from lavaconv.frontend import load_model
 from lavaconv.network import Network
@@ -30,9 +41,10 @@ from lavaconv.quantize import Formats, LayerQuant, quantize
 
 @dataclass
 class Converted:
-    """A converted network with the data and statistics it came from."""
+    """A converted network with the ANN, data and statistics it came from."""
 
     network: Network
+    model: torch.fx.GraphModule  # the ANN's canonical graph
     dataset: Dataset
     stats: dict[str, ActivationStats]
     ann_accuracy: float
@@ -54,7 +66,7 @@ class Converted:
         net, report = quantize(self.network, Formats.from_profile(prof),
                                input_max=float(self.stats[self.network.input_name].max(False)),
                                timesteps=timesteps)
-        return Converted(net, self.dataset, self.stats, self.ann_accuracy, report)
+        return Converted(net, self.model, self.dataset, self.stats, self.ann_accuracy, report)
 
     def payload(self, items: int, timesteps: int, seed: int = 0) -> np.ndarray:
         """What the input process sends, ``(T, items, *shape)``."""
@@ -75,6 +87,21 @@ class Converted:
         tag = tag or ("fixed_pt" if self.network.numeric == "int" else "floating_pt")
         return run_lava(self.network, self.payload(items, timesteps, seed), tag=tag)
 
+    def energy(self, timesteps: Sequence[int] = (32, 64, 128), *, items: int = 100,
+               ann_profiles: Sequence[str] = DEFAULT_ANN_PROFILES,
+               snn_profiles: Sequence[str] = DEFAULT_SNN_PROFILES, seed: int = 0,
+               device: str = "cpu") -> dict:
+        """Energy per inference of the ANN (its MACs) and of the SNN (its spikes on the first
+        ``items`` evaluation items at each T) on named or YAML profiles; the dict of
+        ``lavaconv energy --json`` (``per_profile``, ``ratios``, ``assumptions``, counts)."""
+        shape = tuple(self.network.nodes[self.network.input_name].shape)
+        activity = measure(self.network, self.dataset.x_eval[:items], list(timesteps), seed=seed,
+                           device=device, progress=False)
+        out = summarize(ann_macs(self.model, shape), profiles_of(ann_profiles, "ann"),
+                        self.network, activity, profiles_of(snn_profiles, "neuromorphic"))
+        self.results["energy"] = out
+        return out
+
     def report(self) -> dict:
         """What is known so far, as plain data."""
         out: dict[str, Any] = {"ann_accuracy": self.ann_accuracy, "numeric": self.network.numeric,
@@ -84,6 +111,8 @@ class Converted:
             out.update(snn_accuracy=ev.accuracy, spike_rate=ev.spike_rate)
         if self.quantization:
             out["quantization"] = [vars(q) for q in self.quantization]
+        if "energy" in self.results:
+            out["energy"] = self.results["energy"]
         return out
 
     def save(self, directory: str | Path) -> None:
@@ -103,4 +132,4 @@ def convert(model: str | Path, *, data: str, norm: str = "p99.9", neuron: str = 
     ann = pipeline.ann_accuracy(loaded.graph_module, dataset.x_eval, dataset.y_eval)
     net, stats = pipeline.build(loaded.graph_module, dataset, options, progress=False)
     net.meta.update(model=str(model), data=data, ann_accuracy=ann)
-    return Converted(net, dataset, stats, ann)
+    return Converted(net, loaded.graph_module, dataset, stats, ann)

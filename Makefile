@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system demo test lint bench clean
+.PHONY: setup system demo test lint peers-deps clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,12 @@ demo: setup system
 
 test: setup system
 	$(BIN)/python -m pytest -q
+
+# bench/peers.py: spikingjelly declares torchvision, torchaudio, tensorboard and SciencePlots,
+# which its ann2snn does not import (and torchvision would replace our torch): --no-deps
+peers-deps: setup
+	$(BIN)/pip install -q --no-deps spikingjelly==2.0.0
+	$(BIN)/pip install -q 'loguru>=0.7,<1' 'requests>=2'
 
 lint: setup
 	$(BIN)/ruff check lavaconv tests examples bench

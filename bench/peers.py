@@ -1,11 +1,11 @@
 """Peers bench (issue 8): SpikingJelly's ann2snn against lavaconv on the bundled models.
 
-    .venv/bin/pip install --no-deps spikingjelly==2.0.0 && .venv/bin/pip install loguru requests
+    make peers-deps   # spikingjelly 2.0.0 with --no-deps, loguru, requests
     .venv/bin/python bench/peers.py [--items 1000] [--calib-items 60000] [--models vgg,resnet]
                                     [--threads 1] [--out docs/peers.json]
 
-The ``bench`` extra of pyproject.toml, installed this way: ``--no-deps`` keeps pip from pulling
-torchvision and replacing torch. Both converters get the same ANN weights, the same
+``--no-deps`` keeps pip from pulling torchvision and replacing torch. Both converters get the
+same ANN weights, the same
 Fashion-MNIST calibration items (by default the whole training set: SpikingJelly's LTB
 recipe raises its thresholds a little per batch and needs hundreds of batches, as in its
 example; with 2,000 items its accuracy fell as T grew) and the same first ``--items`` t10k

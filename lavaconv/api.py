@@ -123,12 +123,16 @@ class Converted:
 def convert(model: str | Path, *, data: str, norm: str = "p99.9", neuron: str = "rmp",
             input: str = "analog", v_init: float = 0.5, samples: int | None = 2000,
             calib_samples: int = 2000, arch: str | None = None, trust_pickle: bool = False,
-            seed: int = 0) -> Converted:
-    """Load ``model``, calibrate on ``data``'s calibration items and convert (float)."""
+            seed: int = 0, **methods: Any) -> Converted:
+    """Load ``model``, calibrate on ``data``'s calibration items and convert (float).
+
+    ``methods`` are the other fields of :class:`~lavaconv.convert.ConvertOptions`, as on the
+    command line: ``readout``, ``shortcut_norm``, ``balance``, ``zeta``, ``correction``,
+    ``calib_steps``, ``calib_items``."""
     dataset = load_dataset(data, n_eval=samples, n_calib=calib_samples, seed=seed)
     loaded = load_model(model, tuple(dataset.x_eval.shape[1:]), arch=arch,
                         trust_pickle=trust_pickle)
-    options = ConvertOptions(NormSpec.parse(norm), neuron, input, v_init)
+    options = ConvertOptions(NormSpec.parse(norm), neuron, input, v_init, **methods)
     ann = pipeline.ann_accuracy(loaded.graph_module, dataset.x_eval, dataset.y_eval)
     net, stats = pipeline.build(loaded.graph_module, dataset, options, progress=False)
     net.meta.update(model=str(model), data=data, ann_accuracy=ann)

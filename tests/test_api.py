@@ -85,3 +85,18 @@ def test_notebook_runs_with_small_sizes(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "identical spikes: True" in out.stdout
+
+
+def test_every_method_reaches_the_network_and_lava():
+    from lavaconv.deploy import compare
+    from lavaconv.engine import simulate
+    from lavaconv.network import IF
+
+    snn = lavaconv.convert(ROOT / "examples/vgg_fmnist.pt2", data="fashion-mnist", samples=4,
+                           calib_samples=200, norm="max:neuron", neuron="snm", readout="count")
+    hidden = [n for n in snn.network.nodes.values() if isinstance(n, IF)]
+    assert {n.reset for n in hidden} == {"snm"}
+    assert all(len(np.unique(n.payload)) > 1 for n in hidden)  # a payload per neuron
+    q = snn.quantize("loihi2", timesteps=16)
+    engine = simulate(q.network, torch.as_tensor(q.payload(2, 16)))
+    assert compare(q.network, engine, q.run_lava(items=2, timesteps=16)) == []

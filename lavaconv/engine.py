@@ -237,6 +237,9 @@ def _saturate(v: torch.Tensor, bounds: tuple[int, int] | None) -> int:
     """Clip ``v`` to ``bounds`` in place; return how many entries were outside."""
     if bounds is None:
         return 0
+    lo, hi = torch.aminmax(v)  # one pass; saturation is rare
+    if lo >= bounds[0] and hi <= bounds[1]:
+        return 0
     outside = torch.count_nonzero(v.lt(bounds[0]).logical_or_(v.gt(bounds[1])))
     v.clamp_(*bounds)
     return int(outside)

@@ -16,6 +16,7 @@ All work on float networks, in place.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,12 +113,16 @@ def search_zeta(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, steps: in
 
 
 def correct(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, steps: int,
-            kind: str = "bias", *, batch_size: int = 64, seed: int = 0) -> dict[str, float]:
+            kind: str = "bias", *, batch_size: int = 64, seed: int = 0,
+            measure_on: Callable[[Network], Network] | None = None) -> dict[str, float]:
     """Li et al. 2021 light calibration, layer by layer in order: the per-channel mean over
-    items and positions of (normalised ANN activation - SNN rate), the rate counted over the
-    steps the population integrates (t_start .. T-1), is added to the bias (``kind='bias'``,
-    a rate error that persists at every T) or, times those steps, to the initial potential
-    (``kind='potential'``, a deficit of spikes that fades as 1/T). Returns the mean |gap| per
+    items and positions of (normalised ANN activation clipped to the reachable rate - SNN
+    rate), the rate counted over the steps the population integrates (t_start .. T-1), is
+    added to the bias (``kind='bias'``, a rate error that persists at every T) or, times those
+    steps, to the initial potential (``kind='potential'``, a deficit of spikes that fades as
+    1/T). ``measure_on`` maps ``net`` to the network whose spikes are counted (e.g. its
+    quantized copy, so that the correction also absorbs the weight rounding; called again for
+    every population, after the shifts of the earlier ones). Returns the mean |gap| per
     population (in rate units)."""
     if kind not in ("bias", "potential"):
         raise ValueError(f"correction must be 'bias' or 'potential', not {kind!r}")
@@ -125,19 +130,21 @@ def correct(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, steps: int,
     target = dict.fromkeys(pops, 0.0)
     for acts in activations(gm, x, batch_size):
         for name in pops:
-            target[name] = target[name] + _channel_sum(
-                normalised_activation(net.nodes[name], acts[name]))
+            target[name] = target[name] + _channel_sum(reachable(net.nodes[name], acts[name]))
     gaps = {}
     for name in pops:
         node = net.nodes[name]
         window = max(steps - node.t_start, 1)
+        run = net if measure_on is None else measure_on(net)
+        # payload units of the network run → float payload (1 when ``run`` is ``net``)
+        value = torch.as_tensor(node.payload / run.nodes[name].payload, dtype=torch.float64)
         got = 0.0
         for start, xb in _batches(x, batch_size):
             sent: dict[str, torch.Tensor] = {}
-            simulate(net, encode_input(net, xb, steps, seed=seed + start), [steps],
+            simulate(run, encode_input(run, xb, steps, seed=seed + start), [steps],
                      probe=lambda n, _u, train, sent=sent: sent.__setitem__(n, train.sum(0)),
                      stop_after=name)
-            got = got + _channel_sum(sent[name].to(torch.float64) / window)
+            got = got + _channel_sum(sent[name].to(torch.float64) * value / window)
         gap = (target[name] - got) / (len(x) * _per_channel(node))
         shift = (gap.reshape(-1, 1, 1) if len(node.shape) == 3 else gap).numpy()
         if kind == "bias":
@@ -146,6 +153,13 @@ def correct(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, steps: int,
             node.v_init = node.v_init + shift * window
         gaps[name] = float(gap.abs().mean())
     return gaps
+
+
+def reachable(node: IF, act: torch.Tensor) -> torch.Tensor:
+    """The normalised ANN activation clipped to the largest rate the population can send
+    (one spike, worth its payload, per step): the part of the ANN a rate can match."""
+    top = torch.as_tensor(np.broadcast_to(node.payload, node.shape).copy(), dtype=torch.float64)
+    return torch.minimum(normalised_activation(node, act), top)
 
 
 def _channel_sum(a: torch.Tensor) -> torch.Tensor:

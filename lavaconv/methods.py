@@ -18,11 +18,13 @@ from lavaconv.network import Network
 
 def build_network(gm: torch.fx.GraphModule, x_calib: np.ndarray,
                   stats: dict[str, ActivationStats], options: ConvertOptions,
-                  progress: Callable[[str], None] | None = None) -> Network:
+                  progress: Callable[[str], None] | None = None,
+                  measure_on: Callable[[Network], Network] | None = None) -> Network:
     """Convert ``gm`` (calibrated by ``stats`` on ``x_calib``), then apply, in this order,
     RMP threshold balancing, bias or potential correction and the zeta search on the first
     ``options.calib_items`` calibration items, each SNN run ``options.calib_steps`` long.
-    What each step found is kept in ``net.meta['calibration']``."""
+    What each step found is kept in ``net.meta['calibration']``. ``measure_on`` (e.g. the
+    quantizer of the target profile) gives the network whose spikes the correction counts."""
     scales = neuron_scales(gm, x_calib, options.norm) if options.norm.per_neuron else None
     net = convert(gm, tuple(x_calib.shape[1:]), stats, options, progress, scales)
     x = x_calib[:options.calib_items]
@@ -31,7 +33,8 @@ def build_network(gm: torch.fx.GraphModule, x_calib: np.ndarray,
     if options.balance is not None:
         found["balance_factors"] = balance_thresholds(net, x, options.balance, steps)
     if options.correction != "none":
-        found[f"{options.correction}_correction"] = correct(net, gm, x, steps, options.correction)
+        found[f"{options.correction}_correction"] = correct(net, gm, x, steps, options.correction,
+                                                           measure_on=measure_on)
     if options.zeta == "auto":
         search = search_zeta(net, gm, x, steps)
         compensate(net, search.zeta)

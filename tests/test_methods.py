@@ -313,6 +313,40 @@ def test_corrections_shrink_the_mean_gap(small):
         assert sum(after.values()) < sum(before.values()), kind
 
 
+def test_correction_targets_only_the_reachable_rate():
+    # calibrated on x = 1, run on x = 2: the normalised activation is 2 but the neuron can
+    # send at most one spike per step; it fires at every step it integrates, so the clipped
+    # gap is 0 and nothing moves (the unclipped one would be 1 and raise the bias)
+    gm, stats = one_layer(0.7)
+    net = convert(gm, (1,), stats, ConvertOptions(NormSpec("max")))
+    pop = next(n for n, v in net.nodes.items() if isinstance(v, IF))
+    for kind in ("bias", "potential"):
+        trial = copy.deepcopy(net)
+        gaps = correct(trial, gm, np.full((3, 1), 2.0, dtype=np.float32), 20, kind)
+        assert gaps[pop] == pytest.approx(0.0)
+        np.testing.assert_array_equal(trial.nodes[pop].bias, net.nodes[pop].bias)
+        np.testing.assert_array_equal(trial.nodes[pop].v_init, net.nodes[pop].v_init)
+
+
+@pytest.mark.parametrize("norm", ["p99", "max:neuron"])
+def test_correction_measured_on_the_quantized_network(small, norm):
+    # the gap counted on the integer copy is in the float network's rate units (graded
+    # payloads included), close to the float gap, and correcting shrinks it there too
+    _, x, gm, stats = small
+    net = build_network(gm, x.numpy(), stats, ConvertOptions(NormSpec.parse(norm)))
+
+    def to_int(n: Network) -> Network:
+        return quantize(n, Formats(), input_max=float(x.max()), timesteps=32)[0]
+
+    on_float = correct(copy.deepcopy(net), gm, x.numpy(), 32, "bias")
+    trial = copy.deepcopy(net)
+    before = correct(trial, gm, x.numpy(), 32, "bias", measure_on=to_int)
+    after = correct(trial, gm, x.numpy(), 32, "bias", measure_on=to_int)
+    first = next(iter(on_float))
+    assert before[first] == pytest.approx(on_float[first], rel=0.2, abs=0.01)
+    assert sum(after.values()) < sum(before.values())
+
+
 def test_zeta_search_keeps_the_best_candidate(small):
     _, x, gm, stats = small
     net = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec("max")))

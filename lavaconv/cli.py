@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         distributed.init()
         return getattr(commands, args.command)(args)
     except KeyboardInterrupt:
+        for s in (signal.SIGINT, signal.SIGTERM):  # cleaned up: a repeat (a supervisor's
+            signal.signal(s, signal.SIG_IGN)  # second SIGTERM) must not break the exit
         print("lavaconv: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the one place errors are reported

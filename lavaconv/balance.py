@@ -157,8 +157,10 @@ def correct(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, steps: int,
 
 def reachable(node: IF, act: torch.Tensor) -> torch.Tensor:
     """The normalised ANN activation clipped to the largest rate the population can send
-    (one spike, worth its payload, per step): the part of the ANN a rate can match."""
-    top = torch.as_tensor(np.broadcast_to(node.payload, node.shape).copy(), dtype=torch.float64)
+    (``burst`` spikes, each worth its payload, per step): the part of the ANN a rate can
+    match."""
+    top = torch.as_tensor(np.broadcast_to(node.payload, node.shape) * node.burst,
+                          dtype=torch.float64)
     return torch.minimum(normalised_activation(node, act), top)
 
 

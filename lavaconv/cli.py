@@ -77,6 +77,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--correction", choices=["none", "bias", "potential"], default="none",
                    help="per-channel correction of the bias or of the initial potential from "
                    "SNN statistics (Li et al. 2021) (default none)")
+    p.add_argument("--burst", type=int, default=1, metavar="K",
+                   help="burst spikes: threshold lambda / K and up to K spikes a step, sent as "
+                   "one graded message (Li & Zeng 2022; needs graded spikes, e.g. Loihi 2) "
+                   "(default 1)")
     p.add_argument("--calib-steps", type=int, default=64,
                    help="timesteps of the calibration runs of --balance/--zeta auto/"
                    "--correction (default 64)")

@@ -21,7 +21,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from lavaconv.calibrate import ActivationStats
 from lavaconv.errors import LavaconvError
-from lavaconv.network import IF, READOUTS, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.network import IF, MAX_BURST, READOUTS, Conv, Dense, Input, MaxPool, Network, Readout
 
 aten = torch.ops.aten
 MAX_COMPOSED_INPUTS = 1 << 16
@@ -78,6 +78,7 @@ class ConvertOptions:
     balance: float | None = None  # RMP sec. 4.1 threshold balancing, alpha (None: off)
     zeta: float | str = 1.0  # S-ResNet eq. 14 weight factor; "auto": searched (eq. 12-13)
     correction: str = "none"  # none | bias | potential: Li et al., ICML 2021 calibration
+    burst: int = 1  # K > 1: threshold lambda / K, up to K spikes a step (Li & Zeng, IJCAI 2022)
     calib_steps: int = 64  # timesteps of the SNN runs behind the data-driven methods
     calib_items: int = 256  # calibration items those runs use
 
@@ -90,6 +91,11 @@ class ConvertOptions:
                 raise LavaconvError(f"--{name} {value!r}: expected one of {', '.join(allowed)}")
         if self.balance is not None and not 0 < self.balance <= 4:
             raise LavaconvError(f"--balance {self.balance}: alpha must lie in (0, 4]")
+        if not (isinstance(self.burst, int) and 1 <= self.burst <= MAX_BURST):
+            raise LavaconvError(f"--burst {self.burst!r}: expected an integer in [1, {MAX_BURST}]")
+        if self.burst > 1 and self.neuron == "if":
+            raise LavaconvError("--burst > 1 needs reset by subtraction (--neuron rmp or snm): "
+                                "a hard reset would drop the spikes of a burst")
         if self.zeta != "auto" and not (isinstance(self.zeta, (int, float)) and self.zeta > 0):
             raise LavaconvError(f"--zeta {self.zeta!r}: expected a positive factor or 'auto'")
 
@@ -104,7 +110,7 @@ class ConvertOptions:
         return {"neuron": self.neuron, "norm": str(self.norm), "input": self.input,
                 "v_init": self.v_init, "readout": self.readout,
                 "shortcut_norm": self.shortcut_norm, "balance": self.balance,
-                "zeta": self.zeta, "correction": self.correction}
+                "zeta": self.zeta, "correction": self.correction, "burst": self.burst}
 
 
 Op = tuple  # (kind, *params), applied by _apply
@@ -373,6 +379,8 @@ def convert(
                 lam, theta = _neuron_thresholds(neuron_scales[pop.name], pop.shape)
             else:
                 lam = _scale(stats.get(pop.name), norm, norm.per_channel)
+            if not readout:  # K spikes of lambda / K: K-fold resolution, same clip (burst)
+                lam = lam / options.burst
             for term in pop.terms:
                 syn = _synapse(term, shapes[term.source], pop.name, pop.where)
                 if term.ops or len(pop.terms) == 1 or options.shortcut_norm:
@@ -385,7 +393,7 @@ def convert(
             t_start = min(t_ready[t.source] for t in pop.terms) + 1
             node = (Readout(pop.shape, bias, t_start, lam, mode=options.readout) if readout
                     else IF(pop.shape, bias, theta, NEURONS[options.neuron], t_start, lam,
-                            v_init=options.v_init * theta, payload=theta))
+                            v_init=options.v_init * theta, payload=theta, burst=options.burst))
             nodes[pop.name] = node
             scales[pop.name], shapes[pop.name], t_ready[pop.name] = lam, pop.shape, t_start
             if progress:

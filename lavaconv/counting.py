@@ -69,13 +69,14 @@ def fan_out(syn: Conv | Dense, src_shape: tuple[int, ...]) -> np.ndarray:
 
 def sends_graded(net: Network, name: str) -> bool:
     """Whether node ``name`` sends graded values rather than unit spikes: analog input, or an
-    IF population whose ``payload`` is not 1 (a max-pool gate passes its source's)."""
+    IF population whose ``payload`` is not 1 or that sends bursts (a max-pool gate passes its
+    source's)."""
     node = net.nodes[name]
     if isinstance(node, Input):
         return node.encoding == "analog"
     if isinstance(node, MaxPool):
         return sends_graded(net, node.source)
-    return bool(np.any(np.asarray(node.payload) != 1))
+    return node.burst > 1 or bool(np.any(np.asarray(node.payload) != 1))
 
 
 def snn_synops(net: Network, spike_counts: dict[str, np.ndarray],

@@ -94,7 +94,7 @@ def max_payload(net: Network, name: str) -> float:
         if node.encoding == "analog":
             return float(2 ** (node.payload_bits - 1) - 1) if net.numeric == "int" else np.inf
         return 1.0
-    return float(np.abs(node.payload).max())
+    return float(np.abs(node.payload).max()) * node.burst
 
 
 def _plan(net: Network, syn: Synapse) -> tuple[torch.dtype, bool]:
@@ -245,11 +245,20 @@ def _saturate(v: torch.Tensor, bounds: tuple[int, int] | None) -> int:
     return int(outside)
 
 
+def _spike_count(v: torch.Tensor, vth: torch.Tensor, burst: int) -> torch.Tensor:
+    """``sum_n [v >= n * vth]`` for n = 1 .. ``burst`` (in v's dtype)."""
+    n = v.ge(vth).to(v.dtype)
+    for k in range(2, burst + 1):
+        n.add_(v.ge(vth * k).to(v.dtype))
+    return n
+
+
 def integrate_and_fire(node: IF, current: Callable[[int], torch.Tensor], steps: int,
                        out: torch.Tensor, bounds: tuple[int, int] | None) -> int:
     """Run the IF dynamics of :class:`~lavaconv.network.IF` for ``steps`` steps on
-    ``current(t)`` (what v receives at step t), writing the spikes s[t] in {-1, 0, 1} into
-    ``out[t]`` (the payload not applied); return how many neuron-steps saturated (int mode)."""
+    ``current(t)`` (what v receives at step t), writing the spikes s[t] (-burst .. burst)
+    into ``out[t]`` (the payload not applied); return how many neuron-steps saturated (int
+    mode)."""
     first = current(0)
     v = torch.zeros_like(first) + _tensor(node.v_init, first)
     vth = _tensor(node.v_threshold, v)
@@ -258,10 +267,16 @@ def integrate_and_fire(node: IF, current: Callable[[int], torch.Tensor], steps: 
     for t in range(steps):
         v.add_(current(t))
         saturated += _saturate(v, bounds)
-        fired = v >= vth
-        s = fired.to(v.dtype)
-        if memory is not None:  # SNM eq. 9: a negative spike only while the memory is > 0
-            s.sub_(((v <= -vth) & (memory > 0)).to(v.dtype))
+        if node.burst == 1:
+            fired = v >= vth
+            s = fired.to(v.dtype)
+        else:  # burst spikes (Li & Zeng 2022): n thresholds reached, up to burst
+            s = _spike_count(v, vth, node.burst)
+        if memory is not None:  # SNM eq. 9: negative spikes only up to the memory
+            if node.burst == 1:
+                s.sub_(((v <= -vth) & (memory > 0)).to(v.dtype))
+            else:
+                s.sub_(torch.minimum(_spike_count(-v, vth, node.burst), memory.clamp(min=0)))
             memory.add_(s)  # SNM eq. 11
         if node.reset == "zero":  # reset to zero (Rueckauer eq. 4a)
             v.masked_fill_(fired, 0)
@@ -424,7 +439,7 @@ def _fire(net: Network, name: str, a: torch.Tensor, result: SimResult,
         a, dtype=torch.float32)
     result.saturated[name] = integrate_and_fire(node, _Current(net, node, a), len(a), train,
                                                 state_bounds(net, node))
-    _count(result, name, train, checkpoints, net.numeric, node.reset == "snm")
+    _count(result, name, train, checkpoints, net.numeric, not _binary(net, name))
     if not np.all(node.payload == 1):
         train.mul_(_tensor(node.payload, train))
     if probe is not None:
@@ -437,15 +452,16 @@ def _binary(net: Network, name: str) -> bool:
     node = net.nodes[name]
     if isinstance(node, MaxPool):
         return _binary(net, node.source)
-    return isinstance(node, IF) and node.reset != "snm" and bool(np.all(node.payload == 1))
+    return (isinstance(node, IF) and node.reset != "snm" and node.burst == 1
+            and bool(np.all(node.payload == 1)))
 
 
 def _count(result: SimResult, name: str, spikes: torch.Tensor, checkpoints: Sequence[int],
-           numeric: str, signed: bool) -> None:
-    """Spike events (positive and negative) per neuron and in total up to each checkpoint,
-    from a float32 train whose nonzero entries are the events (float32 sums of fewer than
-    2**24 ones are exact)."""
-    events = spikes.ne(0).to(torch.float32) if signed else spikes
+           numeric: str, graded: bool) -> None:
+    """Spike events (positive, negative or bursts: ``graded``) per neuron and in total up to
+    each checkpoint, from a float32 train whose nonzero entries are the events (float32 sums of
+    fewer than 2**24 ones are exact)."""
+    events = spikes.ne(0).to(torch.float32) if graded else spikes
     wide = events[0].numel() >= 2**24
     per_step = events.sum(dim=tuple(range(1, events.dim())),
                           dtype=torch.float64 if wide else torch.float32

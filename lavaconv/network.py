@@ -21,6 +21,7 @@ import numpy as np
 Shape = tuple[int, ...]
 RESETS = ("subtract", "zero", "snm")
 READOUTS = ("potential", "count", "softmax")
+MAX_BURST = 16
 
 
 def _array(x) -> np.ndarray:
@@ -55,6 +56,8 @@ class IF:
     p[t]  = payload * s[t]       (what the synapses receive: the graded spike value)
 
     ``reset='snm'`` is the signed neuron with memory (Wang et al. 2022, SNM eq. 7-11).
+    ``burst`` > 1 lets a neuron send up to ``burst`` spikes in one step as one graded message
+    (burst spikes, Li & Zeng, IJCAI 2022; a graded spike on Loihi 2); 1 is the plain IF neuron.
     ``payload`` is what one spike carries (SNM eq. 6: a spike is worth its threshold): 1 for
     binary spikes; in float mode it equals ``v_threshold`` relative to the layer's scale when
     thresholds differ per neuron (neuron-wise normalisation, SNM eq. 14), in int mode it is
@@ -72,6 +75,7 @@ class IF:
     state_bits: int = 24  # int mode
     v_init: np.ndarray = field(default_factory=lambda: np.zeros(()))  # initial potential
     payload: np.ndarray = field(default_factory=lambda: np.ones(()))  # value of one spike
+    burst: int = 1  # most spikes per step (one graded message)
 
     def __post_init__(self) -> None:
         self.bias = _array(self.bias)
@@ -83,6 +87,9 @@ class IF:
             raise ValueError(f"IF.reset must be one of {', '.join(RESETS)}, not {self.reset!r}")
         if not np.all(self.payload > 0):
             raise ValueError("IF.payload must be positive (a spike's value)")
+        if not 1 <= self.burst <= MAX_BURST or (self.burst > 1 and self.reset == "zero"):
+            raise ValueError(f"IF.burst must lie in [1, {MAX_BURST}] (1 with reset 'zero'), "
+                             f"not {self.burst}")
 
 
 @dataclass

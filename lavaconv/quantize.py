@@ -85,6 +85,7 @@ def quantize(
         inp.payload_bits = formats.input_payload_bits
         inp.gain = (2 ** (formats.input_payload_bits - 1) - 1) / max(input_max / inp.scale, 1e-12)
         unit[out.input_name] = 1.0 / inp.gain
+    _check_graded(out, formats)
     shift = formats.threshold_shift
     step = 2 ** (9 - formats.weight_bits)  # Lava keeps 8 stored bits; mixed sign drops the rest
     m_max = 2 ** (formats.weight_bits - 1) - 1
@@ -142,12 +143,27 @@ def quantize(
     return out, report
 
 
+def _check_graded(net: Network, formats: Formats) -> None:
+    """Refuse populations that send more than binary spikes (graded payloads, bursts, signed
+    spikes) on a profile without graded spikes."""
+    if formats.graded_payload_bits > 0:
+        return
+    for name, node in net.nodes.items():
+        if isinstance(node, IF) and (node.reset == "snm" or node.burst > 1
+                                     or not np.all(node.payload == 1)):
+            raise LavaconvError(f"layer {name}: sends graded or signed spikes (SNM neuron, "
+                                "burst or neuron-wise norm), but the profile has binary spikes "
+                                "only (graded_payload_bits 0)")
+
+
 def _cap(node: IF | Readout, formats: Formats, headroom_bits: int, timesteps: int) -> int:
-    """Largest threshold mantissa: ``headroom`` bits of the state above the largest threshold
-    (a readout: room to accumulate ``timesteps`` steps), and the bias (in thresholds) times the
-    threshold within the bias range."""
+    """Largest threshold mantissa: ``headroom`` bits (more for a burst neuron) of the state
+    above the largest threshold (a readout: room to accumulate ``timesteps`` steps), and the
+    bias (in thresholds) times the threshold within the bias range."""
     spiking = isinstance(node, IF)
-    headroom = headroom_bits if spiking else math.ceil(math.log2(2 * timesteps))
+    # a burst neuron may hold up to ``burst`` thresholds before it fires them all
+    headroom = (headroom_bits + (node.burst - 1).bit_length() if spiking
+                else math.ceil(math.log2(2 * timesteps)))
     top = max(1.0, float(np.max(node.v_threshold))) if spiking else 1.0
     half_state = 2 ** (formats.state_bits - 1)
     cap = min(2 ** formats.threshold_mant_bits - 1,

@@ -114,3 +114,40 @@ def test_network_roundtrip(tmp_path, block):
         for field, value in vars(net.nodes[name]).items():
             other = getattr(back.nodes[name], field)
             assert np.array_equal(np.asarray(value), np.asarray(other)), (name, field)
+
+
+def test_burst_divides_lambda_and_sharpens_short_runs(block):
+    # burst spikes (Li & Zeng 2022): threshold lambda / K, up to K spikes a step; the same
+    # clip, K-fold resolution, so a short run is closer to the ANN
+    model, x, gm, stats = block
+    nets = {k: convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec.parse("p99.9"), v_init=0.5,
+                                                             burst=k)) for k in (1, 4)}
+    for name, node in nets[4].nodes.items():
+        if isinstance(node, IF):
+            assert node.burst == 4
+            np.testing.assert_allclose(node.scale * 4, nets[1].nodes[name].scale)
+    with torch.no_grad():
+        ann = model(x[:32]).numpy()
+    steps, err = 12, {}
+    for k, net in nets.items():
+        res = simulate(net, encode_input(net, x[:32].numpy(), steps))
+        snn = res.readout[steps].numpy() * net.nodes["output"].scale / (steps - net.depth())
+        err[k] = np.abs(snn - ann).mean() / np.abs(ann).mean()
+    assert err[4] < 0.5 * err[1]
+
+
+@pytest.mark.parametrize("kw,match", [({"burst": 0}, "--burst"), ({"burst": 17}, "--burst"),
+                                      ({"burst": 2, "neuron": "if"}, "hard reset")])
+def test_burst_options_are_checked(kw, match):
+    with pytest.raises(LavaconvError, match=match):
+        ConvertOptions(**kw)
+
+
+def test_binary_profile_refuses_burst_spikes(block):
+    from lavaconv.profiles import load_profile
+    from lavaconv.quantize import Formats, quantize
+
+    _, x, gm, stats = block
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(burst=2))
+    with pytest.raises(LavaconvError, match="layer .*binary spikes only"):
+        quantize(net, Formats.from_profile(load_profile("loihi1")), input_max=1.0, timesteps=32)

@@ -10,11 +10,12 @@ from lavaconv.engine import encode_input, maxpool_gate, simulate
 from lavaconv.network import IF, Dense, Input, MaxPool, Network, Readout
 
 
-def one_neuron(z: float, reset: str, threshold: float = 1.0, bias: float = 0.0) -> Network:
+def one_neuron(z: float, reset: str, threshold: float = 1.0, bias: float = 0.0,
+               burst: int = 1) -> Network:
     """Analog input 1.0 → Dense weight z → one IF neuron → readout."""
     nodes = {
         "x": Input((1,)),
-        "n": IF((1,), np.array([bias]), np.array(threshold), reset, t_start=1),
+        "n": IF((1,), np.array([bias]), np.array(threshold), reset, t_start=1, burst=burst),
         "output": Readout((1,), np.zeros(1), t_start=2),
     }
     syn = [Dense("x", "n", np.array([[z]])), Dense("n", "output", np.array([[1.0]]))]
@@ -37,6 +38,55 @@ def test_hard_reset_rate_closed_form(z):
     net = one_neuron(z, "zero")
     res = simulate(net, encode_input(net, [[1.0]], steps))
     assert int(res.spike_counts["n"][0, 0]) == (steps - 1) // math.ceil(1 / z)
+
+
+def _sent(net: Network, x, steps: int) -> torch.Tensor:
+    """The spike train (payload applied) population ``n`` sends."""
+    out: dict[str, torch.Tensor] = {}
+    simulate(net, encode_input(net, x, steps), probe=lambda name, u, train: out.setdefault(
+        name, train.clone()))
+    return out["n"][:, 0, 0]
+
+
+@pytest.mark.parametrize("z", [0.375, 1.0, 2.625, 3.0, 4.5])
+def test_burst_neuron_closed_form(z):
+    # burst spikes (Li & Zeng 2022), reset by subtraction: while z <= burst the spikes sent
+    # up to step t are floor(z * t) (Rueckauer eq. 6 without the one-spike cap); above, the
+    # neuron sends burst spikes every step and its events are the steps with any spike
+    steps, burst = 40, 3
+    net = one_neuron(z, "subtract", burst=burst)
+    s = _sent(net, [[1.0]], steps)
+    t = torch.arange(steps, dtype=torch.float64)  # input reaches v from step 1 on
+    expected = torch.floor(z * t) if z <= burst else burst * t
+    assert torch.equal(torch.cumsum(s, 0).double(), expected)
+    assert int(s.max()) == min(burst, math.ceil(z))
+    res = simulate(net, encode_input(net, [[1.0]], steps))
+    assert int(res.spike_counts["n"][0, 0]) == int((s != 0).sum())
+
+
+def test_signed_burst_neuron_tracks_the_input_sum():
+    # SNM (eq. 7-11) with bursts: while the input sum C(t) >= 0 and |input| <= burst, the net
+    # spikes N(t) stay within one threshold of C(t) (v = C - N, |v| < 1) and never go below 0
+    rng = np.random.default_rng(0)
+    drive, total = [], 0.0
+    for d in np.round(rng.uniform(-2.5, 3, 60) * 8) / 8:
+        d = -d if total + d < 0 else d
+        drive.append(d)
+        total += d
+    steps = len(drive) + 1
+    net = Network({"x": Input((steps,), "poisson"),
+                   "n": IF((1,), np.zeros(1), np.array(1.0), "snm", burst=3),
+                   "output": Readout((1,), np.zeros(1), t_start=2)},
+                  [Dense("x", "n", np.array([[0.0, *drive]])),
+                   Dense("n", "output", np.ones((1, 1)))])
+    x = torch.eye(steps)[:, None]  # input neuron k sends one spike, at step k
+    seen: dict[str, tuple] = {}
+    simulate(net, x, probe=lambda name, u, train: seen.setdefault(name, (u, train)))
+    u, train = (a[:, 0, 0].double() for a in seen["n"])
+    c, n = torch.cumsum(u, 0), torch.cumsum(train, 0)
+    assert torch.all(c >= 0) and c[-1] > 10
+    assert torch.all((c - n).abs() < 1) and torch.all(n >= 0)
+    assert train.abs().max() > 1 and train.min() < 0  # bursts and negative spikes
 
 
 def test_bias_starts_at_t_start_and_readout_counts_spikes():

@@ -222,15 +222,16 @@ def test_fixed_pt_stock_and_fast_are_bit_exact_with_the_engine(make, encoding, r
         _assert_same(net, payload, run_lava(net, payload.numpy(), fast=fast), exact=True)
 
 
-def graded(net: Network, reset: str, seed: int = 0) -> Network:
+def graded(net: Network, reset: str, seed: int = 0, burst: int = 1) -> Network:
     """``net`` with graded spikes: every IF population sends its own integer payload per
-    neuron (neuron-wise normalisation; reset 'snm': signed spikes with memory, SNM eq. 7-11).
-    Targets of graded spikes get a 64x smaller gain, so the drive stays in range."""
+    neuron (neuron-wise normalisation; reset 'snm': signed spikes with memory, SNM eq. 7-11),
+    up to ``burst`` of them a step. Targets of graded spikes get a 64x smaller gain, so the
+    drive stays in range."""
     rng = np.random.default_rng(seed)
     for node in net.nodes.values():
         if isinstance(node, IF):
             node.payload = rng.integers(16, 128, node.shape)
-            node.reset = reset
+            node.reset, node.burst = reset, burst
     for name, node in net.nodes.items():
         if isinstance(node, (IF, Readout)) and any(
                 s.source != net.input_name for s in net.inputs_of(name)):
@@ -239,12 +240,13 @@ def graded(net: Network, reset: str, seed: int = 0) -> Network:
 
 
 @pytest.mark.parametrize("make", [dense_net, conv_net])
-@pytest.mark.parametrize("encoding,reset", [("analog", "subtract"), ("poisson", "snm")])
-def test_graded_and_signed_spikes_are_bit_exact(make, encoding, reset):
+@pytest.mark.parametrize("encoding,reset,burst", [("analog", "subtract", 1), ("poisson", "snm", 1),
+                                                  ("analog", "subtract", 4), ("poisson", "snm", 3)])
+def test_graded_and_signed_spikes_are_bit_exact(make, encoding, reset, burst):
     # per-neuron payloads through Dense, Conv, the residual join and the max-pool gate (which
     # gates on the running payload sum); SNM neurons send -payload too (Poisson input makes
-    # the drive change sign)
-    net = graded(make(encoding, "subtract"), reset)
+    # the drive change sign); burst neurons send up to ``burst`` times their payload
+    net = graded(make(encoding, "subtract"), reset, burst=burst)
     payload = encode_input(net, _inputs(net), STEPS, seed=3)
     for fast in (False, True):
         _assert_same(net, payload, run_lava(net, payload.numpy(), fast=fast), exact=True)
@@ -253,6 +255,7 @@ def test_graded_and_signed_spikes_are_bit_exact(make, encoding, reset):
     values = torch.cat([t.flatten() for t in sent.values()]).unique()
     assert len(values) > 3  # graded: many payload values, not 0/1
     assert (values.min() < 0) == (reset == "snm")  # signed spikes exactly where SNM
+    assert (values.abs().max() >= 128) == (burst > 1)  # bursts: more than one payload (< 128)
 
 
 @pytest.mark.parametrize("mode", ["count", "softmax"])

@@ -67,6 +67,9 @@ def _check(net: Network) -> None:
         if isinstance(node, MaxPool):
             raise LavaconvError(f"export --format nir: node {name} is a rate-gated max-pool, which "
                                 "NIR cannot express; use average pooling in the model")
+        if isinstance(node, IF) and (node.burst > 1 or node.reset == "snm"):
+            raise LavaconvError(f"export --format nir: node {name} sends burst or signed spikes "
+                                "(--burst > 1 or --neuron snm), which NIR's neurons cannot")
         if isinstance(node, IF) and not np.all(node.v_threshold > 0):
             raise LavaconvError(f"export --format nir: node {name} has a threshold <= 0")
         if isinstance(node, IF) and np.any(node.v_init != 0):

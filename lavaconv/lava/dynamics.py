@@ -64,16 +64,26 @@ def integrate(v: np.ndarray, u: np.ndarray, bias: np.ndarray, bias_on: bool, liv
     v[:] = total
 
 
+def spike_count(v: np.ndarray, vth: np.ndarray, burst: int) -> np.ndarray:
+    """How many thresholds ``v`` has reached, up to ``burst``: ``sum_n [v >= n * vth]``
+    (comparisons, so exact in integer and float arithmetic alike)."""
+    n = (v >= vth).astype(np.int8)
+    for k in range(2, burst + 1):
+        n += v >= k * vth
+    return n
+
+
 def fire(v: np.ndarray, vth: np.ndarray, count: np.ndarray, live: bool, reset: str,
-         memory: np.ndarray | None = None) -> np.ndarray:
-    """In place: ``s = +1`` where ``v >= vth``, and with a ``memory`` (reset 'snm', SNM eq. 9)
-    ``s = -1`` where ``v <= -vth`` while the memory is positive; reset by subtraction (``v -=
-    vth * s``, Rueckauer eq. 4b, SNM eq. 10) or to zero (eq. 4a); ``memory += s`` (SNM eq.
-    11); count the item's spike events. The reset step sends nothing and zeroes the memory and
-    the count. Returns s (int8)."""
-    s = (v >= vth).astype(np.int8)
+         memory: np.ndarray | None = None, burst: int = 1) -> np.ndarray:
+    """In place: ``s = +n`` where ``v >= n * vth`` (n up to ``burst``: burst spikes, Li & Zeng
+    2022), and with a ``memory`` (reset 'snm', SNM eq. 9) ``s = -n`` where ``v <= -n * vth``,
+    n at most the memory; reset by subtraction (``v -= vth * s``, Rueckauer eq. 4b, SNM eq. 10)
+    or to zero (eq. 4a); ``memory += s`` (SNM eq. 11); count the item's spike events (a burst
+    is one event). The reset step sends nothing and zeroes the memory and the count. Returns
+    s (int8)."""
+    s = spike_count(v, vth, burst)
     if memory is not None:
-        s -= (v <= -vth) & (memory > 0)
+        s -= np.minimum(spike_count(-v, vth, burst), np.maximum(memory, 0)).astype(np.int8)
     if not live:
         s[:] = 0
         count[:] = 0

@@ -76,7 +76,8 @@ def _node(proc: AbstractProcess) -> Node:
     if isinstance(proc, IFNeuron):
         reset = proc.proc_params["reset"]
         payload = initial(proc, "payload").astype(np.int64)
-        params.update(reset=reset, payload=None if np.all(payload == 1) else payload)
+        params.update(reset=reset, payload=None if np.all(payload == 1) else payload,
+                      burst=proc.proc_params["burst"])
         state["m"] = np.zeros(proc.m.shape, np.int64) if reset == "snm" else None
     else:
         params["mode"] = proc.proc_params["mode"]
@@ -127,7 +128,7 @@ class FusedNetwork:
                            params["state_bits"], params["v_init"])
         if isinstance(node.proc, IFNeuron):
             s = dynamics.fire(state["v"], params["vth"], state["count"], live,
-                              params["reset"], state["m"])
+                              params["reset"], state["m"], params["burst"])
             return s if params["payload"] is None else s * params["payload"]
         if params["mode"] == "count":
             dynamics.fire(state["v"], params["vth"], state["count"], live, "subtract")

@@ -64,7 +64,7 @@ class LavaGraph:
 def _message_bits(net: Network, name: str) -> int:
     """Graded payload width a synapse reads from node ``name``: 0 for binary spikes, else
     enough signed bits for the largest |payload| (graded analog input, signed Poisson spikes,
-    graded or signed IF spikes, passed on by a max-pool gate)."""
+    graded, burst or signed IF spikes, passed on by a max-pool gate)."""
     node = net.nodes[name]
     if isinstance(node, MaxPool):
         return _message_bits(net, node.source)
@@ -72,11 +72,11 @@ def _message_bits(net: Network, name: str) -> int:
         if node.encoding == "poisson":
             return 2  # signed ±1 spikes: a bool cast would turn -1 into +1
         return node.payload_bits if net.numeric == "int" else GRADED_FLOAT_BITS
-    if node.reset != "snm" and np.all(node.payload == 1):
+    if node.reset != "snm" and node.burst == 1 and np.all(node.payload == 1):
         return 0
     if net.numeric != "int":
         return GRADED_FLOAT_BITS
-    return int(np.max(node.payload)).bit_length() + 1
+    return (int(np.max(node.payload)) * node.burst).bit_length() + 1
 
 
 def _node_process(name: str, node: Node, payload: np.ndarray, net: Network) -> AbstractProcess:
@@ -98,7 +98,7 @@ def _node_process(name: str, node: Node, payload: np.ndarray, net: Network) -> A
                   steps=steps, state_bits=node.state_bits, name=name)
     if isinstance(node, IF):
         return IFNeuron(vth=full(node.v_threshold), v_init=full(node.v_init), reset=node.reset,
-                        payload=full(node.payload), **common)
+                        payload=full(node.payload), burst=node.burst, **common)
     return Readout(vth=full(node.v_threshold), mode=node.mode, **common)
 
 

@@ -82,12 +82,12 @@ class FixedPoint:
 
 class Fire:
     """IF spiking (:class:`IFNeuron`): signed spikes with the SNM memory where reset is 'snm',
-    sent as ``payload * s``."""
+    up to ``burst`` a step, sent as ``payload * s``."""
 
     def output(self, live: bool) -> None:
         reset = self.proc_params["reset"]
         s = dynamics.fire(self.v, self.vth, self.count, live, reset,
-                          self.m if reset == "snm" else None)
+                          self.m if reset == "snm" else None, self.proc_params["burst"])
         self.s_out.send(s * self.payload)
 
 

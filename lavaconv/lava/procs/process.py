@@ -78,22 +78,23 @@ class IFNeuron(Integrator):
 
     Dynamics per step t < steps (v integrates as in :class:`Readout`, then)::
 
-        s[t]     = +1 where v[t] >= vth
-                   -1 where v[t] <= -vth and m > 0    (reset='snm' only, SNM eq. 9)
+        s[t]     = +n where v[t] >= n * vth, n <= burst the largest such
+                   -n where v[t] <= -n * vth, n <= min(burst, m)  (reset='snm', SNM eq. 9)
         v[t]    -= vth * s[t]          (reset='subtract' and 'snm': RMP / Rueckauer eq. 4b)
         v[t]     = 0 where s[t] != 0   (reset='zero': hard reset, Rueckauer eq. 4a)
         m       += s[t]                (reset='snm': net spikes sent, SNM eq. 11)
         s_out[t] = payload * s[t]      (a graded spike worth ``payload``; 1: binary spikes)
-        count   += s[t] != 0           (spike events in the current item)
+        count   += s[t] != 0           (spike events in the current item; a burst is one)
 
     and ``s_out = 0``, ``v = v_init``, ``m = 0``, ``count = 0`` at the reset step.
     """
 
     def __init__(self, *, shape: tuple[int, ...], vth: np.ndarray | float,
-                 reset: str = "subtract", payload: np.ndarray | float = 1, **kwargs) -> None:
+                 reset: str = "subtract", payload: np.ndarray | float = 1, burst: int = 1,
+                 **kwargs) -> None:
         if reset not in RESETS:
             raise ValueError(f"IFNeuron reset must be one of {RESETS}, not {reset!r}")
-        super().__init__(shape=shape, reset=reset, **kwargs)
+        super().__init__(shape=shape, reset=reset, burst=burst, **kwargs)
         self.s_out = OutPort(shape=shape)
         self.vth = Var(shape=shape, init=_full(vth, shape))
         self.payload = Var(shape=shape, init=_full(payload, shape))

@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/bitexact.py [--items 2] [--timesteps 32] [--stock] [--out docs]
 
-For each bundled Fashion-MNIST model and each neuron / input / readout combination, the network
-is converted (calibrated on 500 items), quantized to the loihi2 profile and run on the same
-payload by the integer engine and by Lava (``Loihi2SimCfg(select_tag='fixed_pt')``: the fused
-model, and with ``--stock`` also Lava's stock per-process models). Every population's spike
+For each bundled Fashion-MNIST model and each neuron / input / readout / burst combination, the
+network is converted (calibrated on 500 items), quantized to the loihi2 profile and run on the
+same payload by the integer engine and by Lava (``Loihi2SimCfg(select_tag='fixed_pt')``: the
+fused model, and with ``--stock`` also Lava's stock per-process models). Every population's spike
 counts and the readout must be identical. Prints a markdown table and writes it with the JSON.
 """
 
@@ -39,6 +39,10 @@ CASES = {
     "rmp, max, Poisson": ConvertOptions(NormSpec.parse("max"), "rmp", "poisson"),
     "snm, neuron-wise max, count readout": ConvertOptions(NormSpec.parse("max:neuron"), "snm",
                                                           "analog", readout="count"),
+    "rmp, p99.9, analog, burst 2": ConvertOptions(NormSpec.parse("p99.9"), "rmp", "analog", 0.5,
+                                                  burst=2),
+    "snm, p99.9, analog, burst 4": ConvertOptions(NormSpec.parse("p99.9"), "snm", "analog", 0.5,
+                                                  burst=4),
 }
 
 

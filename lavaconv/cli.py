@@ -81,6 +81,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="burst spikes: threshold lambda / K and up to K spikes a step, sent as "
                    "one graded message (Li & Zeng 2022; needs graded spikes, e.g. Loihi 2) "
                    "(default 1)")
+    p.add_argument("--maxpool", choices=["gate", "running"], default="gate",
+                   help="spiking max-pool: gate passes the input with the largest running sum "
+                   "(Rueckauer sec. 3.6, default); running sends the increase of the window's "
+                   "largest running sum (what it sent equals the largest input's total)")
     p.add_argument("--calib-steps", type=int, default=64,
                    help="timesteps of the calibration runs of --balance/--zeta auto/"
                    "--correction (default 64)")

@@ -21,7 +21,18 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from lavaconv.calibrate import ActivationStats
 from lavaconv.errors import LavaconvError
-from lavaconv.network import IF, MAX_BURST, READOUTS, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.network import (
+    IF,
+    MAX_BURST,
+    POOLS,
+    READOUTS,
+    Conv,
+    Dense,
+    Input,
+    MaxPool,
+    Network,
+    Readout,
+)
 
 aten = torch.ops.aten
 MAX_COMPOSED_INPUTS = 1 << 16
@@ -79,13 +90,15 @@ class ConvertOptions:
     zeta: float | str = 1.0  # S-ResNet eq. 14 weight factor; "auto": searched (eq. 12-13)
     correction: str = "none"  # none | bias | potential: Li et al., ICML 2021 calibration
     burst: int = 1  # K > 1: threshold lambda / K, up to K spikes a step (Li & Zeng, IJCAI 2022)
+    maxpool: str = "gate"  # gate: Rueckauer sec. 3.6; running: the running maximum's increase
     calib_steps: int = 64  # timesteps of the SNN runs behind the data-driven methods
     calib_items: int = 256  # calibration items those runs use
 
     def __post_init__(self) -> None:
         checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input,
                   ("analog", "poisson")), ("readout", self.readout, READOUTS),
-                  ("correction", self.correction, ("none", "bias", "potential"))]
+                  ("correction", self.correction, ("none", "bias", "potential")),
+                  ("maxpool", self.maxpool, POOLS)]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise LavaconvError(f"--{name} {value!r}: expected one of {', '.join(allowed)}")
@@ -110,7 +123,8 @@ class ConvertOptions:
         return {"neuron": self.neuron, "norm": str(self.norm), "input": self.input,
                 "v_init": self.v_init, "readout": self.readout,
                 "shortcut_norm": self.shortcut_norm, "balance": self.balance,
-                "zeta": self.zeta, "correction": self.correction, "burst": self.burst}
+                "zeta": self.zeta, "correction": self.correction, "burst": self.burst,
+                "maxpool": self.maxpool}
 
 
 Op = tuple  # (kind, *params), applied by _apply
@@ -364,7 +378,8 @@ def convert(
             scales[name], shapes[name], t_ready[name] = np.asarray(scale), shape, 0
         elif isinstance(item, tuple):
             _, name, shape, src, kernel, stride, padding = item
-            nodes[name] = MaxPool(shape, src, kernel, stride, padding, scales[src])
+            nodes[name] = MaxPool(shape, src, kernel, stride, padding, scales[src],
+                                  options.maxpool)
             scales[name], shapes[name], t_ready[name] = scales[src], shape, t_ready[src]
         else:
             pop = item

@@ -325,9 +325,11 @@ def readout_scores(node: Readout, u: torch.Tensor, checkpoints: Sequence[int],
 
 
 def maxpool_gate(node: MaxPool, s: torch.Tensor, bound: float | None = None) -> torch.Tensor:
-    """Rate-gated spiking max-pool (Rueckauer sec. 3.6): pass the payload of the input with
-    the largest payload sum so far in each window; ties go to the first in row-major window
-    order, padding never wins. ``bound`` is the largest |payload| (scanned when None)."""
+    """Spiking max-pool of :class:`~lavaconv.network.MaxPool`: rate-gated (Rueckauer sec.
+    3.6: pass the payload of the input with the largest payload sum so far in each window;
+    ties go to the first in row-major window order, padding never wins) or ``running`` (the
+    increase of the window's largest payload sum). ``bound`` is the largest |payload|
+    (scanned when None)."""
     steps = s.shape[0]
     bound = float(s.abs().max()) if bound is None else bound
     exact32 = bound * steps < 2**24  # then every running sum is exact in float32
@@ -339,6 +341,11 @@ def maxpool_gate(node: MaxPool, s: torch.Tensor, bound: float | None = None) -> 
     core = counts[..., ph:ph + s.shape[-2], pw:pw + s.shape[-1]]
     windows = [(..., slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
                for i in range(kh) for j in range(kw)]
+    if node.mode == "running":  # sums are exact (exact32, or float64), so are their maxima
+        sums = torch.cumsum(s.to(counts.dtype), 0).flatten(0, 1)
+        top = F.max_pool2d(sums, node.kernel, node.stride, node.padding)  # pads with -inf
+        top = top.reshape(steps, *s.shape[1:3], ho, wo)
+        return torch.diff(top, dim=0, prepend=torch.zeros_like(top[:1])).to(s.dtype)
     out = s.new_empty((steps, *s.shape[1:3], ho, wo))
     for t in range(steps):
         core += s[t]

@@ -22,6 +22,7 @@ Shape = tuple[int, ...]
 RESETS = ("subtract", "zero", "snm")
 READOUTS = ("potential", "count", "softmax")
 MAX_BURST = 16
+POOLS = ("gate", "running")
 
 
 def _array(x) -> np.ndarray:
@@ -126,12 +127,16 @@ class Readout:
 
 @dataclass
 class MaxPool:
-    """Spiking max-pool by rate-gated selection (Rueckauer et al. 2017, sec. 3.6).
+    """Spiking max-pool, no delay. ``c[t] += p_src[t]`` (``p`` is the source's payload, so
+    ``c`` counts spikes for binary spikes and sums their values for graded or signed ones: the
+    running estimate of the source's activation either way). ``mode``:
 
-    c[t] += p_src[t]; each window passes p_src[t] of its input with the largest c[t]
-    (ties: first in row-major window order; padding never wins). No delay. ``p`` is the
-    source's payload, so ``c`` counts spikes for binary spikes and sums their values for graded
-    or signed ones (the running estimate of the source's activation either way).
+    gate     rate-gated selection (Rueckauer et al. 2017, sec. 3.6): each window passes
+             p_src[t] of its input with the largest c[t] (ties: first in row-major window
+             order; padding never wins)
+    running  each window sends max c[t] - max c[t-1] (over the window): what it has sent up
+             to t is exactly the largest input's running sum. Binary in, binary out; never
+             more than the largest |payload| in one step
     """
 
     shape: Shape
@@ -140,9 +145,12 @@ class MaxPool:
     stride: tuple[int, int]
     padding: tuple[int, int] = (0, 0)
     scale: np.ndarray = field(default_factory=lambda: np.ones(()))
+    mode: str = "gate"
 
     def __post_init__(self) -> None:
         self.scale = _array(self.scale)
+        if self.mode not in POOLS:
+            raise ValueError(f"MaxPool.mode must be one of {', '.join(POOLS)}, not {self.mode!r}")
 
 
 @dataclass

@@ -90,8 +90,10 @@ def test_vgg_pieces_maxpool_gate_avgpool_dense():
     dense = net.inputs_of("output")
     assert len(dense) == 1 and isinstance(dense[0], Dense) and dense[0].weight.shape == (2, 48)
     pool = next(v for v in net.nodes.values() if isinstance(v, MaxPool))
-    assert pool.kernel == (2, 2) and pool.shape == (3, 4, 4)
+    assert pool.kernel == (2, 2) and pool.shape == (3, 4, 4) and pool.mode == "gate"
     assert isinstance(net.synapses[0], Conv)
+    running = convert(gm, (1, 8, 8), stats, ConvertOptions(maxpool="running"))
+    assert next(v for v in running.nodes.values() if isinstance(v, MaxPool)).mode == "running"
 
 
 def test_two_linear_layers_without_relu_are_refused():
@@ -137,8 +139,9 @@ def test_burst_divides_lambda_and_sharpens_short_runs(block):
 
 
 @pytest.mark.parametrize("kw,match", [({"burst": 0}, "--burst"), ({"burst": 17}, "--burst"),
-                                      ({"burst": 2, "neuron": "if"}, "hard reset")])
-def test_burst_options_are_checked(kw, match):
+                                      ({"burst": 2, "neuron": "if"}, "hard reset"),
+                                      ({"maxpool": "avg"}, "--maxpool")])
+def test_burst_and_maxpool_options_are_checked(kw, match):
     with pytest.raises(LavaconvError, match=match):
         ConvertOptions(**kw)
 

@@ -258,6 +258,19 @@ def test_graded_and_signed_spikes_are_bit_exact(make, encoding, reset, burst):
     assert (values.abs().max() >= 128) == (burst > 1)  # bursts: more than one payload (< 128)
 
 
+@pytest.mark.parametrize("encoding,reset,burst", [("analog", "subtract", 3), ("poisson", "snm", 2)])
+def test_running_maxpool_is_bit_exact(encoding, reset, burst):
+    # graded bursts (and signed ones) into the pool: here the running maximum and the rate
+    # gate send different trains, so Lava must implement the mode asked for
+    net = graded(conv_net(encoding, "subtract"), reset, burst=burst)
+    payload = encode_input(net, _inputs(net), STEPS, seed=3)
+    gated = simulate(net, payload).readout[STEPS]
+    net.nodes["pool"].mode = "running"
+    assert not torch.equal(simulate(net, payload).readout[STEPS], gated)
+    for fast in (False, True):
+        _assert_same(net, payload, run_lava(net, payload.numpy(), fast=fast), exact=True)
+
+
 @pytest.mark.parametrize("mode", ["count", "softmax"])
 def test_spike_count_and_softmax_readouts_on_lava(mode):
     from lavaconv.deploy import compare

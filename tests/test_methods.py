@@ -150,6 +150,37 @@ def test_maxpool_gate_matches_a_naive_loop_for_signed_graded_payloads(kernel, st
     np.testing.assert_array_equal(got, _window_reference(np.cumsum(s, 0), s, node))
 
 
+def _window_max_reference(sums: np.ndarray, node: MaxPool) -> np.ndarray:
+    """Naive loop: the largest running sum of each window."""
+    (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
+    h, w = sums.shape[-2:]
+    out = np.zeros((*sums.shape[:3], *node.shape[1:]))
+    for t, b, c, i, j in np.ndindex(out.shape):
+        out[t, b, c, i, j] = max(sums[t, b, c, i * sh + di - ph, j * sw + dj - pw]
+                                 for di in range(kh) for dj in range(kw)
+                                 if 0 <= i * sh + di - ph < h and 0 <= j * sw + dj - pw < w)
+    return out
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [((2, 2), (2, 2), (0, 0)),
+                                                   ((3, 3), (2, 2), (1, 1))])
+def test_running_maxpool_sends_the_largest_running_sum(kernel, stride, padding):
+    # what the pool has sent up to t equals the largest input's running sum at t: binary
+    # spikes stay binary, signed graded payloads are tracked exactly
+    rng = np.random.default_rng(2)
+    binary = (rng.random((12, 2, 2, 5, 6)) < 0.4).astype(np.float32)
+    signed = rng.choice([-0.5, 0.0, 0.0, 0.75, 1.0], size=(12, 2, 2, 5, 6)).astype(np.float32)
+    h, w = binary.shape[-2:]
+    ho = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    wo = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    node = MaxPool((2, ho, wo), "src", kernel, stride, padding, mode="running")
+    for s in (binary, signed):
+        got = maxpool_gate(node, torch.as_tensor(s)).numpy()
+        np.testing.assert_array_equal(np.cumsum(got, 0),
+                                      _window_max_reference(np.cumsum(s, 0), node))
+    assert set(np.unique(maxpool_gate(node, torch.as_tensor(binary)).numpy())) == {0.0, 1.0}
+
+
 def test_readout_modes():
     node = Readout((3,), np.zeros(3), t_start=0, v_threshold=np.array(2.0))
     u = torch.tensor([0.5, 1.5, 1.0]).expand(40, 1, 3).clone()

@@ -101,18 +101,19 @@ def fire(v: np.ndarray, vth: np.ndarray, count: np.ndarray, live: bool, reset: s
 
 
 class Gate:
-    """Rate-gated spiking max-pool (Rueckauer et al. 2017, sec. 3.6) of one
-    :class:`MaxPoolGate`, from its parameters (``in_shape``, ``out_shape``, ``kernel``, ``stride``,
-    ``padding``; Lava's (W, H) order).
+    """Spiking max-pool of one :class:`MaxPoolGate`, from its parameters (``in_shape``,
+    ``out_shape``, ``kernel``, ``stride``, ``padding``: Lava's (W, H) order; ``mode``).
 
-    Each window passes what its candidate with the largest running sum ``c`` of received
-    payloads sent (binary, graded or signed), ties to the first in torch's row-major window
-    order: candidates are visited in that order and only a strictly larger ``c`` takes over.
-    Padding cells hold ``c = -inf`` and never win.
+    ``gate`` (Rueckauer et al. 2017, sec. 3.6): each window passes what its candidate with the
+    largest running sum ``c`` of received payloads sent (binary, graded or signed), ties to the
+    first in torch's row-major window order: candidates are visited in that order and only a
+    strictly larger ``c`` takes over. ``running``: each window sends the increase of its
+    largest ``c``. Padding cells hold ``c = -inf`` and never win.
     """
 
     def __init__(self, params) -> None:
         (kw, kh), (sw, sh), (pw, ph) = (tuple(params[k]) for k in ("kernel", "stride", "padding"))
+        self.running = params["mode"] == "running"
         width, height, channels = params["in_shape"]
         w_out, h_out, _ = params["out_shape"]
         self.padded = (width + 2 * pw, height + 2 * ph, channels)
@@ -127,10 +128,22 @@ class Gate:
                  live: bool) -> np.ndarray:
         """In place on the sums ``c`` and the counts ``count``: ``c += s``, the windows'
         outputs; both are zeroed in the reset step, which sends nothing."""
+        if self.running:
+            before = self._window_max(c)
         if live:
             c += s
         else:
             c[:] = 0
+        out = (self._window_max(c) - before).astype(s.dtype) if self.running else self._gated(c, s)
+        if live:
+            count += out != 0
+        else:
+            out[:] = 0
+            count[:] = 0
+        return out
+
+    def _gated(self, c: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """What each window's first candidate with the largest ``c`` sent."""
         if self.s is None or self.s.dtype != s.dtype:
             self.s = np.zeros(self.padded, s.dtype)
         self.c[self.inside] = c
@@ -141,12 +154,15 @@ class Gate:
             better = self.c[window] > best
             np.copyto(best, self.c[window], where=better)
             np.copyto(out, self.s[window], where=better)
-        if live:
-            count += out != 0
-        else:
-            out[:] = 0
-            count[:] = 0
         return out
+
+    def _window_max(self, c: np.ndarray) -> np.ndarray:
+        """The largest ``c`` of every window (padding never wins)."""
+        self.c[self.inside] = c
+        best = self.c[self.windows[0]].copy()
+        for window in self.windows[1:]:
+            np.maximum(best, self.c[window], out=best)
+        return best
 
 
 def _wrap(a: np.ndarray, bits: int) -> np.ndarray:

@@ -89,7 +89,7 @@ def _node_process(name: str, node: Node, payload: np.ndarray, net: Network) -> A
         return MaxPoolGate(in_shape=lava_shape(net.nodes[node.source].shape),
                            out_shape=shape, kernel=tuple(node.kernel)[::-1],
                            stride=tuple(node.stride)[::-1], padding=tuple(node.padding)[::-1],
-                           steps=steps, name=name)
+                           steps=steps, mode=node.mode, name=name)
 
     def full(x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(to_lava(np.broadcast_to(x, node.shape), node.shape))

@@ -176,7 +176,7 @@ class PySpikeSourceModelFixed(AbstractSpikeSourceModel):
 
 
 class AbstractMaxPoolGateModel(AbstractItemModel):
-    """The rate-gated max-pool of :class:`MaxPoolGate` on whatever payload arrives."""
+    """The max-pool of :class:`MaxPoolGate` (either mode) on whatever payload arrives."""
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)

@@ -117,13 +117,15 @@ class SpikeSource(AbstractProcess):
 
 
 class MaxPoolGate(AbstractProcess):
-    """Rate-gated spiking max-pool (Rueckauer et al. 2017, sec. 3.6), no delay.
+    """Spiking max-pool, no delay: rate-gated (``mode='gate'``, Rueckauer et al. 2017, sec.
+    3.6) or the increase of the running maximum (``mode='running'``).
 
     Dynamics per step t < steps, for each window of ``s_in`` (kernel, stride and padding in
     Lava's (W, H) order; candidates in torch's row-major (h, w) window order)::
 
         c       += s_in[t]      (binary, graded or signed payloads)
         s_out[t] = s_in[t] at the first candidate with the largest c (padding never wins)
+                   or, mode 'running', max c[t] - max c[t-1] over the window
         count   += s_out[t] != 0
 
     and ``c = 0``, ``count = 0``, ``s_out = 0`` at the reset step ``t == steps``.
@@ -131,9 +133,9 @@ class MaxPoolGate(AbstractProcess):
 
     def __init__(self, *, in_shape: tuple[int, int, int], out_shape: tuple[int, int, int],
                  kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                 steps: int, name: str | None = None, **kwargs) -> None:
+                 steps: int, mode: str = "gate", name: str | None = None, **kwargs) -> None:
         super().__init__(in_shape=in_shape, out_shape=out_shape, kernel=kernel, stride=stride,
-                         padding=padding, steps=steps, name=name, **kwargs)
+                         padding=padding, steps=steps, mode=mode, name=name, **kwargs)
         self.s_in = InPort(shape=in_shape)
         self.s_out = OutPort(shape=out_shape)
         self.c = Var(shape=in_shape, init=0)

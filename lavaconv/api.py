@@ -60,12 +60,14 @@ class Converted:
         self.results["simulate"] = ev
         return ev.accuracy
 
-    def quantize(self, profile: str = "loihi2", *, timesteps: int = 64) -> Converted:
-        """The integer network on ``profile``'s fixed-point formats (a new object)."""
+    def quantize(self, profile: str = "loihi2", *, timesteps: int = 64,
+                 weight_scale: str = "layer") -> Converted:
+        """The integer network on ``profile``'s fixed-point formats (a new object);
+        ``weight_scale='channel'``: one weight scale (threshold) per output channel."""
         prof = load_profile(profile)
         net, report = quantize(self.network, Formats.from_profile(prof),
                                input_max=float(self.stats[self.network.input_name].max(False)),
-                               timesteps=timesteps)
+                               timesteps=timesteps, weight_scale=weight_scale)
         return Converted(net, self.model, self.dataset, self.stats, self.ann_accuracy, report)
 
     def payload(self, items: int, timesteps: int, seed: int = 0) -> np.ndarray:

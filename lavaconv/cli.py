@@ -38,6 +38,12 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
+def _weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", choices=["layer", "channel"], default="layer",
+                   help="integer weight scale: one per layer (default) or one per output channel "
+                   "(each channel's weights span the whole grid; one threshold per channel)")
+
+
 def _zeta(text: str) -> float | str:
     if text == "auto":
         return text
@@ -116,6 +122,7 @@ def parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--timesteps", type=_timesteps, default=_timesteps(DEFAULT_TIMESTEPS))
     p.add_argument("--profile", help="also evaluate the integer network of this profile")
+    _weights_arg(p)
     p.add_argument("--json", help="write the results to this JSON file")
 
     p = sub.add_parser("deploy", parents=[common],
@@ -124,6 +131,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=["sim", "loihi2"], default="sim")
     p.add_argument("--timesteps", type=int, default=64)
     p.add_argument("--profile", default="loihi2", help="profile name or YAML path")
+    _weights_arg(p)
     p.add_argument("--lava-samples", type=int, default=2, help="items run through Lava")
     p.add_argument("--out", default="out/deploy", help="output directory")
 

@@ -59,11 +59,11 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet and distributed.is_main()
 
 
-def integer_network(prep: Prepared, profile, timesteps: int):
+def integer_network(prep: Prepared, profile, timesteps: int, weight_scale: str = "layer"):
     """Quantize ``prep.net`` to ``profile``'s formats (analog gain from calibration)."""
     input_max = float(prep.stats[prep.net.input_name].max(False))
     return quantize(prep.net, Formats.from_profile(profile), input_max=input_max,
-                    timesteps=timesteps)
+                    timesteps=timesteps, weight_scale=weight_scale)
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -99,7 +99,8 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
     runs = {"float": pipeline.evaluate(prep.net, data.x_eval, data.y_eval, args.timesteps,
                                        seed=args.seed, progress=_progress(args), device=device)}
     if args.profile:
-        net_int, _ = integer_network(prep, load_profile(args.profile), max(args.timesteps))
+        net_int, _ = integer_network(prep, load_profile(args.profile), max(args.timesteps),
+                                     args.weights)
         runs["int"] = pipeline.evaluate(net_int, data.x_eval, data.y_eval, args.timesteps,
                                         seed=args.seed, progress=_progress(args), device=device)
     if not distributed.is_main():

@@ -97,7 +97,7 @@ def build_report(args: argparse.Namespace, prep: Prepared) -> tuple[dict, Networ
         raise LavaconvError(f"--timesteps {steps} is shorter than the network's depth "
                             f"{prep.net.depth()}")
     checkpoints = sorted({t for t in CHECKPOINTS if prep.net.depth() <= t < steps} | {steps})
-    net_int, quant = integer_network(prep, profile, steps)
+    net_int, quant = integer_network(prep, profile, steps, args.weights)
     calib = pipeline.evaluate(net_int, data.x_calib[:256], data.y_calib[:256], [steps],
                               seed=args.seed, device=device, progress=progress)
     for q in quant:
@@ -112,7 +112,7 @@ def build_report(args: argparse.Namespace, prep: Prepared) -> tuple[dict, Networ
     report = {
         "model": str(args.model), "data": args.data, "items": len(data.y_eval),
         "options": prep.options.describe(),
-        "profile": profile.name, "target": args.target,
+        "profile": profile.name, "weights": args.weights, "target": args.target,
         "ann_accuracy": prep.ann_accuracy,
         "snn_accuracy": int_eval.accuracy, "snn_accuracy_float": float_eval.accuracy,
         "spike_rate": int_eval.spike_rate,

@@ -25,6 +25,9 @@ import numpy as np
 from lavaconv.errors import LavaconvError
 from lavaconv.network import IF, MaxPool, Network, Readout
 
+WEIGHT_SCALES = ("layer", "channel")
+CHANNEL_SPREAD_BITS = 8  # most a channel's weight scale may exceed the layer's smallest by
+
 
 @dataclass(frozen=True)
 class Formats:
@@ -72,9 +75,16 @@ def quantize(
     input_max: float,
     timesteps: int,
     headroom_bits: int = 3,
+    weight_scale: str = "layer",
 ) -> tuple[Network, list[LayerQuant]]:
     """Integer copy of ``net``; ``input_max`` is max |x| over calibration data (analog gain),
-    ``timesteps`` bounds the readout's accumulated state."""
+    ``timesteps`` bounds the readout's accumulated state. ``weight_scale='channel'`` gives
+    every output channel of a spiking population its own threshold mantissa, so that each
+    channel's incoming weights span the whole weight grid (per-channel weight quantization;
+    a readout keeps one scale, which its argmax needs)."""
+    if weight_scale not in WEIGHT_SCALES:
+        raise LavaconvError(f"--weights {weight_scale!r}: expected one of "
+                            f"{', '.join(WEIGHT_SCALES)}")
     if net.numeric != "float":
         raise ValueError("quantize expects a float network")
     out = copy.deepcopy(net)
@@ -98,24 +108,31 @@ def quantize(
             continue
         syns = out.inputs_of(name)
         w_unit = [s.weight * unit[s.source] for s in syns]
-        w_max = max(float(np.abs(w).max()) for w in w_unit) or 1.0
-        r_max = step * m_max / w_max  # largest vth_mant * 2**-e keeping |W_int| in range
         spiking = isinstance(node, IF)
+        per_channel = spiking and weight_scale == "channel"
+        w_max = _row_max(w_unit, node.shape if per_channel else None)
+        r_max = step * m_max / w_max  # largest vth_mant * 2**-e keeping |W_int| in range
+        # channels with far smaller weights than the rest do not take the others' threshold bits
+        r_max = np.minimum(r_max, r_max.min() * 2.0**CHANNEL_SPREAD_BITS)
         theta = _relative_thresholds(node, levels.get(name)) if spiking else np.ones(())
         cap = _cap(node, formats, headroom_bits, timesteps)
-        exp = int(np.clip(math.floor(math.log2(cap / r_max)), formats.weight_exp_min,
-                          formats.weight_exp_max))
-        vth_mant = min(math.floor(r_max * 2.0**exp), cap)
-        if vth_mant < 1:
+        exp = int(np.clip(math.floor(math.log2(cap / float(r_max.max()))),
+                          formats.weight_exp_min, formats.weight_exp_max))
+        vth_mant = np.minimum(np.floor(r_max * 2.0**exp), cap).astype(np.int64)
+        if vth_mant.min() < 1:
             raise LavaconvError(
                 f"layer {name}: threshold underflows the {formats.threshold_mant_bits}-bit grid "
-                f"(weights up to {w_max:.3g} per threshold); use a larger weight_exp range")
-        ratio = vth_mant * 2.0**-exp
+                f"(weights up to {1 / r_max.min() * step * m_max:.3g} per threshold); use a "
+                "larger weight_exp range")
+        ratio = vth_mant * 2.0**-exp  # per output channel (a scalar array: one per layer)
         errors = []
         for syn, w in zip(syns, w_unit, strict=True):
-            w_int = step * np.round(w * ratio / step)
-            errors.append((w * ratio, w_int))
+            rows = ratio.reshape(-1, *[1] * (w.ndim - 1)) if ratio.ndim else ratio
+            w_int = step * np.round(w * rows / step)
+            errors.append((w * rows, w_int))
             syn.weight = w_int.astype(np.int64)
+        if per_channel:  # (C, 1, 1) against (C, H, W) maps
+            vth_mant = vth_mant.reshape(vth_mant.shape + (1,) * (len(node.shape) - 1))
         vth_int = vth_mant << shift
         bias_float = node.bias * vth_int
         bias_exp = 0
@@ -134,13 +151,25 @@ def quantize(
             node.v_threshold = (np.round(vth_mant * theta).astype(np.int64) << shift)
             unit[name] = _graded(node, levels.get(name))
         else:
-            node.v_threshold = np.asarray(vth_int, dtype=np.int64)
+            node.v_threshold = np.asarray(vth_int, dtype=np.int64).reshape(())
         exact = np.concatenate([e.ravel() for e, _ in errors])
         approx = np.concatenate([a.ravel() for _, a in errors])
-        report.append(LayerQuant(name, vth_int, exp, _rel_error(exact, approx),
+        report.append(LayerQuant(name, int(vth_int.max()), exp, _rel_error(exact, approx),
                                  _rel_error(bias_float, bias_int.astype(float)), bias_exp))
     out.meta = {**net.meta, "formats": formats.__dict__, "headroom_bits": headroom_bits}
     return out, report
+
+
+def _row_max(weights: list[np.ndarray], shape: tuple[int, ...] | None) -> np.ndarray:
+    """Largest |weight| into the population (a 0-d array), or into each output channel
+    (``shape`` given: one per row of every synapse; a channel without weights gets the
+    largest)."""
+    if shape is None:
+        return np.asarray(max(float(np.abs(w).max()) for w in weights) or 1.0)
+    rows = np.zeros(shape[0])
+    for w in weights:
+        rows = np.maximum(rows, np.abs(w).reshape(len(w), -1).max(axis=1))
+    return np.where(rows > 0, rows, rows.max() or 1.0)
 
 
 def _check_graded(net: Network, formats: Formats) -> None:

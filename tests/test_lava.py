@@ -485,3 +485,21 @@ def test_loihi2_target_names_what_cannot_map():
         assert "0:x->a (Conv)" in missing  # stock models come with Intel's extension
         with pytest.raises(LavaconvError, match="lava-loihi"):
             run_lava(net, payload, target="loihi2")
+
+
+def test_per_channel_weight_scale_is_bit_exact():
+    # a converted residual block quantized with one threshold per output channel
+    from nets import ResidualBlock, calibrated
+
+    from lavaconv.convert import ConvertOptions, NormSpec, convert
+    from lavaconv.quantize import Formats, quantize
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 8, 8)
+    gm, stats = calibrated(ResidualBlock(pool=True), x)
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec.parse("p99.9"), v_init=0.5))
+    q, _ = quantize(net, Formats(), input_max=1.0, timesteps=STEPS, weight_scale="channel")
+    assert any(np.unique(n.v_threshold).size > 1 for n in q.nodes.values() if isinstance(n, IF))
+    payload = encode_input(q, x[:2].numpy(), STEPS)
+    for fast in (False, True):
+        _assert_same(q, payload, run_lava(q, payload.numpy(), fast=fast), exact=True)

@@ -455,3 +455,28 @@ def test_cli_options_reach_convert_options():
                                   calib_items=100)
     assert commands.convert_options(cli.parser().parse_args(
         ["eval", "m.pt2", "--data", "digits", "--zeta", "1.1"])).zeta == 1.1
+
+
+def test_per_channel_weight_scale_fills_the_grid_for_every_channel(small):
+    # one threshold mantissa per output channel: every channel's largest incoming weight sits
+    # at the top of the 8-bit grid (254), and the weights' rounding error shrinks
+    model, x, gm, stats = small
+    net = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec.parse("p99.9")))
+    q = {m: quantize(net, Formats(), input_max=float(x.max()), timesteps=32, weight_scale=m)
+         for m in ("layer", "channel")}
+    for name, node in q["channel"][0].nodes.items():
+        if not isinstance(node, IF):
+            continue
+        rows = np.max([np.abs(s.weight).reshape(len(s.weight), -1).max(axis=1)
+                       for s in q["channel"][0].inputs_of(name)], axis=0)
+        assert rows.min() >= 250, name
+        assert np.unique(node.v_threshold).size > 1  # one threshold per channel
+    errors = {m: sum(r.weight_rel_error for r in report) for m, (_, report) in q.items()}
+    assert errors["channel"] < errors["layer"]
+    steps = 64
+    fp = simulate(net, encode_input(net, x.numpy(), steps)).predictions(steps)
+    ip = simulate(q["channel"][0], encode_input(q["channel"][0], x.numpy(), steps)
+                  ).predictions(steps)
+    assert float((fp == ip).float().mean()) >= 0.9
+    with pytest.raises(LavaconvError, match="--weights"):
+        quantize(net, Formats(), input_max=1.0, timesteps=32, weight_scale="row")

@@ -55,6 +55,7 @@ class Config:
     models: tuple[str, ...]
     options: ConvertOptions
     goal: bool = False  # run on --items (else --claim-items)
+    weights: str = "layer"  # integer weight scale: per layer or per output channel
 
 
 def _opts(norm: str, neuron: str = "rmp", encoding: str = "analog", **kw) -> ConvertOptions:
@@ -93,6 +94,22 @@ CONFIGS = [
            _opts("p99.9", v_init=0.5, correction="potential"), True),
     Config("G3", "p99.9 + SNM + v_init 0.5 + bias correction", BOTH,
            _opts("p99.9", "snm", v_init=0.5, correction="bias"), True),
+    # burst spikes (Li & Zeng, IJCAI 2022): threshold lambda / K, up to K spikes a step
+    Config("G4", "p99.9 + SNM + v_init 0.5 + burst 2", BOTH,
+           _opts("p99.9", "snm", v_init=0.5, burst=2), True),
+    Config("G5", "max + SNM + v_init 0.5 + burst 4", BOTH,
+           _opts("max", "snm", v_init=0.5, burst=4), True),
+    Config("G6", "p99.9 + v_init 0.5 + burst 2 (soft reset)", BOTH,
+           _opts("p99.9", v_init=0.5, burst=2), True),
+    # max-pool by the increase of the running maximum (lavaconv), on the model with max-pools
+    Config("G7", "max + SNM + v_init 0.5 + burst 4 + running max-pool", ("vgg",),
+           _opts("max", "snm", v_init=0.5, burst=4, maxpool="running"), True),
+    # and integer weights scaled per output channel (lavaconv's --weights channel)
+    Config("G8", "p99.9 + SNM + v_init 0.5 + burst 2, per-channel weights", ("resnet",),
+           _opts("p99.9", "snm", v_init=0.5, burst=2), True, "channel"),
+    Config("G9", "max + SNM + v_init 0.5 + burst 4 + running max-pool, per-channel weights",
+           ("vgg",), _opts("max", "snm", v_init=0.5, burst=4, maxpool="running"), True,
+           "channel"),
 ]
 
 
@@ -129,14 +146,15 @@ def run_config(cfg: Config, gm, data, stats, n_items: int) -> dict:
 
     def to_int(net: Network) -> Network:
         return quantize(net, formats, input_max=float(stats[net.input_name].max(False)),
-                        timesteps=STEPS[-1])[0]
+                        timesteps=STEPS[-1], weight_scale=cfg.weights)[0]
 
     start = time.perf_counter()
     net = build_network(gm, data.x_calib, stats, cfg.options, measure_on=to_int)
     built = time.perf_counter()
     net_int = to_int(net)
     result = evaluate(net_int, data.x_eval[:n_items], data.y_eval[:n_items])
-    return {"label": cfg.label, "options": cfg.options.describe(), "items": n_items,
+    return {"label": cfg.label, "options": {**cfg.options.describe(), "weights": cfg.weights},
+            "items": n_items,
             "build_s": built - start, "run_s": time.perf_counter() - built,
             "calibration": net.meta.get("calibration"), **result}
 
@@ -289,7 +307,7 @@ def plot(results: dict, path: Path) -> None:
     axes = fig.subplots(2, len(results["models"]), squeeze=False)
     for col, (model, entry) in enumerate(results["models"].items()):
         for key, cfg in entry["configs"].items():
-            if key not in ("R2", "R3", "R4", "R5", "M3", "G0", "G1", "G2", "G3"):
+            if key not in ("R2", "R3", "R4", "R5", "G0", "G1", "G4", "G7", "G8", "G9"):
                 continue
             acc = [100 * cfg["accuracy"]["potential"][str(t)] for t in STEPS]
             rate = [cfg["spike_rate"][str(t)] for t in STEPS]

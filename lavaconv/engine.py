@@ -267,19 +267,12 @@ def integrate_and_fire(node: IF, current: Callable[[int], torch.Tensor], steps: 
     for t in range(steps):
         v.add_(current(t))
         saturated += _saturate(v, bounds)
-        if node.burst == 1:
-            fired = v >= vth
-            s = fired.to(v.dtype)
-        else:  # burst spikes (Li & Zeng 2022): n thresholds reached, up to burst
-            s = _spike_count(v, vth, node.burst)
+        s = _spike_count(v, vth, node.burst)  # burst spikes (Li & Zeng 2022); 1: v >= vth
         if memory is not None:  # SNM eq. 9: negative spikes only up to the memory
-            if node.burst == 1:
-                s.sub_(((v <= -vth) & (memory > 0)).to(v.dtype))
-            else:
-                s.sub_(torch.minimum(_spike_count(-v, vth, node.burst), memory.clamp(min=0)))
+            s.sub_(torch.minimum(_spike_count(-v, vth, node.burst), memory.clamp(min=0)))
             memory.add_(s)  # SNM eq. 11
         if node.reset == "zero":  # reset to zero (Rueckauer eq. 4a)
-            v.masked_fill_(fired, 0)
+            v.masked_fill_(s != 0, 0)
         else:  # reset by subtraction (Rueckauer eq. 4b, SNM eq. 10)
             _subtract(v, s, vth)
         out[t] = s
@@ -333,19 +326,19 @@ def maxpool_gate(node: MaxPool, s: torch.Tensor, bound: float | None = None) -> 
     steps = s.shape[0]
     bound = float(s.abs().max()) if bound is None else bound
     exact32 = bound * steps < 2**24  # then every running sum is exact in float32
+    dtype = torch.float32 if exact32 else torch.float64
     (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
     ho, wo = node.shape[1:]
-    fill = -bound * steps - 1.0  # below any reachable sum (signed payloads too)
-    counts = F.pad(torch.zeros_like(s[0], dtype=torch.float32 if exact32 else torch.float64),
-                   (pw, pw, ph, ph), value=fill)
-    core = counts[..., ph:ph + s.shape[-2], pw:pw + s.shape[-1]]
-    windows = [(..., slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
-               for i in range(kh) for j in range(kw)]
     if node.mode == "running":  # sums are exact (exact32, or float64), so are their maxima
-        sums = torch.cumsum(s.to(counts.dtype), 0).flatten(0, 1)
+        sums = torch.cumsum(s.to(dtype), 0).flatten(0, 1)
         top = F.max_pool2d(sums, node.kernel, node.stride, node.padding)  # pads with -inf
         top = top.reshape(steps, *s.shape[1:3], ho, wo)
         return torch.diff(top, dim=0, prepend=torch.zeros_like(top[:1])).to(s.dtype)
+    fill = -bound * steps - 1.0  # below any reachable sum (signed payloads too)
+    counts = F.pad(torch.zeros_like(s[0], dtype=dtype), (pw, pw, ph, ph), value=fill)
+    core = counts[..., ph:ph + s.shape[-2], pw:pw + s.shape[-1]]
+    windows = [(..., slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
+               for i in range(kh) for j in range(kw)]
     out = s.new_empty((steps, *s.shape[1:3], ho, wo))
     for t in range(steps):
         core += s[t]

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bitexact.py [--items 2] [--timesteps 32] [--stock] [--out docs]
 
-For each bundled Fashion-MNIST model and each neuron / input / readout / burst combination, the
+For each bundled Fashion-MNIST model and each neuron / input / readout / burst / alignment case, the
 network is converted (calibrated on 500 items), quantized to the loihi2 profile and run on the
 same payload by the integer engine and by Lava (``Loihi2SimCfg(select_tag='fixed_pt')``: the
 fused model, and with ``--stock`` also Lava's stock per-process models). Every population's spike
@@ -43,6 +43,8 @@ CASES = {
                                                   burst=2),
     "snm, p99.9, analog, burst 4": ConvertOptions(NormSpec.parse("p99.9"), "snm", "analog", 0.5,
                                                   burst=4),
+    "snm, p99.9, analog, burst 2, aligned": ConvertOptions(NormSpec.parse("p99.9"), "snm",
+                                                           "analog", 0.5, burst=2, align=True),
 }
 
 

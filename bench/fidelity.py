@@ -34,7 +34,12 @@ from lavaconv import pipeline  # noqa: E402
 from lavaconv.activations import activations  # noqa: E402
 from lavaconv.convert import ConvertOptions, NormSpec, convert  # noqa: E402
 from lavaconv.data import load_dataset  # noqa: E402
-from lavaconv.diagnostics import information_loss, neuron_lambda, propagation_error  # noqa: E402
+from lavaconv.diagnostics import (  # noqa: E402
+    clipped_ann_accuracy,
+    information_loss,
+    neuron_lambda,
+    propagation_error,
+)
 from lavaconv.engine import encode_input, readout_scores, simulate  # noqa: E402
 from lavaconv.errors import LavaconvError  # noqa: E402
 from lavaconv.frontend import load_model  # noqa: E402
@@ -108,8 +113,15 @@ CONFIGS = [
     Config("G8", "p99.9 + SNM + v_init 0.5 + burst 2, per-channel weights", ("resnet",),
            _opts("p99.9", "snm", v_init=0.5, burst=2), True, "channel"),
     Config("G9", "max + SNM + v_init 0.5 + burst 4 + running max-pool, per-channel weights",
-           ("vgg",), _opts("max", "snm", v_init=0.5, burst=4, maxpool="running"), True,
+           BOTH, _opts("max", "snm", v_init=0.5, burst=4, maxpool="running"), True,
            "channel"),
+    Config("G10", "neuron-wise max + SNM + v_init 0.5 + burst 2, per-channel weights",
+           ("resnet",), _opts("max:neuron", "snm", v_init=0.5, burst=2), True, "channel"),
+    Config("G11", "channel-wise p99.9 + SNM + v_init 0.5 + burst 2, per-channel weights",
+           ("resnet",), _opts("p99.9:channel", "snm", v_init=0.5, burst=2), True, "channel"),
+    # every population's inputs (shortcut and main path) and its bias start at the same step
+    Config("G12", "G8 + aligned inputs", ("resnet",),
+           _opts("p99.9", "snm", v_init=0.5, burst=2, align=True), True, "channel"),
 ]
 
 
@@ -254,7 +266,9 @@ def markdown(results: dict) -> str:
     for model, entry in results["models"].items():
         lines += [f"## {model}: ANN {100 * entry['ann_accuracy']:.2f} % on {entry['ann_items']} "
                   f"items, {100 * entry.get('ann_accuracy_claims', 0):.2f} % on the first "
-                  f"{entry.get('claim_items')}", "",
+                  f"{entry.get('claim_items')}; with every ReLU clipped at its scale "
+                  + ", ".join(f"{k} {100 * v:.2f} %" for k, v in entry.get("ann_clipped",
+                                                                          {}).items()), "",
                   "| config | items | " + " | ".join(f"T={t}" for t in STEPS) + " | R % (T=256) |",
                   "|---" * (len(STEPS) + 3) + "|"]
         for key, cfg in entry["configs"].items():
@@ -307,7 +321,7 @@ def plot(results: dict, path: Path) -> None:
     axes = fig.subplots(2, len(results["models"]), squeeze=False)
     for col, (model, entry) in enumerate(results["models"].items()):
         for key, cfg in entry["configs"].items():
-            if key not in ("R2", "R3", "R4", "R5", "G0", "G1", "G4", "G7", "G8", "G9"):
+            if key not in ("R2", "R3", "R4", "R5", "G0", "G1", "G4", "G7", "G8", "G9", "G12"):
                 continue
             acc = [100 * cfg["accuracy"]["potential"][str(t)] for t in STEPS]
             rate = [cfg["spike_rate"][str(t)] for t in STEPS]
@@ -350,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         entry["ann_accuracy"] = pipeline.ann_accuracy(gm, data.x_eval[:args.items],
                                                       data.y_eval[:args.items])
         entry["ann_items"] = args.items
+        entry["ann_clipped"] = {  # each ReLU clipped at its scale: the SNN's limit as T grows
+            norm: clipped_ann_accuracy(convert(gm, tuple(data.x_eval.shape[1:]), stats,
+                                               _opts(norm)), gm, data.x_eval[:args.items],
+                                       data.y_eval[:args.items]) for norm in ("max", "p99.9")}
         entry["ann_accuracy_claims"] = pipeline.ann_accuracy(gm, data.x_eval[:args.claim_items],
                                                              data.y_eval[:args.claim_items])
         entry["claim_items"] = args.claim_items

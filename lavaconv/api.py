@@ -130,7 +130,7 @@ def convert(model: str | Path, *, data: str, norm: str = "p99.9", neuron: str = 
 
     ``methods`` are the other fields of :class:`~lavaconv.convert.ConvertOptions`, as on the
     command line: ``readout``, ``shortcut_norm``, ``balance``, ``zeta``, ``correction``,
-    ``calib_steps``, ``calib_items``, ``burst``, ``maxpool``."""
+    ``calib_steps``, ``calib_items``, ``burst``, ``maxpool``, ``align``."""
     dataset = load_dataset(data, n_eval=samples, n_calib=calib_samples, seed=seed)
     loaded = load_model(model, tuple(dataset.x_eval.shape[1:]), arch=arch,
                         trust_pickle=trust_pickle)

@@ -91,6 +91,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="spiking max-pool: gate passes the input with the largest running sum "
                    "(Rueckauer sec. 3.6, default); running sends the increase of the window's "
                    "largest running sum (what it sent equals the largest input's total)")
+    p.add_argument("--align", action="store_true",
+                   help="delay the early inputs of a population (a shortcut) so that all its "
+                   "inputs, and its bias, start at the same step (Delay processes in Lava)")
     p.add_argument("--calib-steps", type=int, default=64,
                    help="timesteps of the calibration runs of --balance/--zeta auto/"
                    "--correction (default 64)")

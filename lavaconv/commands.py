@@ -52,7 +52,8 @@ def convert_options(args: argparse.Namespace) -> ConvertOptions:
         NormSpec.parse(args.norm), args.neuron, args.input, args.v_init, readout=args.readout,
         shortcut_norm=not args.no_shortcut_norm, balance=args.balance, zeta=args.zeta,
         correction=args.correction, calib_steps=args.calib_steps,
-        calib_items=args.calib_items, burst=args.burst, maxpool=args.maxpool)
+        calib_items=args.calib_items, burst=args.burst, maxpool=args.maxpool,
+        align=args.align)
 
 
 def _progress(args: argparse.Namespace) -> bool:

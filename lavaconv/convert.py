@@ -91,6 +91,7 @@ class ConvertOptions:
     correction: str = "none"  # none | bias | potential: Li et al., ICML 2021 calibration
     burst: int = 1  # K > 1: threshold lambda / K, up to K spikes a step (Li & Zeng, IJCAI 2022)
     maxpool: str = "gate"  # gate: Rueckauer sec. 3.6; running: the running maximum's increase
+    align: bool = False  # delay a population's early inputs (shortcuts) to arrive with the last
     calib_steps: int = 64  # timesteps of the SNN runs behind the data-driven methods
     calib_items: int = 256  # calibration items those runs use
 
@@ -124,7 +125,7 @@ class ConvertOptions:
                 "v_init": self.v_init, "readout": self.readout,
                 "shortcut_norm": self.shortcut_norm, "balance": self.balance,
                 "zeta": self.zeta, "correction": self.correction, "burst": self.burst,
-                "maxpool": self.maxpool}
+                "maxpool": self.maxpool, "align": self.align}
 
 
 Op = tuple  # (kind, *params), applied by _apply
@@ -396,8 +397,13 @@ def convert(
                 lam = _scale(stats.get(pop.name), norm, norm.per_channel)
             if not readout:  # K spikes of lambda / K: K-fold resolution, same clip (burst)
                 lam = lam / options.burst
+            # first input: the earliest term's arrival, or with --align the latest, every
+            # earlier term delayed to arrive with it (and the bias flows from then on)
+            arrivals = [t_ready[t.source] for t in pop.terms]
+            t_start = (max(arrivals) if options.align else min(arrivals)) + 1
             for term in pop.terms:
                 syn = _synapse(term, shapes[term.source], pop.name, pop.where)
+                syn.delay = max(t_start - 1 - t_ready[term.source], 0)
                 if term.ops or len(pop.terms) == 1 or options.shortcut_norm:
                     w_scale = _source_scale(syn, scales[term.source], shapes[term.source])
                     syn.weight = syn.weight * w_scale / _target_scale(lam, syn.weight)  # eq. 2
@@ -405,7 +411,6 @@ def convert(
                 synapses.append(syn)
             bias = pop.bias.double().numpy() if pop.bias is not None else np.zeros(())
             bias = _compact(bias, pop.shape) / _target_scale(lam, np.zeros((1,) * len(pop.shape)))
-            t_start = min(t_ready[t.source] for t in pop.terms) + 1
             node = (Readout(pop.shape, bias, t_start, lam, mode=options.readout) if readout
                     else IF(pop.shape, bias, theta, NEURONS[options.neuron], t_start, lam,
                             v_init=options.v_init * theta, payload=theta, burst=options.burst))

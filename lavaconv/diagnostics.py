@@ -4,6 +4,8 @@
   (SNM, Wang et al. 2022, eq. 12-13), computed on ANN activations alone.
 - :func:`propagation_error`: E_i = a_i - r_i(T), the normalised ANN activation minus the
   firing rate (S-ResNet, Hu et al., eq. 9-11), per layer, with the fit E = p * q**l (eq. 12).
+- :func:`clipped_ann_accuracy`: the ANN with every ReLU clipped at the largest value its
+  population can send per step, the accuracy the SNN approaches as T grows.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.fx
 
 from lavaconv.activations import activations
+from lavaconv.convert import calibration_nodes
 from lavaconv.engine import encode_input, simulate
 from lavaconv.network import IF, Network
 
@@ -71,6 +74,35 @@ class PropagationError:
     q: float
     total_abs: float  # sum of |E_i| over all neurons, mean over items (the objective, eq. 13)
     max_rate_last: float  # largest spike rate (spikes per step) of the last IF population
+
+
+class _Clipped(torch.fx.Interpreter):
+    """Runs the graph with the named nodes' outputs clipped from above."""
+
+    def __init__(self, gm: torch.fx.GraphModule, ceilings: dict[str, torch.Tensor]) -> None:
+        super().__init__(gm)
+        self.ceilings = ceilings
+
+    def run_node(self, n: torch.fx.Node):
+        value = super().run_node(n)
+        top = self.ceilings.get(n.name)
+        return value if top is None else torch.minimum(value, top.to(value.dtype))
+
+
+def clipped_ann_accuracy(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, y: np.ndarray,
+                         batch_size: int = 500) -> float:
+    """Accuracy of ``gm`` with each ReLU clipped at its IF population's rate ceiling, the
+    threshold in activation units times the burst (float ``net`` converted from ``gm``)."""
+    names = calibration_nodes(gm)
+    ceilings = {names[n]: torch.as_tensor(neuron_lambda(v) * v.burst) for n, v in net.nodes.items()
+                if isinstance(v, IF)}
+    clipped = _Clipped(gm, ceilings)
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            out = clipped.run(torch.as_tensor(np.ascontiguousarray(x[start:start + batch_size])))
+            correct += int((out.argmax(1).numpy() == y[start:start + batch_size]).sum())
+    return correct / len(x)
 
 
 def normalised_activation(node: IF, act: torch.Tensor) -> torch.Tensor:

@@ -146,26 +146,28 @@ def _like_layout(a: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tenso
 def synaptic_input(
     net: Network, name: str, trains: dict[str, torch.Tensor], constant: set[str]
 ) -> torch.Tensor:
-    """``a[t] = sum_e syn_e(p_src[t-1])`` for all t at once; ``a[0] = 0`` (one-step delay).
-    Float32 or float64; in int mode every entry is an exact integer."""
+    """``a[t] = sum_e syn_e(p_src[t-1-d_e])`` for all t at once, 0 before a synapse's first
+    arrival ``1 + d_e`` (one step of delay per synapse plus its own ``delay``). Float32 or
+    float64; in int mode every entry is an exact integer."""
     syns = net.inputs_of(name)
     plans = [_plan(net, syn) for syn in syns]
     total = None
     for syn, plan in zip(syns, plans, strict=True):
         s = trains[syn.source]
         steps = s.shape[0]
+        late = min(1 + syn.delay, steps)  # first step the synapse delivers
         if syn.source in constant:  # analog input: the same payload every step
             a = _apply_synapse(syn, s[0], plan)
-            a = a.unsqueeze(0).expand(steps - 1, *a.shape)
+            a = a.unsqueeze(0).expand(steps - late, *a.shape)
         else:
-            a = _apply_synapse(syn, s[:-1].reshape(-1, *s.shape[2:]), plan)
-            a = a.reshape(steps - 1, s.shape[1], *a.shape[1:])
+            a = _apply_synapse(syn, s[:steps - late].reshape(-1, *s.shape[2:]), plan)
+            a = a.reshape(steps - late, s.shape[1], *a.shape[1:])
         if total is None:
             total = _like_layout(a, steps, _widest(p[0] for p in plans))
-            total[0] = 0
-            total[1:] = a
+            total[:late] = 0
+            total[late:] = a
         else:
-            total[1:] += a
+            total[late:] += a
     return total
 
 

@@ -45,7 +45,7 @@ class Input:
 class IF:
     """Integrate-and-fire population (one per ANN ReLU).
 
-    a[t]  = sum_e syn_e(p_src[t-1])                      (one step of delay per synapse)
+    a[t]  = sum_e syn_e(p_src[t-1-d_e])        (one step of delay per synapse, plus its delay)
     v[-1] = v_init;  m[-1] = 0
     v[t]  = v[t-1] + G(a[t]) + bias * [t >= t_start]
     s[t]  = +1 where v[t] >= v_threshold
@@ -163,6 +163,7 @@ class Conv:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     groups: int = 1
+    delay: int = 0  # steps beyond the synapse's own one (aligns a population's inputs)
 
     def __post_init__(self) -> None:
         self.weight = _array(self.weight)
@@ -175,6 +176,7 @@ class Dense:
     source: str
     target: str
     weight: np.ndarray
+    delay: int = 0  # steps beyond the synapse's own one (aligns a population's inputs)
 
     def __post_init__(self) -> None:
         self.weight = _array(self.weight)
@@ -214,7 +216,8 @@ class Network:
         return [s for s in self.synapses if s.target == name]
 
     def depth(self) -> int:
-        """Steps until the readout first receives input (one per synapse on the shortest path)."""
+        """Steps until the readout first receives input (one per synapse on the shortest path;
+        on the longest with ``--align``)."""
         return self.nodes[self.output_name].t_start
 
     def save(self, directory: str | Path) -> None:

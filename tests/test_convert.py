@@ -106,12 +106,14 @@ def test_two_linear_layers_without_relu_are_refused():
 
 def test_network_roundtrip(tmp_path, block):
     _, _, gm, stats = block
-    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec.parse("p99.9:channel"), "if"))
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec.parse("p99.9:channel"), "if",
+                                                       align=True))
     net.save(tmp_path)
     back = type(net).load(tmp_path)
     assert list(back.nodes) == list(net.nodes) and back.meta == net.meta
     for a, b in zip(net.synapses, back.synapses, strict=True):
-        assert type(a) is type(b) and np.array_equal(a.weight, b.weight)
+        assert type(a) is type(b) and np.array_equal(a.weight, b.weight) and a.delay == b.delay
+    assert any(s.delay for s in back.synapses)
     for name in net.nodes:
         for field, value in vars(net.nodes[name]).items():
             other = getattr(back.nodes[name], field)
@@ -136,6 +138,33 @@ def test_burst_divides_lambda_and_sharpens_short_runs(block):
         snn = res.readout[steps].numpy() * net.nodes["output"].scale / (steps - net.depth())
         err[k] = np.abs(snn - ann).mean() / np.abs(ann).mean()
     assert err[4] < 0.5 * err[1]
+
+
+def test_align_delays_early_inputs_to_the_last_arrival(block):
+    # arrival of synapse s at its target: (first step its source can send) + 1 + s.delay; the
+    # input sends from step 0, a population from its t_start, a max-pool with its source
+    _, _, gm, stats = block
+
+    def arrivals(net):
+        ready = {net.input_name: 0}
+        found = {}
+        for name, node in net.nodes.items():
+            if isinstance(node, MaxPool):
+                ready[name] = ready[node.source]
+            elif name != net.input_name:
+                found[name] = [ready[s.source] + 1 + s.delay for s in net.inputs_of(name)]
+                ready[name] = node.t_start
+        return found
+
+    plain_net = convert(gm, (1, 8, 8), stats, ConvertOptions())
+    plain = arrivals(plain_net)
+    aligned = convert(gm, (1, 8, 8), stats, ConvertOptions(align=True))
+    assert not any(s.delay for s in plain_net.synapses)
+    assert any(len(set(a)) > 1 for a in plain.values())  # the shortcut arrives a step early
+    for name, steps in arrivals(aligned).items():
+        assert set(steps) == {aligned.nodes[name].t_start}, name
+    # stem, c1, c2 + shortcut, c3 + 1x1 shortcut, readout: the longest path, 5 synapses
+    assert (plain_net.depth(), aligned.depth()) == (4, 5)
 
 
 @pytest.mark.parametrize("kw,match", [({"burst": 0}, "--burst"), ({"burst": 17}, "--burst"),

@@ -101,6 +101,24 @@ def test_bias_starts_at_t_start_and_readout_counts_spikes():
     assert [int(at.counts_at[t]["n"][0, 0]) for t in (10, 41)] == [2, 10]
 
 
+@pytest.mark.parametrize("encoding", ["analog", "poisson"])
+def test_synapse_delay_shifts_its_input(encoding):
+    # readout v[T-1] = sum_t a[t]: the plain synapse delivers p[t-1] from t = 1, the one with
+    # delay 2 delivers p[t-3] from t = 3 (analog: a constant; Poisson: a random +-1 train)
+    x = np.array([[0.75], [-0.5]])
+    nodes = {"x": Input((1,), encoding), "output": Readout((2,), np.zeros(2), t_start=1)}
+    syn = [Dense("x", "output", np.array([[1.0], [0.0]])),
+           Dense("x", "output", np.array([[0.0], [1.0]]), delay=2)]
+    net = Network(nodes, syn)
+    steps = 20
+    payload = encode_input(net, x, steps, seed=4)
+    v = simulate(net, payload).readout[steps].numpy()
+    p = payload.numpy()[:, :, 0]  # (T, items)
+    assert np.allclose(v[:, 0], p[:steps - 1].sum(0))
+    assert np.allclose(v[:, 1], p[:steps - 3].sum(0))
+    assert not np.allclose(v[:, 0], v[:, 1])
+
+
 def test_maxpool_gate_passes_the_most_active_input():
     steps = 6
     s = torch.zeros(steps, 1, 1, 2, 2)

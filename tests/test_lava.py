@@ -503,3 +503,18 @@ def test_per_channel_weight_scale_is_bit_exact():
     payload = encode_input(q, x[:2].numpy(), STEPS)
     for fast in (False, True):
         _assert_same(q, payload, run_lava(q, payload.numpy(), fast=fast), exact=True)
+
+
+@pytest.mark.parametrize("encoding,reset,burst", [("analog", "subtract", 1), ("poisson", "snm", 2)])
+def test_delay_lines_are_bit_exact(encoding, reset, burst):
+    # delayed synapses (--align): the shortcut into the residual join, the input into the
+    # first layer (analog: a constant current) and a Dense into the readout, each its own delay
+    net = graded(conv_net(encoding, "subtract"), reset, burst=burst)
+    payload = encode_input(net, _inputs(net), STEPS, seed=3)
+    plain = simulate(net, payload).readout[STEPS]
+    for i, delay in ((0, 1), (3, 2), (6, 3)):
+        net.synapses[i].delay = delay
+    assert not torch.equal(simulate(net, payload).readout[STEPS], plain)
+    for fast in (False, True):
+        _assert_same(net, payload, run_lava(net, payload.numpy(), fast=fast), exact=True)
+    assert len(build(net, payload.numpy()).delays) == 3

@@ -13,7 +13,7 @@ from lavaconv.activations import neuron_scales
 from lavaconv.balance import balance_thresholds, compensate, correct, search_zeta
 from lavaconv.calibrate import collect
 from lavaconv.convert import ConvertOptions, NormSpec, calibration_nodes, convert
-from lavaconv.diagnostics import information_loss, propagation_error
+from lavaconv.diagnostics import clipped_ann_accuracy, information_loss, propagation_error
 from lavaconv.engine import encode_input, maxpool_gate, readout_scores, simulate
 from lavaconv.errors import LavaconvError
 from lavaconv.frontend import canonicalize
@@ -322,6 +322,23 @@ def test_information_loss_closed_form():
         ((0.05 + 0.5) + (2.0 + 0.09)) / 2)
 
 
+def test_clipped_ann_clips_each_relu_at_its_rate_ceiling(small):
+    # by hand: Small with each ReLU clipped at its p50 scale (burst 2: half the scale, two
+    # spikes a step, the same ceiling); the unclipped model's argmax differs on some items
+    model, x, gm, stats = small
+    one = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec.parse("p50")))
+    two = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec.parse("p50"), burst=2))
+    lam1, lam2 = (float(v.scale) for v in one.nodes.values() if isinstance(v, IF))
+    with torch.no_grad():
+        h = torch.relu(model.c2(torch.relu(model.c1(x)).clamp(max=lam1))).clamp(max=lam2)
+        clipped = model.fc(nn.functional.max_pool2d(h, 2).flatten(1)).argmax(1).numpy()
+        plain = model(x).argmax(1).numpy()
+    assert (clipped != plain).any()
+    for net in (one, two):
+        assert clipped_ann_accuracy(net, gm, x.numpy(), clipped) == 1.0
+        assert clipped_ann_accuracy(net, gm, x.numpy(), plain) == (clipped == plain).mean()
+
+
 def test_rmp_balancing_sets_the_first_threshold_to_alpha_max_input(small):
     # RMP sec. 4.1: with analog input, the first layer's input is constant, so V_in^max is
     # the largest ANN pre-activation
@@ -447,12 +464,13 @@ def test_cli_options_reach_convert_options():
     args = cli.parser().parse_args([
         "eval", "m.pt2", "--data", "digits", "--norm", "p99:neuron", "--neuron", "snm",
         "--readout", "count", "--no-shortcut-norm", "--balance", "0.6", "--zeta", "auto",
-        "--correction", "potential", "--calib-steps", "32", "--calib-items", "100"])
+        "--correction", "potential", "--calib-steps", "32", "--calib-items", "100",
+        "--burst", "3", "--maxpool", "running", "--align"])
     opts = commands.convert_options(args)
     assert opts == ConvertOptions(NormSpec("percentile", 99.0, False, True), "snm", "analog",
                                   0.5, readout="count", shortcut_norm=False, balance=0.6,
                                   zeta="auto", correction="potential", calib_steps=32,
-                                  calib_items=100)
+                                  calib_items=100, burst=3, maxpool="running", align=True)
     assert commands.convert_options(cli.parser().parse_args(
         ["eval", "m.pt2", "--data", "digits", "--zeta", "1.1"])).zeta == 1.1
 

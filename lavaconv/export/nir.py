@@ -20,8 +20,9 @@ Timing. NIR edges carry no delay, ours one step per synapse, and our biases flow
 With ``dt`` = one step, every node ``n`` of the NIR graph runs ``t_start(n)`` steps ahead of ours:
 ``out_nir(n)[t] = out_ours(n)[t + t_start(n)]`` (the input has ``t_start = 0``), so an Affine bias
 that flows from NIR step 0 flows from our ``t_start``. An edge whose source is reached later than
-its target (a residual branch) gets a ``Delay`` of ``t_start(src) + 1 - t_start(tgt)`` steps; in
-chains there is none. The readout our engine reports at checkpoint ``T`` is the NIR ``Output`` at
+its target (a residual branch) gets a ``Delay`` of ``t_start(src) + 1 + delay - t_start(tgt)``
+steps (``delay``: the synapse's own, from ``--align``); in chains and aligned networks there is
+none. The readout our engine reports at checkpoint ``T`` is the NIR ``Output`` at
 step ``T - 1 - t_start(readout)``.
 """
 
@@ -84,7 +85,7 @@ def _t_start(net: Network, name: str) -> int:
 
 def _delays(net: Network, target: str, syns: list[Synapse]) -> list[int]:
     """NIR delay of each synapse into ``target`` (see the module docstring)."""
-    delays = [_t_start(net, s.source) + 1 - _t_start(net, target) for s in syns]
+    delays = [_t_start(net, s.source) + 1 + s.delay - _t_start(net, target) for s in syns]
     if min(delays) != 0:
         raise LavaconvError(f"export --format nir: node {target} has t_start "
                             f"{_t_start(net, target)}, but its earliest input arrives at step "

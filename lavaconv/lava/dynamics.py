@@ -100,6 +100,26 @@ def fire(v: np.ndarray, vth: np.ndarray, count: np.ndarray, live: bool, reset: s
     return s
 
 
+class DelayLine:
+    """What one :class:`Delay` process sends: ``out[t] = s[t - delay]`` within an item, zeros
+    for ``t < delay`` (the buffer is cleared in the reset step, which sends nothing)."""
+
+    def __init__(self, delay: int) -> None:
+        self.delay = delay
+        self.buffer: np.ndarray | None = None  # (delay, *shape), in the dtype s arrives in
+
+    def __call__(self, s: np.ndarray, t: int, live: bool) -> np.ndarray:
+        if self.buffer is None:
+            self.buffer = np.zeros((self.delay, *s.shape), s.dtype)
+        if not live:
+            self.buffer[:] = 0
+            return np.zeros_like(s)
+        slot = self.buffer[t % self.delay]
+        out = slot.copy()
+        slot[...] = s
+        return out
+
+
 class Gate:
     """Spiking max-pool of one :class:`MaxPoolGate`, from its parameters (``in_shape``,
     ``out_shape``, ``kernel``, ``stride``, ``padding``: Lava's (W, H) order; ``mode``).

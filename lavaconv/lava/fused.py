@@ -4,8 +4,9 @@ Lava runs each process in its own OS process and synchronises all of them at eve
 for a VGG-size network on two cores that costs more than the arithmetic. The fused model
 computes, per timestep, exactly what the separate ``fixed_pt`` models compute (see
 :mod:`lavaconv.lava.dynamics`), in Lava's order: every synapse first sends the buffer it filled
-in the previous step, then nodes update in topological order (a max-pool gate reads its source's
-spikes of the same step), then every synapse fills its buffer from what its source sent.
+in the previous step, then nodes update in topological order (a max-pool gate or a delay line
+reads its source's output of the same step), then every synapse fills its buffer from what its
+source sent.
 The wiring is read from the processes' own port connections (virtual ports: reshapes only).
 """
 
@@ -20,7 +21,7 @@ from lava.proc.dense.process import Dense as LavaDense
 
 from lavaconv.lava import dynamics
 from lavaconv.lava.dynamics import ConvKernel, DenseKernel, Kernel
-from lavaconv.lava.procs.process import COUNTED, IFNeuron, MaxPoolGate, Readout, SpikeSource
+from lavaconv.lava.procs.process import COUNTED, Delay, IFNeuron, MaxPoolGate, Readout, SpikeSource
 
 SYNAPSES = (LavaDense, LavaConv)
 
@@ -68,6 +69,9 @@ def _node(proc: AbstractProcess) -> Node:
     if isinstance(proc, MaxPoolGate):
         params = {"gate": dynamics.Gate(proc.proc_params), "source": source_of(proc.s_in)}
         return Node(proc, params, {"c": np.zeros(proc.c.shape, np.int64)})
+    if isinstance(proc, Delay):
+        return Node(proc, {"line": dynamics.DelayLine(proc.proc_params["delay"]),
+                           "source": source_of(proc.s_in)})
     params = {"bias": initial(proc, "bias"), "v_init": initial(proc, "v_init"),
               "a_exp": int(np.ravel(proc.a_exp.init)[0]),
               "t_start": proc.proc_params["t_start"], "state_bits": proc.proc_params["state_bits"]}
@@ -123,6 +127,8 @@ class FusedNetwork:
             return dynamics.payload_at(params["payload"], item, t)
         if isinstance(node.proc, MaxPoolGate):
             return params["gate"](state["c"], state["count"], sent[params["source"]], live)
+        if isinstance(node.proc, Delay):
+            return params["line"](sent[params["source"]], t, live)
         u = dynamics.fixed_gain(sum(e.buffer for e in node.inputs), params["a_exp"])
         dynamics.integrate(state["v"], u, params["bias"], t >= params["t_start"], live,
                            params["state_bits"], params["v_init"])

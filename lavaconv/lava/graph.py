@@ -19,7 +19,14 @@ from lava.proc.dense.process import Dense as LavaDense
 from lava.utils.weightutils import SignMode
 
 from lavaconv.errors import LavaconvError
-from lavaconv.lava.procs.process import IFNeuron, MaxPoolGate, Readout, SpikeSource, SpikingNetwork
+from lavaconv.lava.procs.process import (
+    Delay,
+    IFNeuron,
+    MaxPoolGate,
+    Readout,
+    SpikeSource,
+    SpikingNetwork,
+)
 from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Node, Shape
 
 GRADED_FLOAT_BITS = 24  # message width declared for float payloads (CPU only; Loihi 2's widest)
@@ -50,6 +57,7 @@ class LavaGraph:
 
     net: Network
     nodes: dict[str, AbstractProcess]
+    delays: dict[str, AbstractProcess]  # "i:source->target" → Delay, for synapses with a delay
     synapses: dict[str, AbstractProcess]  # "i:source->target" → Dense/Conv
     steps: int
     items: int
@@ -57,8 +65,8 @@ class LavaGraph:
 
     @property
     def processes(self) -> list[AbstractProcess]:
-        """The sub-processes: nodes in topological order, then synapses."""
-        return [*self.nodes.values(), *self.synapses.values()]
+        """The sub-processes: nodes in topological order, delay lines, then synapses."""
+        return [*self.nodes.values(), *self.delays.values(), *self.synapses.values()]
 
 
 def _message_bits(net: Network, name: str) -> int:
@@ -158,12 +166,19 @@ def build(net: Network, payload: np.ndarray) -> LavaGraph:
         nodes[name] = _node_process(name, node, payload, net)
         if isinstance(node, MaxPool):
             nodes[node.source].s_out.connect(nodes[name].s_in)
+    delays: dict[str, AbstractProcess] = {}
     synapses: dict[str, AbstractProcess] = {}
     for i, syn in enumerate(net.synapses):
         key = f"{i}:{syn.source}->{syn.target}"
         proc = _synapse_process(key, syn, net)
-        _connect(nodes[syn.source].s_out, proc.s_in)
+        sender = nodes[syn.source]
+        if syn.delay:
+            sender = delays[key] = Delay(shape=lava_shape(net.nodes[syn.source].shape),
+                                         delay=syn.delay, steps=steps, name=f"{key}.delay")
+            nodes[syn.source].s_out.connect(sender.s_in)
+        _connect(sender.s_out, proc.s_in)
         _connect(proc.a_out, nodes[syn.target].a_in)
         synapses[key] = proc
-    procs = [*nodes.values(), *synapses.values()]
-    return LavaGraph(net, nodes, synapses, steps, items, SpikingNetwork(procs=procs, name="net"))
+    procs = [*nodes.values(), *delays.values(), *synapses.values()]
+    return LavaGraph(net, nodes, delays, synapses, steps, items,
+                     SpikingNetwork(procs=procs, name="net"))

@@ -21,23 +21,17 @@ from lavaconv.lava import fused, lifecycle
 from lavaconv.lava.graph import LavaGraph, build, to_lava
 from lavaconv.lava.hardware import loihi2_available, missing_hw_models
 from lavaconv.lava.procs import models
-from lavaconv.lava.procs.process import (
-    COUNTED,
-    IFNeuron,
-    MaxPoolGate,
-    Readout,
-    SpikeSource,
-)
+from lavaconv.lava.procs.process import COUNTED, Delay, IFNeuron, MaxPoolGate, Readout, SpikeSource
 from lavaconv.network import Network
 
 MODELS = {
     "fixed_pt": {IFNeuron: models.PyIFModelFixed, Readout: models.PyReadoutModelFixed,
                  SpikeSource: models.PySpikeSourceModelFixed,
-                 MaxPoolGate: models.PyMaxPoolGateModelFixed,
+                 MaxPoolGate: models.PyMaxPoolGateModelFixed, Delay: models.PyDelayModelFixed,
                  LavaDense: PyDenseModelBitAcc, LavaConv: PyConvModelFixed},
     "floating_pt": {IFNeuron: models.PyIFModelFloat, Readout: models.PyReadoutModelFloat,
                     SpikeSource: models.PySpikeSourceModelFloat,
-                    MaxPoolGate: models.PyMaxPoolGateModelFloat,
+                    MaxPoolGate: models.PyMaxPoolGateModelFloat, Delay: models.PyDelayModelFloat,
                     LavaDense: PyDenseModelFloat, LavaConv: PyConvModelFloat},
 }
 TARGETS = ("sim", "loihi2")

@@ -24,7 +24,14 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lavaconv.lava import dynamics
 from lavaconv.lava.fused import FusedNetwork
-from lavaconv.lava.procs.process import IFNeuron, MaxPoolGate, Readout, SpikeSource, SpikingNetwork
+from lavaconv.lava.procs.process import (
+    Delay,
+    IFNeuron,
+    MaxPoolGate,
+    Readout,
+    SpikeSource,
+    SpikingNetwork,
+)
 
 
 class AbstractItemModel(PyLoihiProcessModel):
@@ -205,6 +212,34 @@ class PyMaxPoolGateModelFixed(AbstractMaxPoolGateModel):
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     c: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
     count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+
+class AbstractDelayModel(AbstractItemModel):
+    """The delay line of :class:`Delay` on whatever payload arrives."""
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.line = dynamics.DelayLine(proc_params["delay"])
+
+    def run_spk(self) -> None:
+        t = self.local_step()
+        self.s_out.send(self.line(self.s_in.recv(), t, t < self.steps))
+
+
+@implements(proc=Delay, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyDelayModelFloat(AbstractDelayModel):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+
+
+@implements(proc=Delay, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyDelayModelFixed(AbstractDelayModel):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
 
 
 @implements(proc=SpikingNetwork, protocol=AsyncProtocol)

@@ -142,6 +142,24 @@ class MaxPoolGate(AbstractProcess):
         self.count = Var(shape=out_shape, init=0)
 
 
+class Delay(AbstractProcess):
+    """A delay line of ``delay`` steps between a node and a synapse (``--align``), so that all
+    inputs of a population arrive together (Loihi 2 delays synaptic messages natively)::
+
+        s_out[t] = s_in[t - delay]  for delay <= t < steps,  0 otherwise
+
+    with the buffer cleared at the reset step ``t == steps`` (any payload: binary, graded or
+    signed)."""
+
+    def __init__(self, *, shape: tuple[int, ...], delay: int, steps: int,
+                 name: str | None = None, **kwargs) -> None:
+        if delay < 1:
+            raise ValueError(f"Delay needs delay >= 1, not {delay}")
+        super().__init__(shape=shape, delay=delay, steps=steps, name=name, **kwargs)
+        self.s_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=shape)
+
+
 COUNTED = (IFNeuron, MaxPoolGate)  # processes with a per-item spike ``count``
 
 

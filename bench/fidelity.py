@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fidelity.py [--items 2000] [--claim-items 500] [--only KEY,...]
                                        [--models vgg,resnet] [--out docs] [--resume]
+                                       [--skip N]
 
 Each configuration is calibrated on the calibration items, converted with
 :func:`lavaconv.methods.build_network` (a bias or potential correction counts the spikes of the
@@ -21,7 +22,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -346,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated configuration keys (default: all)")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--resume", action="store_true", help="keep configurations already done")
+    ap.add_argument("--skip", type=int, default=0,
+                    help="start at this t10k item (e.g. 2000: check a choice on fresh items)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
@@ -353,10 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     json_path = out / "fidelity.json"
     results = (json.loads(json_path.read_text()) if args.resume and json_path.exists()
                else {"models": {}})
-    results.update(steps=STEPS, profile="loihi2", seed=SEED)
+    results.update(steps=STEPS, profile="loihi2", seed=SEED, first_item=args.skip)
     only = set(args.only.split(",")) if args.only else None
-    data = load_dataset("fashion-mnist", n_eval=max(args.items, args.claim_items),
+    data = load_dataset("fashion-mnist", n_eval=args.skip + max(args.items, args.claim_items),
                         n_calib=2000, seed=SEED)
+    data = replace(data, x_eval=data.x_eval[args.skip:], y_eval=data.y_eval[args.skip:])
     for model in args.models.split(","):
         gm = load_model(ROOT / MODELS[model], tuple(data.x_eval.shape[1:])).graph_module
         stats = pipeline.calibrate(gm, data.x_calib, progress=False)

@@ -403,7 +403,8 @@ def convert(
             t_start = (max(arrivals) if options.align else min(arrivals)) + 1
             for term in pop.terms:
                 syn = _synapse(term, shapes[term.source], pop.name, pop.where)
-                syn.delay = max(t_start - 1 - t_ready[term.source], 0)
+                if options.align:
+                    syn.delay = t_start - 1 - t_ready[term.source]
                 if term.ops or len(pop.terms) == 1 or options.shortcut_norm:
                     w_scale = _source_scale(syn, scales[term.source], shapes[term.source])
                     syn.weight = syn.weight * w_scale / _target_scale(lam, syn.weight)  # eq. 2

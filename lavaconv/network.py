@@ -153,6 +153,12 @@ class MaxPool:
             raise ValueError(f"MaxPool.mode must be one of {', '.join(POOLS)}, not {self.mode!r}")
 
 
+def _check_delay(syn) -> None:
+    if not isinstance(syn.delay, int) or syn.delay < 0:
+        raise ValueError(f"synapse {syn.source}->{syn.target}: delay must be a non-negative "
+                         f"integer, not {syn.delay!r}")
+
+
 @dataclass
 class Conv:
     """Convolution synapse ``a = conv2d(s, weight)`` (torch layout O, I/groups, kH, kW)."""
@@ -167,6 +173,7 @@ class Conv:
 
     def __post_init__(self) -> None:
         self.weight = _array(self.weight)
+        _check_delay(self)
 
 
 @dataclass
@@ -180,6 +187,7 @@ class Dense:
 
     def __post_init__(self) -> None:
         self.weight = _array(self.weight)
+        _check_delay(self)
 
 
 def _scalar(value):

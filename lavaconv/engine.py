@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lavaconv import stock
 from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Synapse
 
 #: ``probe(name, current, train)`` after each IF population: ``current`` (T, B, *shape) is
@@ -97,14 +98,29 @@ def max_payload(net: Network, name: str) -> float:
     return float(np.abs(node.payload).max()) * node.burst
 
 
-def _plan(net: Network, syn: Synapse) -> tuple[torch.dtype, bool]:
-    """Arithmetic of one synapse: (dtype of the sum, whether it must wrap to 24 bits)."""
+def is_lif(net: Network, node) -> bool:
+    """Whether ``node`` runs the stock LIF arithmetic (:mod:`lavaconv.stock`, int mode)."""
+    return net.numeric == "int" and ((isinstance(node, IF) and node.reset == "lif")
+                                     or (isinstance(node, Readout) and node.lif))
+
+
+def _shift(net: Network, syn: Synapse) -> int:
+    """The weight exponent a stock LIF target applies in the synapse (``Dense weight_exp``,
+    ``Conv`` weights shifted): its ``a_exp``; 0 for any other target (the neuron applies it)."""
+    target = net.nodes[syn.target]
+    return target.a_exp if is_lif(net, target) else 0
+
+
+def _plan(net: Network, syn: Synapse) -> tuple[torch.dtype, bool, int]:
+    """Arithmetic of one synapse: (dtype of the sum, whether it must wrap to 24 bits, the
+    exponent applied before the wrap)."""
     if net.numeric != "int":
-        return torch.float32, False
+        return torch.float32, False, 0
+    shift = _shift(net, syn)
     w = np.abs(syn.weight).reshape(len(syn.weight), -1).sum(axis=1).max(initial=0)
-    if float(w) * max_payload(net, syn.source) < 2**23:
-        return torch.float32, False
-    return torch.float64, isinstance(syn, Conv)
+    if float(w) * max_payload(net, syn.source) * 2.0**shift < 2**23:
+        return torch.float32, False, shift
+    return torch.float64, isinstance(syn, Conv), shift
 
 
 def _pointwise(syn: Conv) -> bool:
@@ -114,10 +130,11 @@ def _pointwise(syn: Conv) -> bool:
         syn.stride) == (1, 1) and tuple(syn.padding) == (0, 0)
 
 
-def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: tuple[torch.dtype, bool]) -> torch.Tensor:
+def _apply_synapse(syn: Synapse, s: torch.Tensor,
+                   plan: tuple[torch.dtype, bool, int]) -> torch.Tensor:
     """Synaptic output for a batch of source payloads ``s`` (N, *src_shape)."""
-    dtype, wrap = plan
-    w = torch.as_tensor(syn.weight, dtype=dtype, device=s.device)
+    dtype, wrap, shift = plan
+    w = torch.as_tensor(syn.weight, dtype=dtype, device=s.device) * 2.0**shift
     if isinstance(syn, Dense):
         return s.to(dtype).flatten(1) @ w.T
     layout = torch.channels_last
@@ -180,7 +197,8 @@ def _gain(a: torch.Tensor, a_exp: int) -> torch.Tensor:
 def input_current(net: Network, node: IF | Readout, a: torch.Tensor) -> torch.Tensor:
     """What the population adds to v at each step, ``G(a[t]) + bias * [t >= t_start]``, for
     all t (a new tensor; int64 in int mode)."""
-    a = _gain(a.to(torch.int64), node.a_exp) if net.numeric == "int" else a.clone()
+    exp = 0 if is_lif(net, node) else node.a_exp
+    a = _gain(a.to(torch.int64), exp) if net.numeric == "int" else a.clone()
     a[node.t_start:] += _tensor(node.bias, a)
     return a
 
@@ -199,7 +217,7 @@ class _Current:
         self.int_mode = net.numeric == "int"
         self.x = torch.empty_like(a[0])
         self.bias = _tensor(node.bias, self.x)
-        self.shift = 6 + node.a_exp
+        self.shift = 6 + (0 if is_lif(net, node) else node.a_exp)
 
     def __call__(self, t: int) -> torch.Tensor:
         x = self.x
@@ -418,8 +436,12 @@ def simulate(
             a = synaptic_input(net, name, trains, constant)
             if isinstance(node, Readout):
                 u = input_current(net, node, a)
-                result.readout, result.saturated[name] = readout_scores(
-                    node, u, checkpoints, state_bounds(net, node), seed=seed)
+                if is_lif(net, node):
+                    result.readout, result.saturated[name] = _lif_scores(net, node, a,
+                                                                         checkpoints)
+                else:
+                    result.readout, result.saturated[name] = readout_scores(
+                        node, u, checkpoints, state_bounds(net, node), seed=seed)
                 result.readout_input = u
             else:
                 trains[name] = _fire(net, name, a, result, checkpoints, probe)
@@ -439,14 +461,36 @@ def _fire(net: Network, name: str, a: torch.Tensor, result: SimResult,
     u = input_current(net, node, a) if probe is not None else None
     train = a if a.dtype == torch.float32 and u is None else torch.empty_like(
         a, dtype=torch.float32)
-    result.saturated[name] = integrate_and_fire(node, _Current(net, node, a), len(a), train,
-                                                state_bounds(net, node))
+    if is_lif(net, node):
+        u_init = torch.zeros(a.shape[1:], dtype=torch.int64, device=a.device)
+        bias, theta = _tensor(node.bias, u_init), _tensor(node.v_threshold, u_init)
+        u_init += _tensor(node.v_init, u_init)
+
+        def current(t: int) -> torch.Tensor:  # int64: u wraps, so every bit counts
+            x = a[t].to(torch.int64).mul_(64)
+            return x.add_(bias) if t >= node.t_start else x
+
+        result.saturated[name] = stock.lif_integrate_and_fire(current, len(a), theta, u_init,
+                                                              train)
+    else:
+        result.saturated[name] = integrate_and_fire(node, _Current(net, node, a), len(a),
+                                                    train, state_bounds(net, node))
     _count(result, name, train, checkpoints, net.numeric, not _binary(net, name))
     if not np.all(node.payload == 1):
         train.mul_(_tensor(node.payload, train))
     if probe is not None:
         probe(name, u, train)
     return train
+
+
+def _lif_scores(net: Network, node: Readout, a: torch.Tensor,
+                checkpoints: Sequence[int]) -> tuple[dict[int, torch.Tensor], int]:
+    """Potential of a stock LIF readout (:func:`lavaconv.stock.lif_readout`) at each
+    checkpoint."""
+    x = _gain(a.to(torch.int64), 0)
+    bias = _tensor(node.bias, x)
+    v, clipped = stock.lif_readout(x, bias, node.t_start)
+    return {t: v[t - 1] for t in checkpoints}, clipped
 
 
 def _binary(net: Network, name: str) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 Shape = tuple[int, ...]
-RESETS = ("subtract", "zero", "snm")
+RESETS = ("subtract", "zero", "snm", "lif")
 READOUTS = ("potential", "count", "softmax")
 MAX_BURST = 16
 POOLS = ("gate", "running")
@@ -56,6 +56,10 @@ class IF:
     m[t]  = m[t-1] + s[t]        (reset='snm': the memory, net spikes sent so far)
     p[t]  = payload * s[t]       (what the synapses receive: the graded spike value)
 
+    ``reset='lif'`` (int mode) is reset by subtraction built from Lava's stock ``LIF``:
+    ``v_init`` is u's initial value, ``bias`` is on the stock grid, and the update is
+    :mod:`lavaconv.stock`'s (u leaks 1/4096 a step, v carries 1/4096, strict ``v > vth``);
+    in float mode it is 'subtract'.
     ``reset='snm'`` is the signed neuron with memory (Wang et al. 2022, SNM eq. 7-11).
     ``burst`` > 1 lets a neuron send up to ``burst`` spikes in one step as one graded message
     (burst spikes, Li & Zeng, IJCAI 2022; a graded spike on Loihi 2); 1 is the plain IF neuron.
@@ -88,8 +92,10 @@ class IF:
             raise ValueError(f"IF.reset must be one of {', '.join(RESETS)}, not {self.reset!r}")
         if not np.all(self.payload > 0):
             raise ValueError("IF.payload must be positive (a spike's value)")
-        if not 1 <= self.burst <= MAX_BURST or (self.burst > 1 and self.reset == "zero"):
-            raise ValueError(f"IF.burst must lie in [1, {MAX_BURST}] (1 with reset 'zero'), "
+        if not 1 <= self.burst <= MAX_BURST or (self.burst > 1
+                                                and self.reset in ("zero", "lif")):
+            raise ValueError(f"IF.burst must lie in [1, {MAX_BURST}] (1 with reset 'zero' or "
+                             "'lif'), "
                              f"not {self.burst}")
 
 
@@ -104,7 +110,9 @@ class Readout:
     softmax    argmax of the spikes of a spiking softmax (Rueckauer sec. 3.5, after Nessler et
                al. 2009): at every step one class k fires, drawn with P(k) = softmax(v[t] /
                v_threshold)_k from a seeded generator; off-chip, so not part of the int contract
-    Ties go to the lowest class index.
+    Ties go to the lowest class index. ``lif`` (int mode, potential): v is held in a stock
+    Lava ``LIF`` (:mod:`lavaconv.stock`): saturates at +-(2**23 - 1), resets to 0 above
+    (2**17 - 1) << 6, and is equal to the plain integrator otherwise.
     """
 
     shape: Shape
@@ -115,6 +123,7 @@ class Readout:
     state_bits: int = 24
     mode: str = "potential"
     v_threshold: np.ndarray = field(default_factory=lambda: np.ones(()))
+    lif: bool = False
 
     def __post_init__(self) -> None:
         self.bias = _array(self.bias)

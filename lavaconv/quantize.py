@@ -24,6 +24,7 @@ import numpy as np
 
 from lavaconv.errors import LavaconvError
 from lavaconv.network import IF, MaxPool, Network, Readout
+from lavaconv.stock import obstacles, round_bias, round_threshold
 
 WEIGHT_SCALES = ("layer", "channel")
 CHANNEL_SPREAD_BITS = 8  # most a channel's weight scale may exceed the layer's smallest by
@@ -76,12 +77,17 @@ def quantize(
     timesteps: int,
     headroom_bits: int = 3,
     weight_scale: str = "layer",
+    stock: bool = False,
 ) -> tuple[Network, list[LayerQuant]]:
     """Integer copy of ``net``; ``input_max`` is max |x| over calibration data (analog gain),
     ``timesteps`` bounds the readout's accumulated state. ``weight_scale='channel'`` gives
     every output channel of a spiking population its own threshold mantissa, so that each
     channel's incoming weights span the whole weight grid (per-channel weight quantization;
-    a readout keeps one scale, which its argmax needs)."""
+    a readout keeps one scale, which its argmax needs). ``stock``: the grids of the stock LIF
+    graph (:mod:`lavaconv.stock`): reset 'subtract' becomes 'lif', ``a_exp >= 0``, threshold
+    mantissas of 7 significant bits, biases on the Sparse-term grid, a ``lif`` readout."""
+    if stock and obstacles(net, weight_scale):
+        raise LavaconvError(obstacles(net, weight_scale)[0])
     if weight_scale not in WEIGHT_SCALES:
         raise LavaconvError(f"--weights {weight_scale!r}: expected one of "
                             f"{', '.join(WEIGHT_SCALES)}")
@@ -117,8 +123,11 @@ def quantize(
         theta = _relative_thresholds(node, levels.get(name)) if spiking else np.ones(())
         cap = _cap(node, formats, headroom_bits, timesteps)
         exp = int(np.clip(math.floor(math.log2(cap / float(r_max.max()))),
-                          formats.weight_exp_min, formats.weight_exp_max))
+                          max(formats.weight_exp_min, 0) if stock else formats.weight_exp_min,
+                          formats.weight_exp_max))
         vth_mant = np.minimum(np.floor(r_max * 2.0**exp), cap).astype(np.int64)
+        if stock and spiking:
+            vth_mant = np.asarray(round_threshold(int(vth_mant)), dtype=np.int64)
         if vth_mant.min() < 1:
             raise LavaconvError(
                 f"layer {name}: threshold underflows the {formats.threshold_mant_bits}-bit grid "
@@ -143,9 +152,16 @@ def quantize(
             raise LavaconvError(f"layer {name}: bias {np.abs(node.bias).max():.3g} x threshold "
                                 "exceeds the profile's bias range")
         bias_int = (np.round(bias_float / 2**bias_exp) * 2**bias_exp).astype(np.int64)
+        if stock and spiking:
+            bias_int = round_bias(bias_float)
         node.bias = bias_int
         node.a_exp = exp
         node.state_bits = formats.state_bits
+        if stock:
+            if spiking:
+                node.reset = "lif"
+            else:
+                node.lif = True
         if spiking:
             node.v_init = np.round(vth_int * node.v_init).astype(np.int64)
             node.v_threshold = (np.round(vth_mant * theta).astype(np.int64) << shift)
@@ -156,7 +172,8 @@ def quantize(
         approx = np.concatenate([a.ravel() for _, a in errors])
         report.append(LayerQuant(name, int(vth_int.max()), exp, _rel_error(exact, approx),
                                  _rel_error(bias_float, bias_int.astype(float)), bias_exp))
-    out.meta = {**net.meta, "formats": formats.__dict__, "headroom_bits": headroom_bits}
+    out.meta = {**net.meta, "formats": formats.__dict__, "headroom_bits": headroom_bits,
+                **({"graph": "stock"} if stock else {})}
     return out, report
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,6 +46,8 @@ class LavaResult:
     readout: np.ndarray  # (K, n_out): readout score (v or count) at each item's last step
     seconds_per_step: float  # wall time per executed Lava timestep (reset steps included)
     startup_seconds: float  # compile and process start-up
+    process_classes: dict[str, int] = field(default_factory=dict)  # class name → processes
+    hardware: dict = field(default_factory=dict)  # {ready, missing} for Loihi 2
 
 
 def run_config(graph: LavaGraph, tag: str, target: str, fast: bool) -> RunConfig:
@@ -125,7 +128,15 @@ def run_lava(net: Network, payload: np.ndarray, *, tag: str = "fixed_pt", target
     :func:`lavaconv.engine.encode_input`) through Lava: per item T steps, read, one reset step.
 
     ``fast`` (default: for ``target='sim'`` with ``fixed_pt``) runs the same process graph with
-    the fused CPU model, bit-exact with Lava's stock models; ``fast=False`` uses those."""
+    the fused CPU model, bit-exact with Lava's stock models; ``fast=False`` uses those.
+    A network quantized for the stock LIF graph (reset 'lif') runs as that graph of stock
+    processes with Lava's bit-accurate models (:mod:`lavaconv.lava.stock`; ``fast`` ignored)."""
+    from lavaconv.lava import stock
+
+    if stock.is_stock(net):
+        if tag != "fixed_pt":
+            raise LavaconvError("the stock LIF graph runs with Lava's fixed_pt models only")
+        return stock.run_stock(net, payload, target, progress)
     fast = (target, tag) == ("sim", "fixed_pt") if fast is None else fast
     graph = build(net, payload)
     cfg = run_config(graph, tag, target, fast)
@@ -145,5 +156,18 @@ def run_lava(net: Network, payload: np.ndarray, *, tag: str = "fixed_pt", target
                 if k + 1 < graph.items:
                     running += _timed(advance, 1)  # the reset step
     executed = graph.items * (graph.steps + 1) - 1
+    classes = Counter(f"{type(p).__module__}.{type(p).__qualname__}"
+                      for p in [graph.top, *graph.processes])
     return LavaResult({n: np.stack(c) for n, c in counts.items()}, np.stack(readout),
-                      running / executed, startup)
+                      running / executed, startup, dict(sorted(classes.items())),
+                      ours_hardware(graph))
+
+
+def ours_hardware(graph: LavaGraph) -> dict:
+    """``{ready, missing}`` for Loihi 2 of a graph with lavaconv's own processes: they have
+    CPU models only."""
+    missing = [] if loihi2_available() else ["lava-loihi (Intel's Loihi 2 extension, INRC)"]
+    ours = sorted({type(p).__name__ for p in [graph.top, *graph.processes]
+                   if type(p).__module__.startswith("lavaconv.")})
+    missing += [f"a Loihi 2 model for lavaconv's {name} (CPU only)" for name in ours]
+    return {"ready": not missing, "missing": missing}

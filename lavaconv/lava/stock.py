@@ -1,0 +1,289 @@
+"""A network with ``'lif'`` populations as a graph of stock Lava processes only.
+
+Every process is Lava's own (``lava.proc.*``), the kinds Intel's extension maps to Loihi 2
+(``LIF``, ``Dense``, ``Sparse``, ``Conv``) plus the host-side input (``io.source.RingBuffer``)
+and, for the check against the engine, ``Monitor`` probes of the spikes. The construction and
+its exact arithmetic are in :mod:`lavaconv.stock` and docs/design.md section 7:
+
+- an IF population: ``LIF(du=0, dv=4095, vth=vth >> 6, u=v_init)``, a ``Sparse`` diagonal
+  self-connection ``-w_s`` (``weight_exp e_s``), one or two ``Sparse`` bias columns from a clock;
+- a clock per bias start: ``LIF((1,), du=4095, dv=0, vth=0, bias_mant=1, v=-(t_start-1))``,
+  which spikes at every step from ``t_start - 1`` on;
+- the readout: ``LIF(du=4095, dv=0, vth=2**17-1, bias, v=-t_start*bias)``;
+- synapses: ``Dense(weight_exp=a_exp)`` and ``Conv(weight << a_exp)`` (the CPU Conv model
+  ignores ``weight_exp``).
+
+Items run back to back, ``T`` steps each; between items every state Var is set back to its
+initial value (``Var.set``; the stock processes have no reset of their own).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.run_configs import Loihi2HwCfg, Loihi2SimCfg, RunConfig
+from lava.proc.conv.models import PyConvModelFixed
+from lava.proc.conv.process import Conv as LavaConv
+from lava.proc.dense.models import PyDenseModelBitAcc
+from lava.proc.dense.process import Dense as LavaDense
+from lava.proc.io.source import PySendModelFixed, RingBuffer
+from lava.proc.lif.models import PyLifModelBitAcc
+from lava.proc.lif.process import LIF
+from lava.proc.monitor.process import Monitor
+from lava.proc.sparse.models import PySparseModelBitAcc
+from lava.proc.sparse.process import Sparse
+from lava.utils.weightutils import SignMode
+from scipy.sparse import csr_matrix, identity
+
+from lavaconv import stock
+from lavaconv.errors import LavaconvError
+from lavaconv.lava import lifecycle
+from lavaconv.lava.graph import (
+    _check_int_weights,
+    _connect,
+    _flat_order,
+    _message_bits,
+    lava_shape,
+    to_lava,
+)
+from lavaconv.lava.hardware import loihi2_available
+from lavaconv.network import IF, Conv, Dense, Input, Network, Readout
+
+MODELS = {LIF: PyLifModelBitAcc, LavaDense: PyDenseModelBitAcc, Sparse: PySparseModelBitAcc,
+          LavaConv: PyConvModelFixed, RingBuffer: PySendModelFixed}
+#: stock classes that run on the host, not on a Loihi 2 core, and what they need there
+HOST = {RingBuffer: "RingBuffer input runs on the host: on Loihi 2 it needs lava-loihi's "
+                    "embedded_io adapter (PyToNxAdapter) into the first synapse",
+        Monitor: "Monitor probes run on the host (verification only; left out on Loihi 2)"}
+
+
+def is_stock(net: Network) -> bool:
+    """Whether ``net`` is an integer network built for the stock LIF graph."""
+    return net.numeric == "int" and any(isinstance(n, IF) and n.reset == "lif"
+                                        for n in net.nodes.values())
+
+
+def class_name(proc: AbstractProcess) -> str:
+    cls = type(proc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@dataclass
+class StockGraph:
+    """The processes of one network and what resets them between items."""
+
+    net: Network
+    source: RingBuffer
+    neurons: dict[str, LIF]  # node name → its LIF (populations and the readout)
+    clocks: dict[int, LIF]  # first spiking step → clock LIF
+    synapses: dict[str, AbstractProcess]  # "i:src->dst", "name.self", "name.bias0", ...
+    monitors: dict[str, Monitor]
+    steps: int
+    items: int
+    initial: list[tuple] = field(default_factory=list)  # (Var, value) restored between items
+
+    @property
+    def processes(self) -> list[AbstractProcess]:
+        return [self.source, *self.neurons.values(), *self.clocks.values(),
+                *self.synapses.values(), *self.monitors.values()]
+
+    @property
+    def top(self) -> AbstractProcess:
+        return self.neurons[self.net.output_name]
+
+    def process_classes(self) -> dict[str, int]:
+        """Fully qualified class name → how many processes of it."""
+        return dict(sorted(Counter(class_name(p) for p in self.processes).items()))
+
+
+def _full(x: np.ndarray, shape) -> np.ndarray:
+    """``x`` broadcast to the torch ``shape``, in Lava's layout, int64."""
+    return np.ascontiguousarray(to_lava(np.broadcast_to(np.asarray(x), shape), shape)
+                                ).astype(np.int64)
+
+
+def _scalar_threshold(name: str, node: IF) -> int:
+    vth = np.unique(np.asarray(node.v_threshold))
+    if len(vth) != 1 or vth[0] % 64:
+        raise LavaconvError(f"layer {name}: the stock LIF graph needs one threshold per "
+                            "population, a multiple of 64; quantize with stock=True")
+    return int(vth[0]) >> 6
+
+
+def _readout_bias(name: str, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LIF ``bias_mant`` (13-bit signed) and ``bias_exp`` (0..7) per neuron."""
+    mant, exp = bias.copy(), np.zeros_like(bias)
+    for _ in range(8):
+        big = (np.abs(mant) > 4095) & (mant % 2 == 0)
+        mant[big] >>= 1
+        exp[big] += 1
+    if np.any(np.abs(mant) > 4095):
+        raise LavaconvError(f"layer {name}: bias is not on LIF's 13-bit-mantissa grid")
+    return mant, exp
+
+
+def _sparse(weights, exp: int, name: str) -> Sparse:
+    return Sparse(weights=csr_matrix(weights), weight_exp=exp, sign_mode=SignMode.MIXED,
+                  num_weight_bits=8, num_message_bits=0, name=name)
+
+
+def _synapse(key: str, syn: Dense | Conv, net: Network) -> AbstractProcess:
+    src, dst = net.nodes[syn.source], net.nodes[syn.target]
+    _check_int_weights(key, syn)
+    bits = _message_bits(net, syn.source)
+    weight = np.asarray(syn.weight).astype(np.int64)
+    if isinstance(syn, Dense):
+        w = weight[_flat_order(dst.shape)][:, _flat_order(src.shape)]
+        return LavaDense(weights=w, num_message_bits=bits, sign_mode=SignMode.MIXED,
+                         num_weight_bits=8, weight_exp=dst.a_exp, name=key)
+    w = np.ascontiguousarray(weight.transpose(0, 3, 2, 1)[:, ::-1, ::-1, :]) << dst.a_exp
+    proc = LavaConv(weight=w, input_shape=lava_shape(src.shape), padding=tuple(syn.padding)[::-1],
+                    stride=tuple(syn.stride)[::-1], groups=syn.groups, num_message_bits=bits,
+                    name=key)
+    if tuple(proc.output_shape) != lava_shape(dst.shape):
+        raise LavaconvError(f"synapse {key}: conv output {tuple(dst.shape)} expected, "
+                            f"Lava computes {tuple(proc.output_shape)[::-1]} (C, H, W)")
+    return proc
+
+
+def build_stock(net: Network, payload: np.ndarray, monitors: bool = True) -> StockGraph:
+    """Stock processes for ``net`` playing ``payload`` ``(T, K, *input_shape)``; with
+    ``monitors`` a ``Monitor`` records every population's spikes (for the check)."""
+    if not is_stock(net):
+        raise LavaconvError("the stock LIF graph needs an integer network with reset 'lif' "
+                            "(quantize with stock=True)")
+    problems = stock.obstacles(net)
+    if problems:
+        raise LavaconvError(problems[0])
+    payload = np.asarray(payload).astype(np.int32)
+    steps, items = payload.shape[:2]
+    inp = net.nodes[net.input_name]
+    by_item = np.swapaxes(to_lava(payload, inp.shape), 0, 1)  # (K, T, *lava shape)
+    data = np.moveaxis(by_item.reshape(items * steps, *lava_shape(inp.shape)), 0, -1)
+    source = RingBuffer(data=np.ascontiguousarray(data))
+    graph = StockGraph(net, source, {}, {}, {}, {}, steps, items)
+    for name, node in net.nodes.items():
+        if isinstance(node, Input):
+            continue
+        shape = lava_shape(node.shape)
+        n = int(np.prod(shape))
+        if isinstance(node, Readout):
+            if not node.lif or node.mode != "potential":
+                raise LavaconvError(f"layer {name}: the stock graph reads the potential of a "
+                                    "stock LIF (Readout.lif, mode potential)")
+            bias = _full(node.bias, node.shape)
+            mant, exp = _readout_bias(name, bias)
+            v0 = -node.t_start * bias
+            lif = LIF(shape=shape, du=4095, dv=0, vth=stock.READOUT_VTH, bias_mant=mant,
+                      bias_exp=exp, u=0, v=v0, name=name)
+            graph.initial += [(lif.u, np.zeros(shape)), (lif.v, v0)]
+            graph.neurons[name] = lif
+            continue
+        vth = _scalar_threshold(name, node)
+        w_s, e_s = stock.self_weight(vth)
+        u0 = _full(node.v_init, node.shape)
+        lif = LIF(shape=shape, du=0, dv=4095, vth=vth, bias_mant=0, u=u0, v=0, name=name)
+        graph.initial += [(lif.u, u0), (lif.v, np.zeros(shape))]
+        graph.neurons[name] = lif
+        own = graph.synapses[f"{name}.self"] = _sparse(-w_s * identity(n, dtype=np.int64),
+                                                       e_s, f"{name}.self")
+        _connect(lif.s_out, own.s_in)
+        _connect(own.a_out, lif.a_in)
+        bias = _full(node.bias, node.shape).reshape(-1)
+        if np.any(bias % 64):
+            raise LavaconvError(f"layer {name}: bias is not on the stock grid (multiples of 64)")
+        terms = stock.bias_terms(bias >> 6)
+        if not np.array_equal(stock.terms_value(terms, bias.shape), bias >> 6):
+            raise LavaconvError(f"layer {name}: bias is not on the stock Sparse-term grid; "
+                                "quantize with stock=True")
+        if terms:
+            k = node.t_start - 1
+            if k not in graph.clocks:
+                graph.clocks[k] = LIF(shape=(1,), du=4095, dv=0, vth=0, bias_mant=1, u=0, v=-k,
+                                      name=f"clock{k}")
+                graph.initial += [(graph.clocks[k].u, np.zeros(1)),
+                                  (graph.clocks[k].v, np.full(1, -k))]
+        for i, (w, e) in enumerate(terms):
+            proc = graph.synapses[f"{name}.bias{i}"] = _sparse(w.reshape(n, 1), e,
+                                                               f"{name}.bias{i}")
+            graph.clocks[node.t_start - 1].s_out.connect(proc.s_in)
+            _connect(proc.a_out, lif.a_in)
+        if monitors:
+            mon = graph.monitors[name] = Monitor()
+            mon.probe(lif.s_out, steps * items)
+    for i, syn in enumerate(net.synapses):
+        key = f"{i}:{syn.source}->{syn.target}"
+        proc = graph.synapses[key] = _synapse(key, syn, net)
+        sender = source if syn.source == net.input_name else graph.neurons[syn.source]
+        _connect(sender.s_out, proc.s_in)
+        _connect(proc.a_out, graph.neurons[syn.target].a_in)
+    for proc in graph.synapses.values():
+        buffer = proc.a_buf if isinstance(proc, LavaConv) else proc.a_buff
+        graph.initial.append((buffer, np.zeros(buffer.shape)))
+    return graph
+
+
+def hardware(graph: StockGraph) -> dict:
+    """``{ready, missing}``: what running ``graph`` on Loihi 2 still lacks."""
+    missing = [] if loihi2_available() else ["lava-loihi (Intel's Loihi 2 extension, INRC)"]
+    missing += sorted({text for p in graph.processes for cls, text in HOST.items()
+                       if isinstance(p, cls) and cls is not Monitor})
+    return {"ready": not missing, "missing": missing}
+
+
+def run_config(graph: StockGraph, target: str) -> RunConfig:
+    """Lava's bit-accurate CPU models keyed by process instance (no model discovery), or on
+    Loihi 2 Lava's own selection (needs lava-loihi; not testable here)."""
+    if target == "loihi2":
+        if not loihi2_available():
+            raise LavaconvError("--target loihi2 needs Intel's Lava extension for Loihi "
+                                "(lava-loihi), which is not installed; use --target sim")
+        return Loihi2HwCfg(select_tag="fixed_pt")
+    chosen = {p: MODELS[type(p)] for p in graph.processes if type(p) in MODELS}
+    return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=chosen)
+
+
+def run_stock(net: Network, payload: np.ndarray, target: str = "sim", progress: bool = False):
+    """Run the items of ``payload`` ``(T, K, *input_shape)`` through the stock graph; returns
+    a :class:`lavaconv.lava.run.LavaResult` (spike counts from the monitors, on ``sim``)."""
+    from tqdm import tqdm
+
+    from lavaconv.lava.run import LavaResult, _torch_single_thread
+
+    graph = build_stock(net, payload, monitors=target == "sim")
+    cfg = run_config(graph, target)
+    readout, running = [], 0.0
+    out = net.nodes[net.output_name]
+    with _torch_single_thread():
+        t0 = time.perf_counter()
+        with lifecycle.running(graph.top, cfg) as advance:
+            startup = time.perf_counter() - t0
+            for k in tqdm(range(graph.items), desc="lava", unit="item", disable=not progress):
+                t1 = time.perf_counter()
+                advance(graph.steps)
+                running += time.perf_counter() - t1
+                v = np.rint(graph.top.v.get()).astype(np.int64)
+                readout.append(to_lava(v, out.shape).reshape(-1))
+                if k + 1 < graph.items:
+                    for var, value in graph.initial:
+                        var.set(np.asarray(value))
+            counts = {}
+            for name, mon in graph.monitors.items():
+                lif = graph.neurons[name]
+                data = np.asarray(mon.get_data()[lif.name][lif.s_out.name])
+                data = data.reshape(graph.items, graph.steps, *lif.s_out.shape) != 0
+                counts[name] = to_lava(data.sum(axis=1).astype(np.int64), net.nodes[name].shape)
+    return LavaResult(counts, np.stack(readout), running / (graph.items * graph.steps),
+                      startup, graph.process_classes(), hardware(graph))
+
+
+def describe(net: Network) -> dict:
+    """``process_classes`` and ``hardware`` of the stock graph of ``net`` (built, not run)."""
+    shape = net.nodes[net.input_name].shape
+    graph = build_stock(net, np.zeros((1, 1, *shape), np.int32), monitors=False)
+    return {"process_classes": graph.process_classes(), "hardware": hardware(graph)}
+

@@ -126,12 +126,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=_timesteps, default=_timesteps(DEFAULT_TIMESTEPS))
     p.add_argument("--profile", help="also evaluate the integer network of this profile")
     _weights_arg(p)
+    p.add_argument("--graph", choices=["ours", "stock"], default="ours",
+                   help="integer network for lavaconv's processes, or for the graph of stock "
+                        "Lava processes (LIF soft reset; needs --neuron rmp)")
     p.add_argument("--json", help="write the results to this JSON file")
 
     p = sub.add_parser("deploy", parents=[common],
                        help="quantize, run on Lava, verify bit-exactness, report")
     _model_args(p)
     p.add_argument("--target", choices=["sim", "loihi2"], default="sim")
+    p.add_argument("--graph", choices=["auto", "stock", "ours"], default="auto",
+                   help="processes: stock Lava only (LIF soft reset; what Loihi 2 runs), "
+                        "lavaconv's own (CPU only), or auto: stock whenever the options allow")
     p.add_argument("--timesteps", type=int, default=64)
     p.add_argument("--profile", default="loihi2", help="profile name or YAML path")
     _weights_arg(p)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lavaconv import distributed, pipeline
+from lavaconv import distributed, pipeline, stock
 from lavaconv.calibrate import ActivationStats
 from lavaconv.convert import ConvertOptions, NormSpec
 from lavaconv.data import Dataset, load_dataset
@@ -60,11 +60,13 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet and distributed.is_main()
 
 
-def integer_network(prep: Prepared, profile, timesteps: int, weight_scale: str = "layer"):
-    """Quantize ``prep.net`` to ``profile``'s formats (analog gain from calibration)."""
+def integer_network(prep: Prepared, profile, timesteps: int, weight_scale: str = "layer",
+                    stock: bool = False):
+    """Quantize ``prep.net`` to ``profile``'s formats (analog gain from calibration); ``stock``:
+    for the graph of stock Lava processes (reset 'lif', :mod:`lavaconv.stock`)."""
     input_max = float(prep.stats[prep.net.input_name].max(False))
     return quantize(prep.net, Formats.from_profile(profile), input_max=input_max,
-                    timesteps=timesteps, weight_scale=weight_scale)
+                    timesteps=timesteps, weight_scale=weight_scale, stock=stock)
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -101,7 +103,7 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
                                        seed=args.seed, progress=_progress(args), device=device)}
     if args.profile:
         net_int, _ = integer_network(prep, load_profile(args.profile), max(args.timesteps),
-                                     args.weights)
+                                     args.weights, stock=args.graph == "stock")
         runs["int"] = pipeline.evaluate(net_int, data.x_eval, data.y_eval, args.timesteps,
                                         seed=args.seed, progress=_progress(args), device=device)
     if not distributed.is_main():
@@ -158,6 +160,14 @@ def deploy(args: argparse.Namespace) -> int:
     if distributed.world()[1] > 1:
         raise LavaconvError("deploy runs in one process (Lava starts its own); use torchrun "
                             "for eval and convert")
+    if args.target == "loihi2" and args.graph == "ours":
+        raise LavaconvError("--target loihi2 with --graph ours: lavaconv's processes have no "
+                            "Loihi 2 model; use --graph stock (or auto)")
+    if args.target == "loihi2" or args.graph == "stock":  # refuse before any long work
+        found = stock.option_obstacles(args.neuron, args.burst, args.readout, args.align,
+                                       args.weights, args.norm)
+        if found:
+            raise LavaconvError(f"--target {args.target} --graph {args.graph}: {found[0]}")
     return run_deploy(args, prepare(args))
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from lavaconv import distributed, energy, pipeline
+from lavaconv import distributed, energy, pipeline, stock
 from lavaconv.commands import Prepared, integer_network
 from lavaconv.counting import ann_macs
 from lavaconv.engine import encode_input, readout_scores, simulate, state_bounds
@@ -45,6 +45,23 @@ def compare(net: Network, engine, lava) -> list[str]:
     return bad
 
 
+def choose_graph(args: argparse.Namespace, net: Network) -> bool:
+    """Whether to deploy the graph of stock Lava processes (:mod:`lavaconv.lava.stock`):
+    ``--graph stock``, or ``auto`` where the options allow it; refuses (one line naming the
+    option and the stock alternative) what ``--target loihi2`` or ``--graph stock`` cannot
+    build."""
+    reasons = stock.obstacles(net, args.weights)
+    graph = getattr(args, "graph", "auto")
+    if graph == "ours":
+        if args.target == "loihi2":
+            raise LavaconvError("--target loihi2 with --graph ours: lavaconv's processes have no "
+                                "Loihi 2 model; use --graph stock (or auto)")
+        return False
+    if reasons and (graph == "stock" or args.target == "loihi2"):
+        raise LavaconvError(f"--target {args.target} --graph {graph}: {reasons[0]}")
+    return not reasons
+
+
 def _lava_check(net_int: Network, x: np.ndarray, steps: int, seed: int, target: str,
                 progress: bool) -> dict:
     """Run ``x`` through Lava and the engine on the same payload; raise on any difference."""
@@ -67,6 +84,8 @@ def _lava_check(net_int: Network, x: np.ndarray, steps: int, seed: int, target: 
         "startup_seconds": lava.startup_seconds,
         "engine_batch1_seconds_per_step": engine_seconds,
         "target": target,
+        "process_classes": lava.process_classes,
+        "hardware": lava.hardware,
     }
 
 
@@ -97,7 +116,8 @@ def build_report(args: argparse.Namespace, prep: Prepared) -> tuple[dict, Networ
         raise LavaconvError(f"--timesteps {steps} is shorter than the network's depth "
                             f"{prep.net.depth()}")
     checkpoints = sorted({t for t in CHECKPOINTS if prep.net.depth() <= t < steps} | {steps})
-    net_int, quant = integer_network(prep, profile, steps, args.weights)
+    use_stock = choose_graph(args, prep.net)
+    net_int, quant = integer_network(prep, profile, steps, args.weights, stock=use_stock)
     calib = pipeline.evaluate(net_int, data.x_calib[:256], data.y_calib[:256], [steps],
                               seed=args.seed, device=device, progress=progress)
     for q in quant:
@@ -113,6 +133,7 @@ def build_report(args: argparse.Namespace, prep: Prepared) -> tuple[dict, Networ
         "model": str(args.model), "data": args.data, "items": len(data.y_eval),
         "options": prep.options.describe(),
         "profile": profile.name, "weights": args.weights, "target": args.target,
+        "graph": "stock" if use_stock else "ours",
         "ann_accuracy": prep.ann_accuracy,
         "snn_accuracy": int_eval.accuracy, "snn_accuracy_float": float_eval.accuracy,
         "spike_rate": int_eval.spike_rate,
@@ -134,19 +155,18 @@ def run_deploy(args: argparse.Namespace, prep: Prepared) -> int:
         (tmp / "network_float").mkdir()
         prep.net.save(tmp / "network_float")
         k = min(args.lava_samples, len(data.x_eval))
-        if hardware_missing:
-            report["lava"] = {"target": "loihi2", "status": "not run: " + LOIHI2_MISSING}
-        else:
-            report["lava"] = _lava_check(net_int, data.x_eval[:k], steps, args.seed,
-                                         args.target, progress)
+        # without lava-loihi the same graph runs on the CPU with Lava's bit-accurate models
+        report["lava"] = _lava_check(net_int, data.x_eval[:k], steps, args.seed,
+                                     "sim" if hardware_missing else args.target, progress)
+        report["hardware"] = report["lava"]["hardware"]
         write_json(tmp / "report.json", report)
         (tmp / "report.md").write_text(deploy_markdown(report))
         (tmp / "report.html").write_text(deploy_html(report))
     print(deploy_summary(report, args.out))
     if hardware_missing:
-        raise LavaconvError(f"--target loihi2: {LOIHI2_MISSING}; the integer network and the "
-                            f"resource estimate are in {args.out}: on an INRC system with "
-                            f"lava-loihi run the same command there")
+        raise LavaconvError(f"--target loihi2: {LOIHI2_MISSING}; the graph ran on the CPU "
+                            f"(Lava's bit-accurate models) and everything is in {args.out}: on "
+                            "an INRC system with lava-loihi run the same command there")
     if not report["lava"]["bit_exact"]:
         print(f"lavaconv: error: Lava and the engine differ in {report['lava']['mismatched']} "
               f"(see {args.out}/report.json)")

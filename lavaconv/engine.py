@@ -134,9 +134,10 @@ def _apply_synapse(syn: Synapse, s: torch.Tensor,
                    plan: tuple[torch.dtype, bool, int]) -> torch.Tensor:
     """Synaptic output for a batch of source payloads ``s`` (N, *src_shape)."""
     dtype, wrap, shift = plan
-    w = torch.as_tensor(syn.weight, dtype=dtype, device=s.device) * 2.0**shift
-    if isinstance(syn, Dense):
-        return s.to(dtype).flatten(1) @ w.T
+    w = torch.as_tensor(syn.weight, dtype=dtype, device=s.device) * 2.0 ** max(shift, 0)
+    if isinstance(syn, Dense):  # a negative weight_exp floors each synapse's sum (stock Dense)
+        a = s.to(dtype).flatten(1) @ w.T
+        return a.mul_(2.0**shift).floor_() if shift < 0 else a
     layout = torch.channels_last
     s = s.to(dtype=dtype, memory_format=layout)
     if _pointwise(syn):  # a per-channel scale (identity shortcut): no convolution needed

@@ -86,8 +86,8 @@ def quantize(
     a readout keeps one scale, which its argmax needs). ``stock``: the grids of the stock LIF
     graph (:mod:`lavaconv.stock`): reset 'subtract' becomes 'lif', ``a_exp >= 0``, threshold
     mantissas of 7 significant bits, biases on the Sparse-term grid, a ``lif`` readout."""
-    if stock and obstacles(net, weight_scale):
-        raise LavaconvError(obstacles(net, weight_scale)[0])
+    if stock and obstacles(net, weight_scale, graph=False):
+        raise LavaconvError(obstacles(net, weight_scale, graph=False)[0])
     if weight_scale not in WEIGHT_SCALES:
         raise LavaconvError(f"--weights {weight_scale!r}: expected one of "
                             f"{', '.join(WEIGHT_SCALES)}")
@@ -123,7 +123,8 @@ def quantize(
         theta = _relative_thresholds(node, levels.get(name)) if spiking else np.ones(())
         cap = _cap(node, formats, headroom_bits, timesteps)
         exp = int(np.clip(math.floor(math.log2(cap / float(r_max.max()))),
-                          max(formats.weight_exp_min, 0) if stock else formats.weight_exp_min,
+                          max(formats.weight_exp_min, 0) if stock and spiking
+                          else formats.weight_exp_min,
                           formats.weight_exp_max))
         vth_mant = np.minimum(np.floor(r_max * 2.0**exp), cap).astype(np.int64)
         if stock and spiking:
@@ -161,7 +162,7 @@ def quantize(
             if spiking:
                 node.reset = "lif"
             else:
-                node.lif = True
+                node.lif = node.mode == "potential"
         if spiking:
             node.v_init = np.round(vth_int * node.v_init).astype(np.int64)
             node.v_threshold = (np.round(vth_mant * theta).astype(np.int64) << shift)

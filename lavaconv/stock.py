@@ -89,13 +89,14 @@ def round_bias(bias_float: np.ndarray) -> np.ndarray:
     return terms_value(bias_terms(b64), b64.shape) << 6
 
 
-def obstacles(net: Network, weights: str = "layer") -> list[str]:
+def obstacles(net: Network, weights: str = "layer", graph: bool = True) -> list[str]:
     """Why ``net`` (float or int) cannot be the stock LIF graph: one line per option, naming
-    it and the stock alternative; empty when it can."""
+    it and the stock alternative; empty when it can. ``graph=False``: only what the stock
+    neuron itself excludes (the engine can still run it next to a max-pool gate)."""
     found: dict[str, str] = {}
     neuron = {"zero": "if", "snm": "snm"}
     for name, node in net.nodes.items():
-        if isinstance(node, MaxPool):
+        if isinstance(node, MaxPool) and graph:
             found.setdefault("maxpool", f"layer {name}: max-pool needs lavaconv's MaxPoolGate "
                              "process (no stock construction for spike trains); use an average "
                              "pool or a strided convolution in the model")
@@ -109,16 +110,41 @@ def obstacles(net: Network, weights: str = "layer") -> list[str]:
             if not np.all(node.payload == 1) or np.ptp(node.v_threshold) > 0:
                 found.setdefault("norm", "--norm ...:neuron: graded spikes need lavaconv's "
                                  "IFNeuron process; use --norm pQ or pQ:channel")
-        elif isinstance(node, Readout) and node.mode != "potential":
+        elif isinstance(node, Readout) and node.mode != "potential" and graph:
             found.setdefault("readout", f"--readout {node.mode}: needs lavaconv's Readout "
                              "process; use --readout potential (v of a stock LIF)")
-    if any(s.delay for s in net.synapses):
+    if graph and any(s.delay for s in net.synapses):
         found["align"] = ("--align: synaptic delays need lavaconv's Delay process; "
-                          "leave --align out")
+                          "use the default timing (no --align)")
     if weights != "layer":
         found["weights"] = ("--weights channel: the stock LIF graph has one threshold per "
                             "population; use --weights layer")
     return list(found.values())
+
+
+def option_obstacles(neuron: str = "rmp", burst: int = 1, readout: str = "potential",
+                     align: bool = False, weights: str = "layer", norm: str = "") -> list[str]:
+    """:func:`obstacles` from the command line's options alone (before any conversion)."""
+    found = []
+    if neuron != "rmp":
+        found.append(f"--neuron {neuron}: needs lavaconv's IFNeuron process; use --neuron rmp "
+                     "(stock LIF soft reset)")
+    if burst > 1:
+        found.append("--burst: graded burst spikes need lavaconv's IFNeuron process; use "
+                     "--burst 1")
+    if norm.endswith(":neuron"):
+        found.append("--norm ...:neuron: graded spikes need lavaconv's IFNeuron process; use "
+                     "--norm pQ or pQ:channel")
+    if readout != "potential":
+        found.append(f"--readout {readout}: needs lavaconv's Readout process; use --readout "
+                     "potential (v of a stock LIF)")
+    if align:
+        found.append("--align: synaptic delays need lavaconv's Delay process; use the default "
+                     "timing (no --align)")
+    if weights != "layer":
+        found.append("--weights channel: the stock LIF graph has one threshold per population; "
+                     "use --weights layer")
+    return found
 
 
 # ----- the arithmetic of PyLifModelBitAcc on int64 tensors -----

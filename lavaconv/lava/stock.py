@@ -140,6 +140,9 @@ def _synapse(key: str, syn: Dense | Conv, net: Network) -> AbstractProcess:
         w = weight[_flat_order(dst.shape)][:, _flat_order(src.shape)]
         return LavaDense(weights=w, num_message_bits=bits, sign_mode=SignMode.MIXED,
                          num_weight_bits=8, weight_exp=dst.a_exp, name=key)
+    if dst.a_exp < 0:
+        raise LavaconvError(f"synapse {key}: Lava's Conv has no weight exponent (the CPU model "
+                            "ignores weight_exp), so a negative a_exp cannot be expressed")
     w = np.ascontiguousarray(weight.transpose(0, 3, 2, 1)[:, ::-1, ::-1, :]) << dst.a_exp
     proc = LavaConv(weight=w, input_shape=lava_shape(src.shape), padding=tuple(syn.padding)[::-1],
                     stride=tuple(syn.stride)[::-1], groups=syn.groups, num_message_bits=bits,
@@ -184,7 +187,10 @@ def build_stock(net: Network, payload: np.ndarray, monitors: bool = True) -> Sto
             graph.neurons[name] = lif
             continue
         vth = _scalar_threshold(name, node)
-        w_s, e_s = stock.self_weight(vth)
+        try:
+            w_s, e_s = stock.self_weight(vth)
+        except ValueError as err:
+            raise LavaconvError(f"layer {name}: {err}; quantize with stock=True") from None
         u0 = _full(node.v_init, node.shape)
         lif = LIF(shape=shape, du=0, dv=4095, vth=vth, bias_mant=0, u=u0, v=0, name=name)
         graph.initial += [(lif.u, u0), (lif.v, np.zeros(shape))]

@@ -1,0 +1,75 @@
+"""Accuracy of the stock LIF soft-reset graph against lavaconv's IFNeuron 'subtract' (issue 18).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/stock.py [--items 2000] [--models vgg,resnet]
+                                                      [--json docs/stock.json]
+
+Both bundled models with the default conversion (``--neuron rmp``, p99.9, analog input, v_init
+0.5, potential readout), calibrated once, quantized to the loihi2 profile twice — for our
+processes and for the stock graph (:mod:`lavaconv.stock`) — and run through the integer engine
+to T = 256 on the same items. Prints a Markdown table (accuracy in %, difference in points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lavaconv import pipeline  # noqa: E402
+from lavaconv.cli import parser  # noqa: E402
+from lavaconv.commands import integer_network, prepare  # noqa: E402
+from lavaconv.profiles import load_profile  # noqa: E402
+
+MODELS = {"vgg": "examples/vgg_fmnist.pt2", "resnet": "examples/resnet_fmnist.pt2"}
+STEPS = [16, 32, 64, 128, 256]
+
+
+def measure(model: str, items: int) -> dict:
+    args = parser().parse_args(["eval", str(ROOT / MODELS[model]), "--data", "fashion-mnist",
+                                "--samples", str(items), "--quiet"])
+    prep = prepare(args)
+    profile = load_profile("loihi2")
+    out = {"ann": prep.ann_accuracy, "items": items}
+    for graph in ("ours", "stock"):
+        net, _ = integer_network(prep, profile, max(STEPS), stock=graph == "stock")
+        t0 = time.perf_counter()
+        ev = pipeline.evaluate(net, prep.dataset.x_eval, prep.dataset.y_eval, STEPS,
+                               progress=False)
+        out[graph] = {str(t): ev.accuracy[t] for t in STEPS}
+        out[graph + "_seconds"] = time.perf_counter() - t0
+        out[graph + "_saturated"] = ev.saturated
+    return out
+
+
+def table(results: dict) -> str:
+    lines = ["| model | T | IFNeuron subtract % | stock LIF soft reset % | difference (points) |",
+             "|---|---|---|---|---|"]
+    for model, r in results.items():
+        for t in STEPS:
+            a, b = 100 * r["ours"][str(t)], 100 * r["stock"][str(t)]
+            lines.append(f"| {model} | {t} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--models", default="vgg,resnet")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    results = {m: measure(m, args.items) for m in args.models.split(",")}
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

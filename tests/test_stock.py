@@ -1,0 +1,159 @@
+"""The stock LIF soft-reset graph (issue 18) against Lava's own bit-accurate models."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lavaconv import cli, stock
+from lavaconv.engine import encode_input, simulate
+from lavaconv.errors import LavaconvError
+from lavaconv.lava import run_lava
+from lavaconv.lava.stock import build_stock, describe
+from lavaconv.network import IF, Conv, Dense, Input, Network, Readout
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def single_thread_torch():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _even(rng, shape, lo, hi):
+    return 2 * rng.integers(lo // 2, hi // 2 + 1, size=shape)
+
+
+def _bias(rng, shape, top):
+    return stock.round_bias(64.0 * rng.integers(-top, top, shape))
+
+
+def stock_net(seed: int = 0) -> Network:
+    """Conv with padding → conv with a residual input shortcut → Dense → readout with a second
+    Dense from the first map; biases (two Sparse terms), v_init, a_exp 0..3, negative readout
+    exponent (floored per synapse), potentials large enough to wrap u and saturate v."""
+    rng = np.random.default_rng(seed)
+    c = 3
+    nodes = {
+        "x": Input((2, 6, 6), "analog", payload_bits=8, gain=16.0),
+        "a": IF((c, 6, 6), _bias(rng, (c, 1, 1), 400), np.array(200 << 6), "lif", 1, a_exp=2,
+                v_init=rng.integers(-2**14, 2**14, (c, 6, 6))),
+        "r": IF((c, 6, 6), _bias(rng, (c, 6, 6), 3000), np.array(4096 << 6), "lif", 2, a_exp=3),
+        "h": IF((7,), _bias(rng, 7, 100), np.array(254 << 6), "lif", 3, a_exp=0,
+                v_init=np.full(7, 254 << 5)),
+        "output": Readout((4,), rng.integers(-4000, 4000, 4) * 4, 4, a_exp=-2, lif=True),
+    }
+    syn = [Conv("x", "a", _even(rng, (c, 2, 3, 3), -100, 200), (1, 1), (1, 1)),
+           Conv("a", "r", _even(rng, (c, c, 3, 3), -80, 200), (1, 1), (1, 1)),
+           Conv("x", "r", _even(rng, (c, 2, 1, 1), -80, 200)),  # residual join
+           Dense("r", "h", _even(rng, (7, c * 36), -200, 254)),
+           Dense("h", "output", _even(rng, (4, 7), -256, 254)),
+           Dense("a", "output", _even(rng, (4, c * 36), -60, 60))]
+    return Network(nodes, syn, numeric="int")
+
+
+def _inputs(net: Network, items: int) -> np.ndarray:
+    x = np.random.default_rng(1).uniform(-0.5, 1, (items, *net.nodes[net.input_name].shape))
+    return np.round(x * 16) / 16
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stock_graph_is_bit_exact_with_the_engine(seed):
+    net = stock_net(seed)
+    payload = encode_input(net, _inputs(net, 3), 48)
+    eng = simulate(net, payload)
+    res = run_lava(net, payload.numpy())
+    for name, counts in eng.spike_counts.items():
+        assert np.array_equal(counts.numpy(), res.spike_counts[name]), name
+        assert 0 < counts.sum() < counts.numel() * 48, f"{name} idle or saturated"
+    assert np.array_equal(eng.readout[48].numpy(), res.readout)
+    assert not np.array_equal(res.readout[0], res.readout[1])  # items differ: resets worked
+    assert sum(eng.saturated.values()) > 0  # wrap and clip paths were exercised
+    assert all(c.startswith("lava.proc.") for c in res.process_classes)
+    assert res.process_classes["lava.proc.sparse.process.Sparse"] == 3 + 5  # self + bias terms
+    assert not res.hardware["ready"]
+
+
+def test_stock_neuron_is_not_the_ideal_one():
+    """The construction's leak and carry are real (what the engine models): a neuron held
+    just below threshold by its initial potential drifts, the ideal IF neuron does not."""
+    theta = 128 << 6
+    node = IF((1,), np.zeros(1), np.array(theta), "lif", 1)
+    u0 = torch.tensor([theta - 64 * 8], dtype=torch.int64)
+    out = torch.zeros(500, 1)
+    stock.lif_integrate_and_fire(lambda t: torch.zeros(1, dtype=torch.int64), 500,
+                                 torch.tensor(theta), u0, out)
+    assert out.sum() == 0 and node.reset == "lif"
+    u = u0.clone()
+    for _ in range(10):
+        u = stock.leak(u)
+    assert int(u) == int(u0) - 10 * 2  # ceil(8128 / 4096) = 2 per step
+
+
+def test_grids_round_trip():
+    for m in [1, 2, 127, 128, 129, 255, 1000, 8625, 16384, 12392]:
+        r = stock.round_threshold(m)
+        w, e = stock.self_weight(r)
+        assert w % 2 == 0 and 2 <= w <= 254 and w * 2.0**e == r and r <= m < 2 * r
+    b = np.random.default_rng(0).normal(0, 3e5, 50)
+    grid = stock.round_bias(b)
+    assert np.all(grid % 64 == 0) and np.max(np.abs(grid - b)) < 64 * 2
+    terms = stock.bias_terms(grid >> 6)
+    assert np.array_equal(stock.terms_value(terms, grid.shape), grid >> 6)
+    assert all(np.all(w % 2 == 0) and np.abs(w).max() <= 254 for w, _ in terms)
+
+
+def _prepared(model: str):
+    from lavaconv.commands import prepare
+
+    args = cli.parser().parse_args(["deploy", str(ROOT / "examples" / model), "--data",
+                                    "fashion-mnist", "--samples", "8", "--calib-samples", "64",
+                                    "--quiet"])
+    return args, prepare(args)
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed")
+def test_bundled_examples_deploy_stock_processes_only():
+    from lavaconv.commands import integer_network
+    from lavaconv.deploy import choose_graph
+    from lavaconv.profiles import load_profile
+
+    args, prep = _prepared("resnet_fmnist.pt2")
+    assert choose_graph(args, prep.net)
+    net, _ = integer_network(prep, load_profile("loihi2"), 64, stock=True)
+    found = describe(net)
+    assert found["process_classes"]["lava.proc.lif.process.LIF"] >= 9  # 7 + readout + clocks
+    assert all(c.startswith(("lava.proc.", "lava.lib.dl.")) for c in found["process_classes"])
+    args, prep = _prepared("vgg_fmnist.pt2")  # max-pool: our gate, refused on loihi2
+    assert not choose_graph(args, prep.net)
+    args.target = "loihi2"
+    with pytest.raises(LavaconvError, match="max-pool needs lavaconv's MaxPoolGate"):
+        choose_graph(args, prep.net)
+
+
+@pytest.mark.parametrize("option,named", [
+    (["--neuron", "snm"], "--neuron snm"), (["--burst", "2"], "--burst"),
+    (["--readout", "count"], "--readout count"), (["--align"], "--align"),
+    (["--weights", "channel"], "--weights channel"), (["--graph", "ours"], "--graph ours")])
+def test_loihi2_target_refuses_our_processes_in_one_line(option, named, capsys):
+    argv = ["deploy", str(ROOT / "examples" / "resnet_fmnist.pt2"), "--data", "/nonexistent",
+            "--target", "loihi2", *option]
+    assert cli.main(argv) == 2  # before the data is even read
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and "use " in err
+
+
+def test_stock_graph_refuses_what_it_cannot_build():
+    net = stock_net()
+    net.nodes["a"].v_threshold = np.array(201 << 6)
+    with pytest.raises(LavaconvError, match="layer a: .* not an even 8-bit weight"):
+        build_stock(net, np.zeros((1, 1, 2, 6, 6)))
+    net = stock_net()
+    net.nodes["r"].bias = net.nodes["r"].bias + 32
+    with pytest.raises(LavaconvError, match="layer r: bias is not on the stock grid"):
+        build_stock(net, np.zeros((1, 1, 2, 6, 6)))

@@ -63,8 +63,10 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--models", default="vgg,resnet")
     ap.add_argument("--json")
+    ap.add_argument("--steps", default="16,32,64,128,256")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    STEPS[:] = [int(t) for t in args.steps.split(",")]
     results = {m: measure(m, args.items) for m in args.models.split(",")}
     print(table(results))
     if args.json:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lavaconv import distributed, pipeline, stock
+from lavaconv import distributed, pipeline
 from lavaconv.calibrate import ActivationStats
 from lavaconv.convert import ConvertOptions, NormSpec
 from lavaconv.data import Dataset, load_dataset
@@ -18,6 +18,9 @@ from lavaconv.network import Network
 from lavaconv.outputs import atomic_dir, write_json
 from lavaconv.profiles import list_profiles, load_profile
 from lavaconv.quantize import Formats, quantize
+from lavaconv.stock import floors, option_obstacles
+
+FLOOR_ITEMS = 64  # calibration items whose most negative potentials size the stock scale
 
 
 @dataclass
@@ -65,8 +68,10 @@ def integer_network(prep: Prepared, profile, timesteps: int, weight_scale: str =
     """Quantize ``prep.net`` to ``profile``'s formats (analog gain from calibration); ``stock``:
     for the graph of stock Lava processes (reset 'lif', :mod:`lavaconv.stock`)."""
     input_max = float(prep.stats[prep.net.input_name].max(False))
+    low = (floors(prep.net, prep.dataset.x_calib[:FLOOR_ITEMS], timesteps)
+           if stock else None)
     return quantize(prep.net, Formats.from_profile(profile), input_max=input_max,
-                    timesteps=timesteps, weight_scale=weight_scale, stock=stock)
+                    timesteps=timesteps, weight_scale=weight_scale, stock=stock, floors=low)
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -164,7 +169,7 @@ def deploy(args: argparse.Namespace) -> int:
         raise LavaconvError("--target loihi2 with --graph ours: lavaconv's processes have no "
                             "Loihi 2 model; use --graph stock (or auto)")
     if args.target == "loihi2" or args.graph == "stock":  # refuse before any long work
-        found = stock.option_obstacles(args.neuron, args.burst, args.readout, args.align,
+        found = option_obstacles(args.neuron, args.burst, args.readout, args.align,
                                        args.weights, args.norm)
         if found:
             raise LavaconvError(f"--target {args.target} --graph {args.graph}: {found[0]}")

@@ -78,6 +78,7 @@ def quantize(
     headroom_bits: int = 3,
     weight_scale: str = "layer",
     stock: bool = False,
+    floors: dict[str, float] | None = None,
 ) -> tuple[Network, list[LayerQuant]]:
     """Integer copy of ``net``; ``input_max`` is max |x| over calibration data (analog gain),
     ``timesteps`` bounds the readout's accumulated state. ``weight_scale='channel'`` gives
@@ -85,7 +86,10 @@ def quantize(
     channel's incoming weights span the whole weight grid (per-channel weight quantization;
     a readout keeps one scale, which its argmax needs). ``stock``: the grids of the stock LIF
     graph (:mod:`lavaconv.stock`): reset 'subtract' becomes 'lif', ``a_exp >= 0``, threshold
-    mantissas of 7 significant bits, biases on the Sparse-term grid, a ``lif`` readout."""
+    mantissas of 7 significant bits, biases on the Sparse-term grid, a ``lif`` readout; with
+    ``floors`` (the most negative potential per population, in thresholds: the stock LIF's u
+    wraps where ours saturates) the threshold also keeps ``1.25 * |floor|`` thresholds of u
+    inside the 24-bit state."""
     if stock and obstacles(net, weight_scale, graph=False):
         raise LavaconvError(obstacles(net, weight_scale, graph=False)[0])
     if weight_scale not in WEIGHT_SCALES:
@@ -122,6 +126,9 @@ def quantize(
         r_max = np.minimum(r_max, r_max.min() * 2.0**CHANNEL_SPREAD_BITS)
         theta = _relative_thresholds(node, levels.get(name)) if spiking else np.ones(())
         cap = _cap(node, formats, headroom_bits, timesteps)
+        if stock and spiking and floors and floors.get(name, 0.0) < 0:
+            room = 2 ** (formats.state_bits - 1) / (1.25 * -floors[name] + 1)
+            cap = max(1, min(cap, math.floor(room / 2**formats.threshold_shift)))
         exp = int(np.clip(math.floor(math.log2(cap / float(r_max.max()))),
                           max(formats.weight_exp_min, 0) if stock and spiking
                           else formats.weight_exp_min,

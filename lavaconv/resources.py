@@ -13,9 +13,12 @@ import math
 import numpy as np
 
 from lavaconv.network import IF, Conv, Network, Readout
+from lavaconv.stock import bias_terms
 
 ASSUMPTIONS = ("unshared synapses (no conv weight sharing), weight_bits per synapse, neurons "
-               "spread evenly over cores, input axons per core bounded by the fan-in limit")
+               "spread evenly over cores, input axons per core bounded by the fan-in limit; "
+               "stock LIF graph: a self-connection and the bias terms per neuron, one clock "
+               "axon per core, the clock neurons themselves not counted")
 
 
 def _fan_in(syn) -> int:
@@ -47,15 +50,20 @@ def estimate(net: Network, profile) -> dict:
         neurons = int(np.prod(node.shape))
         syns = net.inputs_of(name)
         synapses = sum(neurons * _fan_in(s) for s in syns)
+        extra = _stock_synapses(node, neurons)  # stock LIF graph: self-connection, bias terms
+        synapses += extra
         mem = math.ceil(synapses * weight_bits / 8)
         cores = max(math.ceil(neurons / st.neurons_per_core),
                     math.ceil(mem / st.synaptic_memory_bytes_per_core))
         per_core = math.ceil(neurons / cores)
         axons = sum(_axons_per_core(s, net.nodes[s.source].shape, per_core, node.shape)
                     for s in syns)
+        if extra:  # its own spikes (the self-connection) and one clock axon
+            axons += per_core + 1
         if axons > st.max_fan_in_axons_per_core:
             cores = max(cores, math.ceil(neurons * axons / st.max_fan_in_axons_per_core / per_core))
         layers.append({"name": name, "neurons": neurons, "synapses": synapses,
+                       "stock_synapses": extra,
                        "synaptic_memory_bytes": mem, "input_axons_per_core": axons,
                        "cores": cores})
     total = sum(layer["cores"] for layer in layers)
@@ -65,6 +73,15 @@ def estimate(net: Network, profile) -> dict:
               if _dense_fan_in_violation(layer, st)]
     return {"layers": layers, "total_cores": total, "chips": chips,
             "fits": not limits, "violations": limits, "assumptions": ASSUMPTIONS}
+
+
+def _stock_synapses(node, neurons: int) -> int:
+    """Synapses the stock LIF soft-reset construction adds to a population (lavaconv.stock):
+    one self-connection per neuron and one per neuron per Sparse bias term."""
+    if not (isinstance(node, IF) and node.reset == "lif"):
+        return 0
+    bias = np.broadcast_to(np.asarray(node.bias), node.shape).reshape(-1)
+    return neurons * (1 + len(bias_terms(bias >> 6)))
 
 
 def _dense_fan_in_violation(layer: dict, st) -> bool:

@@ -31,9 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lavaconv import cli, commands  # noqa: E402
-from lavaconv.engine import encode_input, simulate  # noqa: E402
-from lavaconv.profiles import load_profile  # noqa: E402
+from lavaconv.app import cli, commands  # noqa: E402
+from lavaconv.cost.profiles import load_profile  # noqa: E402
+from lavaconv.sim.engine import encode_input, simulate  # noqa: E402
 
 SAMPLE_SECONDS = 0.2  # process-tree sampling period
 READY = "ready"

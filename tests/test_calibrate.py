@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from lavaconv.calibrate import ActivationStats, collect
+from lavaconv.ann.stats import ActivationStats, collect
 from lavaconv.errors import LavaconvError
 
 BINS = 2048

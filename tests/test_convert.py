@@ -6,10 +6,10 @@ import torch
 from nets import ResidualBlock, calibrated
 from torch import nn
 
-from lavaconv.convert import ConvertOptions, NormSpec, convert
-from lavaconv.engine import encode_input, simulate
+from lavaconv.conversion import ConvertOptions, NormSpec, convert
 from lavaconv.errors import LavaconvError
-from lavaconv.network import IF, Conv, Dense, MaxPool
+from lavaconv.ir.network import IF, Conv, Dense, MaxPool
+from lavaconv.sim.engine import encode_input, simulate
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +176,10 @@ def test_burst_and_maxpool_options_are_checked(kw, match):
 
 
 def test_binary_profile_refuses_burst_spikes(block):
-    from lavaconv.profiles import load_profile
-    from lavaconv.quantize import Formats, quantize
+    from lavaconv.cost.profiles import load_profile
+    from lavaconv.quantize.integer import quantize
 
     _, x, gm, stats = block
     net = convert(gm, (1, 8, 8), stats, ConvertOptions(burst=2))
     with pytest.raises(LavaconvError, match="layer .*binary spikes only"):
-        quantize(net, Formats.from_profile(load_profile("loihi1")), input_max=1.0, timesteps=32)
+        quantize(net, load_profile("loihi1").formats, input_max=1.0, timesteps=32)

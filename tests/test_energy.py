@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavaconv import cli
-from lavaconv.counting import LayerCount
-from lavaconv.energy import (
+from lavaconv.app import cli
+from lavaconv.cost.counting import LayerCount
+from lavaconv.cost.energy import (
     DEFAULT_ANN_PROFILES,
     DEFAULT_SNN_PROFILES,
     measure,
@@ -20,8 +20,8 @@ from lavaconv.energy import (
     profiles_of,
     summarize,
 )
-from lavaconv.engine import encode_input, simulate
-from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.sim.engine import encode_input, simulate
 
 CHECKPOINTS = [3, 7, 12]
 

@@ -14,13 +14,13 @@ import torch
 from nets import ResidualBlock, calibrated
 
 import lavaconv.lava  # noqa: F401  (first: Lava sets the fork start method on import)
-from lavaconv.convert import ConvertOptions, NormSpec, convert
-from lavaconv.engine import encode_input, simulate
+from lavaconv.conversion import ConvertOptions, NormSpec, convert
 from lavaconv.errors import LavaconvError
 from lavaconv.export.netx import export_netx
 from lavaconv.export.nir import below, export_nir, nir_graph, output_node, spike_node
 from lavaconv.export.nir_sim import run_nir
-from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.sim.engine import encode_input, simulate
 
 STEPS = 40
 

@@ -9,22 +9,27 @@ import pytest
 import torch
 from torch import nn
 
-from lavaconv.activations import neuron_scales
-from lavaconv.balance import balance_thresholds, compensate, correct, search_zeta
-from lavaconv.calibrate import collect
-from lavaconv.convert import ConvertOptions, NormSpec, calibration_nodes, convert
-from lavaconv.diagnostics import clipped_ann_accuracy, information_loss, propagation_error
-from lavaconv.engine import encode_input, maxpool_gate, readout_scores, simulate
+from lavaconv.ann.probe import population_nodes
+from lavaconv.ann.stats import collect, neuron_scales
+from lavaconv.conversion import ConvertOptions, NormSpec, convert
+from lavaconv.conversion.balance import balance_thresholds, compensate, correct, search_zeta
+from lavaconv.conversion.build import build_network
+from lavaconv.conversion.diagnostics import (
+    clipped_ann_accuracy,
+    information_loss,
+    propagation_error,
+)
 from lavaconv.errors import LavaconvError
 from lavaconv.frontend import canonicalize
-from lavaconv.methods import build_network
-from lavaconv.network import IF, Dense, Input, MaxPool, Network, Readout
-from lavaconv.quantize import Formats, quantize
+from lavaconv.ir.fixedpoint import Formats
+from lavaconv.ir.network import IF, Dense, Input, MaxPool, Network, Readout
+from lavaconv.quantize.integer import quantize
+from lavaconv.sim.engine import encode_input, maxpool_gate, readout_scores, simulate
 
 
 def calibrated(model: nn.Module, x: torch.Tensor):
     gm = canonicalize(model.eval(), tuple(x.shape[1:]))
-    names = calibration_nodes(gm)
+    names = population_nodes(gm)
     by_node = collect(gm, [x], sorted(set(names.values())))
     return gm, {pop: by_node[node] for pop, node in names.items()}
 
@@ -459,7 +464,7 @@ def test_soft_reset_reaches_steady_rate_faster_than_hard_reset():
 
 
 def test_cli_options_reach_convert_options():
-    from lavaconv import cli, commands
+    from lavaconv.app import cli, commands
 
     args = cli.parser().parse_args([
         "eval", "m.pt2", "--data", "digits", "--norm", "p99:neuron", "--neuron", "snm",

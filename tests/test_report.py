@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from lavaconv import cli, commands
-from lavaconv.deploy import build_report
-from lavaconv.outputs import write_json
-from lavaconv.report import deploy_html, deploy_markdown, deploy_summary, joules
+from lavaconv.app import cli, commands
+from lavaconv.app.deploy import build_report
+from lavaconv.app.outputs import write_json
+from lavaconv.app.report import deploy_html, deploy_markdown, deploy_summary, joules
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "report_screenshot.py"
 IMAGES = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)">')

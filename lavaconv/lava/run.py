@@ -1,4 +1,4 @@
-"""Run a :class:`~lavaconv.network.Network` on Lava, items back to back (docs/design.md §4)."""
+"""Run a :class:`~lavaconv.ir.network.Network` on Lava, items back to back (docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from lava.proc.dense.process import Dense as LavaDense
 from tqdm import tqdm
 
 from lavaconv.errors import LavaconvError
+from lavaconv.ir.network import Network
 from lavaconv.lava import fused, lifecycle
 from lavaconv.lava.graph import LavaGraph, build, to_lava
 from lavaconv.lava.hardware import loihi2_available, missing_hw_models
 from lavaconv.lava.procs import models
 from lavaconv.lava.procs.process import COUNTED, Delay, IFNeuron, MaxPoolGate, Readout, SpikeSource
-from lavaconv.network import Network
 
 MODELS = {
     "fixed_pt": {IFNeuron: models.PyIFModelFixed, Readout: models.PyReadoutModelFixed,
@@ -122,7 +122,7 @@ def _timed(advance: Callable[[int], None], steps: int) -> float:
 def run_lava(net: Network, payload: np.ndarray, *, tag: str = "fixed_pt", target: str = "sim",
              fast: bool | None = None, progress: bool = False) -> LavaResult:
     """Run the items of ``payload`` ``(T, K, *input_shape)`` (as from
-    :func:`lavaconv.engine.encode_input`) through Lava: per item T steps, read, one reset step.
+    :func:`lavaconv.sim.engine.encode_input`) through Lava: per item T steps, read, one reset step.
 
     ``fast`` (default: for ``target='sim'`` with ``fixed_pt``) runs the same process graph with
     the fused CPU model, bit-exact with Lava's stock models; ``fast=False`` uses those."""

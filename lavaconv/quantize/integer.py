@@ -23,31 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from lavaconv.errors import LavaconvError
-from lavaconv.network import IF, MaxPool, Network, Readout
+from lavaconv.ir.fixedpoint import Formats
+from lavaconv.ir.network import IF, MaxPool, Network, Readout
 
 WEIGHT_SCALES = ("layer", "channel")
 CHANNEL_SPREAD_BITS = 8  # most a channel's weight scale may exceed the layer's smallest by
-
-
-@dataclass(frozen=True)
-class Formats:
-    """The numeric formats the quantizer needs (from a hardware profile's ``formats``)."""
-
-    weight_bits: int = 8
-    weight_exp_min: int = -8
-    weight_exp_max: int = 7
-    threshold_mant_bits: int = 17
-    threshold_shift: int = 6
-    bias_mant_bits: int = 13
-    bias_exp_max: int = 7
-    state_bits: int = 24
-    graded_payload_bits: int = 24
-    input_payload_bits: int = 8
-
-    @classmethod
-    def from_profile(cls, profile) -> Formats:
-        f = profile.formats
-        return cls(**{k: int(getattr(f, k)) for k in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -132,7 +112,7 @@ def quantize(
             errors.append((w * rows, w_int))
             syn.weight = w_int.astype(np.int64)
         if per_channel:  # (C, 1, 1) against (C, H, W) maps
-            vth_mant = vth_mant.reshape(vth_mant.shape + (1,) * (len(node.shape) - 1))
+            vth_mant = node.per_channel(vth_mant)
         vth_int = vth_mant << shift
         bias_float = node.bias * vth_int
         bias_exp = 0
@@ -178,8 +158,7 @@ def _check_graded(net: Network, formats: Formats) -> None:
     if formats.graded_payload_bits > 0:
         return
     for name, node in net.nodes.items():
-        if isinstance(node, IF) and (node.reset == "snm" or node.burst > 1
-                                     or not np.all(node.payload == 1)):
+        if isinstance(node, IF) and not net.is_binary(name):
             raise LavaconvError(f"layer {name}: sends graded or signed spikes (SNM neuron, "
                                 "burst or neuron-wise norm), but the profile has binary spikes "
                                 "only (graded_payload_bits 0)")
@@ -206,11 +185,10 @@ def _cap(node: IF | Readout, formats: Formats, headroom_bits: int, timesteps: in
 
 
 def _graded_source(net: Network, name: str) -> str | None:
-    """The population whose graded spikes a synapse from ``name`` carries, if any."""
-    node = net.nodes[name]
-    if isinstance(node, MaxPool):
-        return _graded_source(net, node.source)
-    return name if isinstance(node, IF) and not np.all(node.payload == 1) else None
+    """The population whose graded payload grid a synapse from ``name`` carries, if any."""
+    src = net.sender(name)
+    node = net.nodes[src]
+    return src if isinstance(node, IF) and np.any(node.payload != 1) else None
 
 
 def _payload_levels(net: Network, formats: Formats, unit: dict[str, float],

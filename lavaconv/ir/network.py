@@ -29,6 +29,13 @@ def _array(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def per_channel(a: np.ndarray, shape: Shape) -> np.ndarray:
+    """A scalar or per-channel ``(C,)`` array shaped to broadcast against ``shape`` (a ``(C,
+    H, W)`` map gets ``(C, 1, 1)``; anything else is returned as it is)."""
+    a = np.asarray(a)
+    return a.reshape(-1, *[1] * (len(shape) - 1)) if a.ndim == 1 and len(shape) > 1 else a
+
+
 @dataclass
 class Input:
     """Spike source. ``analog``: the item's value ``x/scale`` every step (graded spike);
@@ -39,6 +46,17 @@ class Input:
     scale: float = 1.0  # lambda_in: input value carried by a unit spike
     payload_bits: int = 0  # int mode, analog: graded payload is round(x * gain), |.| < 2**(bits-1)
     gain: float = 1.0  # int mode, analog: payload per unit of x / scale
+
+    is_signed = True  # analog values and Poisson spikes both carry a sign
+
+    @property
+    def is_graded(self) -> bool:
+        return self.encoding == "analog"
+
+    def max_payload(self, numeric: str) -> float:
+        if self.encoding == "poisson":
+            return 1.0
+        return float(2 ** (self.payload_bits - 1) - 1) if numeric == "int" else np.inf
 
 
 @dataclass
@@ -91,6 +109,24 @@ class IF:
         if not 1 <= self.burst <= MAX_BURST or (self.burst > 1 and self.reset == "zero"):
             raise ValueError(f"IF.burst must lie in [1, {MAX_BURST}] (1 with reset 'zero'), "
                              f"not {self.burst}")
+
+    @property
+    def is_signed(self) -> bool:
+        """Whether it may send negative spikes (SNM)."""
+        return self.reset == "snm"
+
+    @property
+    def is_graded(self) -> bool:
+        """Whether a message may carry more than a unit spike (bursts, graded payloads)."""
+        return self.burst > 1 or bool(np.any(self.payload != 1))
+
+    def max_payload(self, numeric: str) -> float:
+        """Largest |value| one message carries."""
+        return float(np.abs(self.payload).max()) * self.burst
+
+    def per_channel(self, a: np.ndarray) -> np.ndarray:
+        """A scalar or per-channel ``(C,)`` array shaped to broadcast against the population."""
+        return per_channel(a, self.shape)
 
 
 @dataclass
@@ -222,6 +258,28 @@ class Network:
 
     def inputs_of(self, name: str) -> list[Synapse]:
         return [s for s in self.synapses if s.target == name]
+
+    def sender(self, name: str) -> str:
+        """The node whose messages leave node ``name`` (a max-pool passes on its source's)."""
+        node = self.nodes[name]
+        return self.sender(node.source) if isinstance(node, MaxPool) else name
+
+    def is_binary(self, name: str) -> bool:
+        """Whether node ``name`` only ever sends 0 or 1 (a Lava synapse may read it as bool)."""
+        node = self.nodes[self.sender(name)]
+        return not (node.is_signed or node.is_graded)
+
+    def is_graded(self, name: str) -> bool:
+        """Whether a message of node ``name`` may carry more than a unit spike."""
+        return self.nodes[self.sender(name)].is_graded
+
+    def is_signed(self, name: str) -> bool:
+        """Whether node ``name`` may send negative values."""
+        return self.nodes[self.sender(name)].is_signed
+
+    def max_payload(self, name: str) -> float:
+        """Largest |value| node ``name`` sends in one step."""
+        return self.nodes[self.sender(name)].max_payload(self.numeric)
 
     def depth(self) -> int:
         """Steps until the readout first receives input (one per synapse on the shortest path;

@@ -1,4 +1,4 @@
-"""Fast batched PyTorch simulator of a :class:`~lavaconv.network.Network`.
+"""Fast batched PyTorch simulator of a :class:`~lavaconv.ir.network.Network`.
 
 Implements the update equations of ``docs/design.md`` section 3 exactly, in float mode
 (float32) and in integer mode (integers held exactly in float32 or float64, see
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Synapse
+from lavaconv.ir.fixedpoint import THRESHOLD_SHIFT
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Synapse
 
 #: ``probe(name, current, train)`` after each IF population: ``current`` (T, B, *shape) is
 #: what the population adds to v at each step (synaptic input, gain and bias), ``train`` the
@@ -79,30 +80,12 @@ def encode_input(
     return p.to(torch.int64 if int_mode else torch.float32)
 
 
-def _wrap(a: torch.Tensor, bits: int) -> torch.Tensor:
-    """Two's-complement wrap to ``bits`` (Lava's Conv ``signed_clamp``)."""
-    half = 2 ** (bits - 1)
-    return torch.remainder(a + half, 2 * half) - half
-
-
-def max_payload(net: Network, name: str) -> float:
-    """Largest |payload| node ``name`` can send in one step."""
-    node = net.nodes[name]
-    if isinstance(node, MaxPool):
-        return max_payload(net, node.source)
-    if isinstance(node, Input):
-        if node.encoding == "analog":
-            return float(2 ** (node.payload_bits - 1) - 1) if net.numeric == "int" else np.inf
-        return 1.0
-    return float(np.abs(node.payload).max()) * node.burst
-
-
 def _plan(net: Network, syn: Synapse) -> tuple[torch.dtype, bool]:
     """Arithmetic of one synapse: (dtype of the sum, whether it must wrap to 24 bits)."""
     if net.numeric != "int":
         return torch.float32, False
     w = np.abs(syn.weight).reshape(len(syn.weight), -1).sum(axis=1).max(initial=0)
-    if float(w) * max_payload(net, syn.source) < 2**23:
+    if float(w) * net.max_payload(syn.source) < 2**23:
         return torch.float32, False
     return torch.float64, isinstance(syn, Conv)
 
@@ -124,10 +107,10 @@ def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: tuple[torch.dtype, bool]
     s = s.to(dtype=dtype, memory_format=layout)
     if _pointwise(syn):  # a per-channel scale (identity shortcut): no convolution needed
         a = s * w.reshape(1, -1, 1, 1)
-        return _wrap(a, 24) if wrap else a
+        return wrap(a) if wrap else a
     a = F.conv2d(s, w.contiguous(memory_format=layout), stride=tuple(syn.stride),
                  padding=tuple(syn.padding), groups=syn.groups)
-    return _wrap(a, 24) if wrap else a
+    return wrap(a) if wrap else a
 
 
 def _widest(dtypes) -> torch.dtype:
@@ -173,7 +156,7 @@ def synaptic_input(
 
 def _gain(a: torch.Tensor, a_exp: int) -> torch.Tensor:
     """Integer dendritic gain ``a * 2**(6 + a_exp)``, floor shift when negative (in place)."""
-    shift = 6 + a_exp
+    shift = THRESHOLD_SHIFT + a_exp
     return a.__ilshift__(shift) if shift >= 0 else a.__irshift__(-shift)
 
 
@@ -199,7 +182,7 @@ class _Current:
         self.int_mode = net.numeric == "int"
         self.x = torch.empty_like(a[0])
         self.bias = _tensor(node.bias, self.x)
-        self.shift = 6 + node.a_exp
+        self.shift = THRESHOLD_SHIFT + node.a_exp
 
     def __call__(self, t: int) -> torch.Tensor:
         x = self.x
@@ -257,7 +240,7 @@ def _spike_count(v: torch.Tensor, vth: torch.Tensor, burst: int) -> torch.Tensor
 
 def integrate_and_fire(node: IF, current: Callable[[int], torch.Tensor], steps: int,
                        out: torch.Tensor, bounds: tuple[int, int] | None) -> int:
-    """Run the IF dynamics of :class:`~lavaconv.network.IF` for ``steps`` steps on
+    """Run the IF dynamics of :class:`~lavaconv.ir.network.IF` for ``steps`` steps on
     ``current(t)`` (what v receives at step t), writing the spikes s[t] (-burst .. burst)
     into ``out[t]`` (the payload not applied); return how many neuron-steps saturated (int
     mode)."""
@@ -298,7 +281,7 @@ def readout_scores(node: Readout, u: torch.Tensor, checkpoints: Sequence[int],
                    bounds: tuple[int, int] | None = None, mode: str | None = None,
                    seed: int = 0) -> tuple[dict[int, torch.Tensor], int]:
     """Score per class at each checkpoint, whose argmax is the class, for the readout mode
-    (default ``node.mode``; see :class:`~lavaconv.network.Readout`), from the current ``u``
+    (default ``node.mode``; see :class:`~lavaconv.ir.network.Readout`), from the current ``u``
     (T, B, n) of :func:`input_current`; and the neuron-steps saturated."""
     mode = mode or node.mode
     if mode == "count":
@@ -320,7 +303,7 @@ def readout_scores(node: Readout, u: torch.Tensor, checkpoints: Sequence[int],
 
 
 def maxpool_gate(node: MaxPool, s: torch.Tensor, bound: float | None = None) -> torch.Tensor:
-    """Spiking max-pool of :class:`~lavaconv.network.MaxPool`: rate-gated (Rueckauer sec.
+    """Spiking max-pool of :class:`~lavaconv.ir.network.MaxPool`: rate-gated (Rueckauer sec.
     3.6: pass the payload of the input with the largest payload sum so far in each window;
     ties go to the first in row-major window order, padding never wins) or ``running`` (the
     increase of the window's largest payload sum). ``bound`` is the largest |payload|
@@ -412,8 +395,8 @@ def simulate(
             continue
         if isinstance(node, MaxPool):
             trains[name] = maxpool_gate(node, trains[node.source],
-                                        max_payload(net, node.source))
-            _count(result, name, trains[name], checkpoints, net.numeric, not _binary(net, name))
+                                        net.max_payload(node.source))
+            _count(result, name, trains[name], checkpoints, net.numeric, not net.is_binary(name))
         else:
             a = synaptic_input(net, name, trains, constant)
             if isinstance(node, Readout):
@@ -441,21 +424,12 @@ def _fire(net: Network, name: str, a: torch.Tensor, result: SimResult,
         a, dtype=torch.float32)
     result.saturated[name] = integrate_and_fire(node, _Current(net, node, a), len(a), train,
                                                 state_bounds(net, node))
-    _count(result, name, train, checkpoints, net.numeric, not _binary(net, name))
+    _count(result, name, train, checkpoints, net.numeric, not net.is_binary(name))
     if not np.all(node.payload == 1):
         train.mul_(_tensor(node.payload, train))
     if probe is not None:
         probe(name, u, train)
     return train
-
-
-def _binary(net: Network, name: str) -> bool:
-    """Whether node ``name`` only ever sends 0 or 1."""
-    node = net.nodes[name]
-    if isinstance(node, MaxPool):
-        return _binary(net, node.source)
-    return (isinstance(node, IF) and node.reset != "snm" and node.burst == 1
-            and bool(np.all(node.payload == 1)))
 
 
 def _count(result: SimResult, name: str, spikes: torch.Tensor, checkpoints: Sequence[int],

@@ -9,16 +9,18 @@ from dataclasses import asdict
 
 import numpy as np
 
-from lavaconv import distributed, energy, pipeline
-from lavaconv.commands import Prepared, integer_network
-from lavaconv.counting import ann_macs
-from lavaconv.engine import encode_input, readout_scores, simulate, state_bounds
+from lavaconv import distributed
+from lavaconv.app.commands import Prepared, integer_network
+from lavaconv.app.outputs import atomic_dir, write_json
+from lavaconv.app.report import deploy_html, deploy_markdown, deploy_summary
+from lavaconv.cost import energy
+from lavaconv.cost.counting import ann_macs
+from lavaconv.cost.profiles import Profile, load_profile
+from lavaconv.cost.resources import estimate
 from lavaconv.errors import LavaconvError
-from lavaconv.network import Network
-from lavaconv.outputs import atomic_dir, write_json
-from lavaconv.profiles import Profile, load_profile
-from lavaconv.report import deploy_html, deploy_markdown, deploy_summary
-from lavaconv.resources import estimate
+from lavaconv.ir.network import Network
+from lavaconv.sim import evaluation
+from lavaconv.sim.engine import encode_input, readout_scores, simulate, state_bounds
 
 CHECKPOINTS = (8, 16, 32, 64, 128, 256)
 LOIHI2_MISSING = "Intel's Loihi 2 extension (lava-loihi, for INRC members) is not importable"
@@ -78,7 +80,7 @@ def _snn_profiles(profile: Profile) -> list[Profile]:
 
 
 def _energy(prep: Prepared, net_int: Network, profile: Profile,
-            int_eval: pipeline.SnnEval) -> dict:
+            int_eval: evaluation.SnnEval) -> dict:
     """The report's energy section: the ANN's MACs, the integer SNN's activity on the items."""
     layers = ann_macs(prep.model.graph_module, tuple(prep.dataset.x_eval.shape[1:]))
     ann = energy.profiles_of(energy.DEFAULT_ANN_PROFILES, "ann")
@@ -98,13 +100,13 @@ def build_report(args: argparse.Namespace, prep: Prepared) -> tuple[dict, Networ
                             f"{prep.net.depth()}")
     checkpoints = sorted({t for t in CHECKPOINTS if prep.net.depth() <= t < steps} | {steps})
     net_int, quant = integer_network(prep, profile, steps, args.weights)
-    calib = pipeline.evaluate(net_int, data.x_calib[:256], data.y_calib[:256], [steps],
+    calib = evaluation.evaluate(net_int, data.x_calib[:256], data.y_calib[:256], [steps],
                               seed=args.seed, device=device, progress=progress)
     for q in quant:
         q.saturated = calib.saturated.get(q.name, 0.0)
-    float_eval = pipeline.evaluate(prep.net, data.x_eval, data.y_eval, checkpoints,
+    float_eval = evaluation.evaluate(prep.net, data.x_eval, data.y_eval, checkpoints,
                                    seed=args.seed, device=device, progress=progress)
-    int_eval = pipeline.evaluate(net_int, data.x_eval, data.y_eval, checkpoints,
+    int_eval = evaluation.evaluate(net_int, data.x_eval, data.y_eval, checkpoints,
                                  seed=args.seed, device=device, progress=progress,
                                  per_neuron=True)
     resources = estimate(net_int, profile)

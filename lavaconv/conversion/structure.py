@@ -1,4 +1,4 @@
-"""ANN (canonical fx graph) → float spiking :class:`~lavaconv.network.Network`.
+"""ANN (canonical fx graph) → float spiking :class:`~lavaconv.ir.network.Network`.
 
 Every ReLU becomes an IF population, the model output a readout. Between two populations the
 ANN is linear; each path of that linear map must be one synapse: conv, linear, (avg-pool →)
@@ -9,7 +9,6 @@ so the residual shortcut rule of S-ResNet eq. 3-6 needs no special case.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,9 +18,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from lavaconv.calibrate import ActivationStats
+from lavaconv.ann.stats import ActivationStats, NormSpec
 from lavaconv.errors import LavaconvError
-from lavaconv.network import (
+from lavaconv.ir.network import (
     IF,
     MAX_BURST,
     POOLS,
@@ -38,36 +37,6 @@ aten = torch.ops.aten
 MAX_COMPOSED_INPUTS = 1 << 16
 
 
-@dataclass(frozen=True)
-class NormSpec:
-    """How activation scales lambda are chosen: ``none``, ``max`` (Diehl et al. 2015) or the
-    robust ``p``-th percentile (Rueckauer sec. 3.2.2); layer-wise, per channel, or per neuron
-    (SNM eq. 14: every neuron its own threshold, spikes worth their threshold)."""
-
-    method: str = "percentile"  # none | max | percentile
-    percentile: float = 99.9
-    per_channel: bool = False
-    per_neuron: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> NormSpec:
-        """``none``, ``max``, ``p99.9``, optionally ``:channel`` or ``:neuron``."""
-        match = re.fullmatch(r"(none|max|p(\d+(?:\.\d+)?))(:channel|:neuron)?", text.strip())
-        if (not match or (match.group(2) and not 0 < float(match.group(2)) <= 100)
-                or (match.group(1) == "none" and match.group(3))):
-            raise LavaconvError(
-                f"--norm {text!r}: expected none, max or pQ with 0 < Q <= 100, "
-                "optionally followed by :channel or :neuron (e.g. p99.9:channel, max:neuron)"
-            )
-        method = "percentile" if match.group(2) else match.group(1)
-        return cls(method, float(match.group(2) or 100.0), match.group(3) == ":channel",
-                   match.group(3) == ":neuron")
-
-    def __str__(self) -> str:
-        base = f"p{self.percentile:g}" if self.method == "percentile" else self.method
-        return base + (":channel" if self.per_channel else ":neuron" if self.per_neuron else "")
-
-
 NEURONS = {"rmp": "subtract", "if": "zero", "snm": "snm"}
 
 
@@ -76,7 +45,7 @@ class ConvertOptions:
     """Every conversion method, as one value each; they compose freely.
 
     The data-driven ones (``balance``, ``zeta='auto'``, ``correction``, per-neuron norms)
-    need calibration items: :func:`lavaconv.methods.build_network` applies them.
+    need calibration items: :func:`~lavaconv.conversion.build_network` applies them.
     """
 
     norm: NormSpec = field(default_factory=NormSpec)
@@ -115,7 +84,7 @@ class ConvertOptions:
 
     @property
     def needs_data(self) -> bool:
-        """Whether :func:`lavaconv.methods.build_network` must run (not :func:`convert`)."""
+        """Whether :func:`~lavaconv.conversion.build_network` must run (not :func:`convert`)."""
         return (self.norm.per_neuron or self.balance is not None or self.zeta == "auto"
                 or self.correction != "none")
 
@@ -254,20 +223,6 @@ def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[-1]))
 
 
-def calibration_nodes(gm: torch.fx.GraphModule) -> dict[str, str]:
-    """Population name → fx node whose output calibrates it (input and readout included)."""
-    names = {}
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            names[node.name] = node.name
-        elif node.target == aten.relu.default:
-            names[node.name] = node.name
-        elif node.op == "output":
-            arg = node.args[0]
-            names["output"] = (arg[0] if isinstance(arg, (tuple, list)) else arg).name
-    return names
-
-
 def _scale(stats: ActivationStats | None, spec: NormSpec, per_channel: bool) -> np.ndarray:
     """lambda of one population: max or p-th percentile of its ANN activations."""
     if stats is None or spec.method == "none":
@@ -356,13 +311,13 @@ def convert(
     """Build the float spiking network; ``stats`` is keyed by population name.
 
     ``neuron_scales`` (population → per-neuron lambda, from
-    :func:`lavaconv.activations.neuron_scales`) is needed for a per-neuron norm. The other
-    data-driven options are left to :func:`lavaconv.methods.build_network`.
+    :func:`lavaconv.ann.stats.neuron_scales`) is needed for a per-neuron norm. The other
+    data-driven options are left to :func:`~lavaconv.conversion.build_network`.
     """
     norm = options.norm
     if norm.per_neuron and neuron_scales is None:
         raise LavaconvError(f"--norm {norm}: neuron-wise normalisation needs per-neuron "
-                            "statistics; use lavaconv.methods.build_network")
+                            "statistics; use lavaconv.conversion.build.build_network")
     items = trace(gm, input_shape)
     nodes: dict = {}
     synapses: list = []

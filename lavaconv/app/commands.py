@@ -1,4 +1,4 @@
-"""The work behind each CLI command (argument parsing lives in :mod:`lavaconv.cli`)."""
+"""The work behind each CLI command (argument parsing lives in :mod:`lavaconv.app.cli`)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from lavaconv import distributed, pipeline
-from lavaconv.calibrate import ActivationStats
-from lavaconv.convert import ConvertOptions, NormSpec
-from lavaconv.data import Dataset, load_dataset
+from lavaconv import distributed
+from lavaconv.ann import probe
+from lavaconv.ann.data import Dataset, load_dataset
+from lavaconv.ann.stats import ActivationStats
+from lavaconv.app.outputs import atomic_dir, write_json
+from lavaconv.conversion import ConvertOptions, NormSpec, build
+from lavaconv.cost.profiles import list_profiles, load_profile
 from lavaconv.errors import LavaconvError
 from lavaconv.frontend import LoadedModel, load_model
-from lavaconv.network import Network
-from lavaconv.outputs import atomic_dir, write_json
-from lavaconv.profiles import list_profiles, load_profile
-from lavaconv.quantize import Formats, quantize
+from lavaconv.ir.network import Network
+from lavaconv.quantize.integer import quantize
+from lavaconv.sim import evaluation
 
 
 @dataclass
@@ -38,9 +40,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
     model = load_model(args.model, tuple(dataset.x_eval.shape[1:]), arch=args.arch,
                        trust_pickle=args.trust_pickle)
     device = distributed.device(args.device)
-    ann = pipeline.ann_accuracy(model.graph_module, dataset.x_eval, dataset.y_eval,
+    ann = probe.accuracy(model.graph_module, dataset.x_eval, dataset.y_eval,
                                 device=device)
-    net, stats = pipeline.build(model.graph_module, dataset, options, progress=_progress(args),
+    net, stats = build(model.graph_module, dataset, options, progress=_progress(args),
                                 device=device)
     net.meta.update(model=str(args.model), data=args.data, ann_accuracy=ann)
     return Prepared(dataset, model, options, net, stats, ann)
@@ -63,7 +65,7 @@ def _progress(args: argparse.Namespace) -> bool:
 def integer_network(prep: Prepared, profile, timesteps: int, weight_scale: str = "layer"):
     """Quantize ``prep.net`` to ``profile``'s formats (analog gain from calibration)."""
     input_max = float(prep.stats[prep.net.input_name].max(False))
-    return quantize(prep.net, Formats.from_profile(profile), input_max=input_max,
+    return quantize(prep.net, profile.formats, input_max=input_max,
                     timesteps=timesteps, weight_scale=weight_scale)
 
 
@@ -79,7 +81,7 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(ann: float, runs: dict[str, pipeline.SnnEval]) -> str:
+def _table(ann: float, runs: dict[str, evaluation.SnnEval]) -> str:
     names = list(runs)
     steps = sorted(next(iter(runs.values())).accuracy)
     head = f"{'T':>6} " + " ".join(f"{n + ' acc %':>14} {n + ' R %':>10}" for n in names)
@@ -97,12 +99,12 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
     prep = prepare(args)
     data = prep.dataset
     device = distributed.device(args.device)
-    runs = {"float": pipeline.evaluate(prep.net, data.x_eval, data.y_eval, args.timesteps,
+    runs = {"float": evaluation.evaluate(prep.net, data.x_eval, data.y_eval, args.timesteps,
                                        seed=args.seed, progress=_progress(args), device=device)}
     if args.profile:
         net_int, _ = integer_network(prep, load_profile(args.profile), max(args.timesteps),
                                      args.weights)
-        runs["int"] = pipeline.evaluate(net_int, data.x_eval, data.y_eval, args.timesteps,
+        runs["int"] = evaluation.evaluate(net_int, data.x_eval, data.y_eval, args.timesteps,
                                         seed=args.seed, progress=_progress(args), device=device)
     if not distributed.is_main():
         return 0
@@ -153,7 +155,7 @@ def profiles(args: argparse.Namespace) -> int:
 
 
 def deploy(args: argparse.Namespace) -> int:
-    from lavaconv.deploy import run_deploy
+    from lavaconv.app.deploy import run_deploy
 
     if distributed.world()[1] > 1:
         raise LavaconvError("deploy runs in one process (Lava starts its own); use torchrun "
@@ -166,15 +168,15 @@ def energy(args: argparse.Namespace) -> int:
     directory's ANN and its SNN measured on ``--data``."""
     import json
 
-    from lavaconv.counting import ann_macs
-    from lavaconv.energy import (
+    from lavaconv.app.report import energy_page, energy_text
+    from lavaconv.cost.counting import ann_macs
+    from lavaconv.cost.energy import (
         DEFAULT_ANN_PROFILES,
         DEFAULT_SNN_PROFILES,
         measure,
         profiles_of,
         summarize,
     )
-    from lavaconv.report import energy_page, energy_text
 
     target = Path(args.target)
     ann_profiles = profiles_of(args.ann_profiles or DEFAULT_ANN_PROFILES, "ann")

@@ -23,10 +23,14 @@ import numpy as np
 import torch
 import torch.fx
 
-from lavaconv.activations import activations
-from lavaconv.diagnostics import PropagationError, normalised_activation, propagation_error
-from lavaconv.engine import encode_input, simulate
-from lavaconv.network import IF, MaxPool, Network
+from lavaconv.ann.probe import activations
+from lavaconv.conversion.diagnostics import (
+    PropagationError,
+    normalised_activation,
+    propagation_error,
+)
+from lavaconv.ir.network import IF, MaxPool, Network
+from lavaconv.sim.engine import encode_input, simulate
 
 
 def _batches(x: np.ndarray, size: int):
@@ -146,7 +150,7 @@ def correct(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, steps: int,
                      stop_after=name)
             got = got + _channel_sum(sent[name].to(torch.float64) * value / window)
         gap = (target[name] - got) / (len(x) * _per_channel(node))
-        shift = (gap.reshape(-1, 1, 1) if len(node.shape) == 3 else gap).numpy()
+        shift = node.per_channel(gap.numpy())
         if kind == "bias":
             node.bias = node.bias + shift
         else:

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from lavaconv.network import IF, Conv, Network, Readout
+from lavaconv.ir.network import IF, Conv, Network, Readout
 
 ASSUMPTIONS = ("unshared synapses (no conv weight sharing), weight_bits per synapse, neurons "
                "spread evenly over cores, input axons per core bounded by the fan-in limit")

@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_seconds:
         signal.setitimer(signal.ITIMER_REAL, args.max_seconds)
     try:
-        from lavaconv import commands, distributed
+        from lavaconv import distributed
+        from lavaconv.app import commands
 
         distributed.init()
         return getattr(commands, args.command)(args)

@@ -13,7 +13,7 @@ the exact update equations of both.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +258,10 @@ class Network:
     def output_name(self) -> str:
         return next(n for n, v in self.nodes.items() if isinstance(v, Readout))
 
+    def populations(self) -> list[str]:
+        """The spiking populations (IF nodes), in order."""
+        return [n for n, v in self.nodes.items() if isinstance(v, IF)]
+
     def inputs_of(self, name: str) -> list[Synapse]:
         return [s for s in self.synapses if s.target == name]
 
@@ -346,7 +350,3 @@ class Network:
             meta=doc["meta"],
         )
 
-
-def to_dict(obj) -> dict:
-    """Plain-dict view of a node or synapse (arrays kept), for reports and exports."""
-    return asdict(obj)

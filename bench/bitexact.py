@@ -20,25 +20,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lavaconv import pipeline  # noqa: E402
-from lavaconv.convert import ConvertOptions, NormSpec  # noqa: E402
-from lavaconv.data import load_dataset  # noqa: E402
-from lavaconv.deploy import compare  # noqa: E402
-from lavaconv.engine import encode_input, simulate  # noqa: E402
+from lavaconv.ann.data import load_dataset  # noqa: E402
+from lavaconv.ann.stats import activation_stats  # noqa: E402
+from lavaconv.conversion import ConvertOptions, NormSpec  # noqa: E402
+from lavaconv.conversion.build import build_network  # noqa: E402
+from lavaconv.cost.profiles import load_profile  # noqa: E402
 from lavaconv.frontend import load_model  # noqa: E402
-from lavaconv.lava import run_lava  # noqa: E402
-from lavaconv.methods import build_network  # noqa: E402
-from lavaconv.network import IF  # noqa: E402
-from lavaconv.profiles import load_profile  # noqa: E402
-from lavaconv.quantize import Formats, quantize  # noqa: E402
+from lavaconv.ir.network import IF  # noqa: E402
+from lavaconv.lava import compare, run_lava  # noqa: E402
+from lavaconv.quantize.integer import quantize  # noqa: E402
+from lavaconv.sim.engine import encode_input, simulate  # noqa: E402
 
 MODELS = {"vgg": "examples/vgg_fmnist.pt2", "resnet": "examples/resnet_fmnist.pt2"}
 CASES = {
     "rmp, p99.9, analog": ConvertOptions(NormSpec.parse("p99.9"), "rmp", "analog", 0.5),
-    "if (hard reset), p99.9, analog": ConvertOptions(NormSpec.parse("p99.9"), "if", "analog"),
-    "rmp, max, Poisson": ConvertOptions(NormSpec.parse("max"), "rmp", "poisson"),
+    "if (hard reset), p99.9, analog": ConvertOptions(NormSpec.parse("p99.9"), "if", "analog",
+                                                     v_init=0.0),
+    "rmp, max, Poisson": ConvertOptions(NormSpec.parse("max"), "rmp", "poisson", v_init=0.0),
     "snm, neuron-wise max, count readout": ConvertOptions(NormSpec.parse("max:neuron"), "snm",
-                                                          "analog", readout="count"),
+                                                          "analog", readout="count", v_init=0.0),
     "rmp, p99.9, analog, burst 2": ConvertOptions(NormSpec.parse("p99.9"), "rmp", "analog", 0.5,
                                                   burst=2),
     "snm, p99.9, analog, burst 4": ConvertOptions(NormSpec.parse("p99.9"), "snm", "analog", 0.5,
@@ -55,16 +55,15 @@ def main() -> None:
     parser.add_argument("--stock", action="store_true", help="also Lava's stock models")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    formats = Formats.from_profile(load_profile("loihi2"))
+    formats = load_profile("loihi2").formats
     rows = []
     for model, path in MODELS.items():
         data = load_dataset("fashion-mnist", n_eval=args.items, n_calib=500, seed=0)
         gm = load_model(ROOT / path, tuple(data.x_eval.shape[1:])).graph_module
-        stats = pipeline.calibrate(gm, data.x_calib, progress=False)
+        stats = activation_stats(gm, data.x_calib, progress=False)
         for case, options in CASES.items():
             net = build_network(gm, data.x_calib, stats, options)
-            net_int, _ = quantize(net, formats, input_max=float(stats[net.input_name].max(False)),
-                                  timesteps=args.timesteps)
+            net_int, _ = quantize(net, formats, timesteps=args.timesteps)
             payload = encode_input(net_int, data.x_eval, args.timesteps, seed=0)
             engine = simulate(net_int, payload)
             spikes = sum(int(c.sum()) for n, c in engine.spike_counts.items()

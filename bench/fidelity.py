@@ -5,7 +5,7 @@
                                        [--skip N]
 
 Each configuration is calibrated on the calibration items, converted with
-:func:`lavaconv.methods.build_network` (a bias or potential correction counts the spikes of the
+:func:`lavaconv.conversion.build_network` (a bias or potential correction counts the spikes of the
 quantized network), quantized to the loihi2 profile and run once through the integer engine to
 T = 256; the checkpoints give the accuracy at T = 8 .. 256 for the three
 readouts (potential, spike count, spiking softmax) and the spike rate R (RMP eq. 8). Seeds are
@@ -31,23 +31,25 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lavaconv import pipeline  # noqa: E402
-from lavaconv.activations import activations  # noqa: E402
-from lavaconv.convert import ConvertOptions, NormSpec, convert  # noqa: E402
-from lavaconv.data import load_dataset  # noqa: E402
-from lavaconv.diagnostics import (  # noqa: E402
+from lavaconv.ann import probe  # noqa: E402
+from lavaconv.ann.data import load_dataset  # noqa: E402
+from lavaconv.ann.probe import activations  # noqa: E402
+from lavaconv.ann.stats import activation_stats  # noqa: E402
+from lavaconv.conversion import ConvertOptions, NormSpec, convert  # noqa: E402
+from lavaconv.conversion.build import build_network  # noqa: E402
+from lavaconv.conversion.diagnostics import (  # noqa: E402
     clipped_ann_accuracy,
     information_loss,
     neuron_lambda,
     propagation_error,
 )
-from lavaconv.engine import encode_input, readout_scores, simulate  # noqa: E402
+from lavaconv.cost.profiles import load_profile  # noqa: E402
 from lavaconv.errors import LavaconvError  # noqa: E402
 from lavaconv.frontend import load_model  # noqa: E402
-from lavaconv.methods import build_network  # noqa: E402
-from lavaconv.network import IF, READOUTS, Network  # noqa: E402
-from lavaconv.profiles import load_profile  # noqa: E402
-from lavaconv.quantize import Formats, quantize  # noqa: E402
+from lavaconv.ir.network import IF, READOUTS, Network  # noqa: E402
+from lavaconv.quantize.integer import quantize  # noqa: E402
+from lavaconv.sim import evaluation  # noqa: E402
+from lavaconv.sim.engine import encode_input, readout_scores, simulate  # noqa: E402
 
 STEPS = [8, 16, 32, 64, 128, 256]
 MODELS = {"vgg": "examples/vgg_fmnist.pt2", "resnet": "examples/resnet_fmnist.pt2"}
@@ -65,7 +67,8 @@ class Config:
 
 
 def _opts(norm: str, neuron: str = "rmp", encoding: str = "analog", **kw) -> ConvertOptions:
-    return ConvertOptions(NormSpec.parse(norm), neuron, encoding, **kw)
+    """A row's options; v_init 0 (the seed papers') unless the row says otherwise."""
+    return ConvertOptions(NormSpec.parse(norm), neuron, encoding, **{"v_init": 0.0, **kw})
 
 
 BOTH = ("vgg", "resnet")
@@ -135,7 +138,7 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray) -> dict:
     pops = [n for n, v in net.nodes.items() if isinstance(v, IF)]
     neurons = sum(int(np.prod(net.nodes[n].shape)) for n in pops)
     spikes = dict.fromkeys(STEPS, 0.0)
-    batch = pipeline.auto_batch(net, steps)
+    batch = evaluation.auto_batch(net, steps)
     for start in range(0, len(x), batch):
         xb, yb = x[start:start + batch], torch.as_tensor(y[start:start + batch])
         res = simulate(net, encode_input(net, xb, steps, seed=SEED + start), STEPS,
@@ -155,11 +158,10 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray) -> dict:
 
 def run_config(cfg: Config, gm, data, stats, n_items: int) -> dict:
     """Build, quantize (loihi2) and evaluate one configuration on the first ``n_items``."""
-    formats = Formats.from_profile(load_profile("loihi2"))
+    formats = load_profile("loihi2").formats
 
     def to_int(net: Network) -> Network:
-        return quantize(net, formats, input_max=float(stats[net.input_name].max(False)),
-                        timesteps=STEPS[-1], weight_scale=cfg.weights)[0]
+        return quantize(net, formats, timesteps=STEPS[-1], weight_scale=cfg.weights)[0]
 
     start = time.perf_counter()
     net = build_network(gm, data.x_calib, stats, cfg.options, measure_on=to_int)
@@ -353,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     json_path = out / "fidelity.json"
     results = (json.loads(json_path.read_text()) if args.resume and json_path.exists()
                else {"models": {}})
@@ -363,16 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     data = replace(data, x_eval=data.x_eval[args.skip:], y_eval=data.y_eval[args.skip:])
     for model in args.models.split(","):
         gm = load_model(ROOT / MODELS[model], tuple(data.x_eval.shape[1:])).graph_module
-        stats = pipeline.calibrate(gm, data.x_calib, progress=False)
+        stats = activation_stats(gm, data.x_calib, progress=False)
         entry = results["models"].setdefault(model, {"configs": {}})
-        entry["ann_accuracy"] = pipeline.ann_accuracy(gm, data.x_eval[:args.items],
+        entry["ann_accuracy"] = probe.accuracy(gm, data.x_eval[:args.items],
                                                       data.y_eval[:args.items])
         entry["ann_items"] = args.items
         entry["ann_clipped"] = {  # each ReLU clipped at its scale: the SNN's limit as T grows
             norm: clipped_ann_accuracy(convert(gm, tuple(data.x_eval.shape[1:]), stats,
                                                _opts(norm)), gm, data.x_eval[:args.items],
                                        data.y_eval[:args.items]) for norm in ("max", "p99.9")}
-        entry["ann_accuracy_claims"] = pipeline.ann_accuracy(gm, data.x_eval[:args.claim_items],
+        entry["ann_accuracy_claims"] = probe.accuracy(gm, data.x_eval[:args.claim_items],
                                                              data.y_eval[:args.claim_items])
         entry["claim_items"] = args.claim_items
         if "diagnostics" not in entry:

@@ -52,8 +52,8 @@ sys.path.insert(0, str(ROOT))
 
 import lavaconv  # noqa: E402
 from examples import models  # noqa: E402
-from lavaconv import pipeline  # noqa: E402
-from lavaconv.network import IF, MaxPool, Network  # noqa: E402
+from lavaconv.ir.network import IF, MaxPool, Network  # noqa: E402
+from lavaconv.sim import evaluation  # noqa: E402
 
 STEPS = [16, 32, 64, 128]
 MODELS = {"vgg": ("vgg_fmnist.pt2", models.VGGStyle, "vgg_state_dict.pt"),
@@ -169,7 +169,7 @@ def bench_model(name: str, items: int, calib_items: int) -> dict:
     with torch.no_grad():
         plain_acc = float((ann(torch.from_numpy(data.x_eval)).argmax(1).numpy()
                            == data.y_eval).mean())
-    batch = pipeline.auto_batch(snn.network, STEPS[-1])
+    batch = evaluation.auto_batch(snn.network, STEPS[-1])
     runs = {f"lavaconv {k}": v for k, v in lavaconv_runs(snn).items()}
     calib = [torch.from_numpy(data.x_calib[i:i + SJ_CALIB_BATCH])
              for i in range(0, len(data.x_calib), SJ_CALIB_BATCH)]

@@ -5,7 +5,7 @@
 
 Both bundled models with the default conversion (``--neuron rmp``, p99.9, analog input, v_init
 0.5, potential readout), calibrated once, quantized to the loihi2 profile twice — for our
-processes and for the stock graph (:mod:`lavaconv.stock`) — and run through the integer engine
+processes and for the stock graph (:mod:`lavaconv.ir.stock`) — and run through the integer engine
 to T = 256 on the same items. Prints a Markdown table (accuracy in %, difference in points).
 """
 
@@ -22,25 +22,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lavaconv import pipeline  # noqa: E402
-from lavaconv.cli import parser  # noqa: E402
-from lavaconv.commands import integer_network, prepare  # noqa: E402
-from lavaconv.profiles import load_profile  # noqa: E402
+from lavaconv.app.session import RunConfig, prepare  # noqa: E402
+from lavaconv.sim import evaluation  # noqa: E402
 
 MODELS = {"vgg": "examples/vgg_fmnist.pt2", "resnet": "examples/resnet_fmnist.pt2"}
 STEPS = [16, 32, 64, 128, 256]
 
 
 def measure(model: str, items: int) -> dict:
-    args = parser().parse_args(["eval", str(ROOT / MODELS[model]), "--data", "fashion-mnist",
-                                "--samples", str(items), "--quiet"])
-    prep = prepare(args)
-    profile = load_profile("loihi2")
+    prep = prepare(RunConfig(ROOT / MODELS[model], "fashion-mnist", samples=items,
+                             progress=False))
     out = {"ann": prep.ann_accuracy, "items": items}
     for graph in ("ours", "stock"):
-        net, _ = integer_network(prep, profile, max(STEPS), stock=graph == "stock")
+        net, _ = prep.integer("loihi2", max(STEPS), stock=graph == "stock")
         t0 = time.perf_counter()
-        ev = pipeline.evaluate(net, prep.dataset.x_eval, prep.dataset.y_eval, STEPS,
+        ev = evaluation.evaluate(net, prep.dataset.x_eval, prep.dataset.y_eval, STEPS,
                                progress=False)
         out[graph] = {str(t): ev.accuracy[t] for t in STEPS}
         out[graph + "_seconds"] = time.perf_counter() - t0

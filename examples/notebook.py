@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 import lavaconv
-from lavaconv.engine import encode_input, simulate
+from lavaconv.sim.engine import encode_input, simulate
 
 ITEMS = int(os.environ.get("LAVACONV_NOTEBOOK_ITEMS", "200"))
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from examples.models import ResNetStyle, VGGStyle
-from lavaconv.data import Dataset, batches, load_dataset
+from lavaconv.ann.data import Dataset, batches, load_dataset
 
 HERE = Path(__file__).parent
 MODELS = {"vgg": VGGStyle, "resnet": ResNetStyle}

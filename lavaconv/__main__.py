@@ -2,6 +2,6 @@
 
 import sys
 
-from lavaconv.cli import main
+from lavaconv.app.cli import main
 
 sys.exit(main())

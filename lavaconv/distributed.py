@@ -57,6 +57,13 @@ def shard(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
             yield start, min(start + batch_size, n)
 
 
+def batches(x: np.ndarray, size: int, device: str | torch.device = "cpu"
+            ) -> Iterator[tuple[int, torch.Tensor]]:
+    """This rank's share of fixed batches of ``x`` as (start, tensor on ``device``)."""
+    for start, stop in shard(len(x), size):
+        yield start, torch.from_numpy(np.ascontiguousarray(x[start:stop])).to(device)
+
+
 def all_sum(values: dict) -> dict:
     """Element-wise sum over ranks of a dict of numbers or arrays (same keys on every rank)."""
     rank, size = world()

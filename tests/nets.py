@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from lavaconv.calibrate import collect
-from lavaconv.convert import calibration_nodes
+from lavaconv.ann.probe import population_nodes
+from lavaconv.ann.stats import collect
 from lavaconv.frontend import canonicalize
 
 
@@ -33,6 +33,6 @@ def calibrated(model: nn.Module, x: torch.Tensor, batches: int = 1):
     """Canonical graph of ``model`` and its activation statistics on ``x`` (in ``batches``
     chunks), keyed by population name."""
     gm = canonicalize(model.eval(), tuple(x.shape[1:]))
-    names = calibration_nodes(gm)
+    names = population_nodes(gm)
     by_node = collect(gm, list(x.chunk(batches)), sorted(set(names.values())))
     return gm, {pop: by_node[node] for pop, node in names.items()}

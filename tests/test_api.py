@@ -44,7 +44,8 @@ def _hook_macs(model: nn.Module, shape: tuple[int, ...]) -> float:
 
 def _figure_j(profile: str, term: str) -> float:
     """A profile's energy figure in joules, read from its YAML file."""
-    q = yaml.safe_load((ROOT / "hw_profiles" / f"{profile}.yaml").read_text())["energy"][term]
+    path = ROOT / "lavaconv" / "hw_profiles" / f"{profile}.yaml"
+    q = yaml.safe_load(path.read_text())["energy"][term]
     return q["value"] * {"pJ": 1e-12, "fJ": 1e-15, "nJ": 1e-9}[q["unit"]]
 
 
@@ -88,9 +89,9 @@ def test_notebook_runs_with_small_sizes(tmp_path):
 
 
 def test_every_method_reaches_the_network_and_lava():
-    from lavaconv.deploy import compare
-    from lavaconv.engine import simulate
-    from lavaconv.network import IF
+    from lavaconv.ir.network import IF
+    from lavaconv.lava import compare
+    from lavaconv.sim.engine import simulate
 
     snn = lavaconv.convert(ROOT / "examples/vgg_fmnist.pt2", data="fashion-mnist", samples=4,
                            calib_samples=200, norm="max:neuron", neuron="snm", readout="count")

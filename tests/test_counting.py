@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavaconv.counting import ann_macs, fan_out, snn_synops
+from lavaconv.cost.counting import ann_macs, fan_out, snn_synops
 from lavaconv.frontend import canonicalize
-from lavaconv.network import IF, Conv, Dense, Input, Network, Readout
+from lavaconv.ir.network import IF, Conv, Dense, Input, Network, Readout
 
 
 def _bn_conv(cin, cout, k, stride=1):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from lavaconv.data import FASHION_MNIST_DIR, batches, load_dataset, read_idx
+from lavaconv.ann.data import FASHION_MNIST_DIR, batches, load_dataset, read_idx
 from lavaconv.errors import LavaconvError
 
 

@@ -9,19 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavaconv import cli
-from lavaconv.counting import LayerCount
-from lavaconv.energy import (
+from lavaconv.app import cli
+from lavaconv.cost.counting import LayerCount
+from lavaconv.cost.energy import (
     DEFAULT_ANN_PROFILES,
     DEFAULT_SNN_PROFILES,
-    measure,
     neuron_updates,
     population_counts,
     profiles_of,
     summarize,
 )
-from lavaconv.engine import encode_input, simulate
-from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.sim.engine import encode_input, simulate
+from lavaconv.sim.evaluation import measure_activity
 
 CHECKPOINTS = [3, 7, 12]
 
@@ -53,7 +53,7 @@ def x() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def activity(net, x):
-    return measure(net, x, CHECKPOINTS, batch_size=2, progress=False)
+    return measure_activity(net, x, CHECKPOINTS, batch_size=2, progress=False)
 
 
 def _recount(syn, counts: np.ndarray) -> float:

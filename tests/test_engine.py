@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lavaconv.engine import encode_input, maxpool_gate, simulate
-from lavaconv.network import IF, Dense, Input, MaxPool, Network, Readout
+from lavaconv.ir.network import IF, Dense, Input, MaxPool, Network, Readout
+from lavaconv.sim.engine import encode_input, maxpool_gate, simulate
 
 
 def one_neuron(z: float, reset: str, threshold: float = 1.0, bias: float = 0.0,

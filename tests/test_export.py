@@ -14,13 +14,13 @@ import torch
 from nets import ResidualBlock, calibrated
 
 import lavaconv.lava  # noqa: F401  (first: Lava sets the fork start method on import)
-from lavaconv.convert import ConvertOptions, NormSpec, convert
-from lavaconv.engine import encode_input, simulate
+from lavaconv.conversion import ConvertOptions, NormSpec, convert
 from lavaconv.errors import LavaconvError
 from lavaconv.export.netx import export_netx
 from lavaconv.export.nir import below, export_nir, nir_graph, output_node, spike_node
 from lavaconv.export.nir_sim import run_nir
-from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.sim.engine import encode_input, simulate
 
 STEPS = 40
 
@@ -166,7 +166,8 @@ def test_nir_of_a_converted_residual_model(tmp_path, neuron, align):
     torch.manual_seed(0)
     x = torch.rand(32, 1, 8, 8)
     gm, stats = calibrated(ResidualBlock(pool=True), x)
-    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec("max"), neuron, align=align))
+    net = convert(gm, (1, 8, 8), stats,
+                  ConvertOptions(NormSpec("max"), neuron, align=align, v_init=0.0))
     assert any(s.delay for s in net.synapses) == align
     for syn in net.synapses:  # onto the dyadic grid, so that every float32 sum is exact
         syn.weight = np.round(syn.weight * 256) / 256

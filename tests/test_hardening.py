@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from lavaconv import pipeline
-from lavaconv.cli import main
+from lavaconv.app.cli import main
+from lavaconv.sim import evaluation
 
 ROOT = Path(__file__).resolve().parent.parent
 RESNET = ROOT / "examples" / "resnet_fmnist.pt2"
@@ -82,7 +82,7 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     np.savez(tmp / "strings.npz", x=np.array([["a"] * 64] * 4).reshape(4, 1, 8, 8), y=np.zeros(4))
     np.savez(tmp / "nan.npz", x=np.full((4, 1, 8, 8), np.nan, np.float32), y=np.zeros(4))
     (tmp / "hostile.yaml").write_text(f"!!python/object/apply:os.system ['touch {tmp}/pwned']\n")
-    profile = (ROOT / "hw_profiles" / "loihi2.yaml").read_text()
+    profile = (ROOT / "lavaconv" / "hw_profiles" / "loihi2.yaml").read_text()
     (tmp / "range.yaml").write_text(profile.replace("weight_bits: {value: 8",
                                                     "weight_bits: {value: 99"))
     data = ["--data", str(tmp / "data.npz"), "--samples", "20", "--calib-samples", "10"]
@@ -166,7 +166,7 @@ def test_engine_memory_limit_is_a_user_error(tmp_path, monkeypatch, capsys):
     good = tiny(tmp_path / "good.pt2", small_net())
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((40, 1, 8, 8), np.float32),
              y=np.arange(40) % 10)
-    monkeypatch.setattr(pipeline, "MEMORY_BUDGET", 1000)
+    monkeypatch.setattr(evaluation, "MEMORY_BUDGET", 1000)
     assert main(["eval", str(good), "--data", str(tmp_path / "d.npz"), "--quiet"]) == 2
     assert "memory" in capsys.readouterr().err
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from lavaconv.engine import encode_input, simulate
 from lavaconv.errors import LavaconvError
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
 from lavaconv.lava import build, dynamics, loihi2_available, missing_hw_models, run_lava
 from lavaconv.lava import run as lava_run
-from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.sim.engine import encode_input, simulate
 
 STEPS = 16
 
@@ -273,7 +273,7 @@ def test_running_maxpool_is_bit_exact(encoding, reset, burst):
 
 @pytest.mark.parametrize("mode", ["count", "softmax"])
 def test_spike_count_and_softmax_readouts_on_lava(mode):
-    from lavaconv.deploy import compare
+    from lavaconv.lava import compare
 
     net = graded(conv_net("analog", "subtract"), "snm")
     payload = encode_input(net, _inputs(net), STEPS, seed=3)
@@ -336,7 +336,7 @@ INTERRUPTED = """
 import sys
 sys.path.insert(0, {tests!r})
 from test_lava import conv_net, _inputs
-from lavaconv.engine import encode_input
+from lavaconv.sim.engine import encode_input
 from lavaconv.lava import run_lava
 net = conv_net("analog", "zero")
 print("ready", flush=True)
@@ -491,8 +491,9 @@ def test_per_channel_weight_scale_is_bit_exact():
     # a converted residual block quantized with one threshold per output channel
     from nets import ResidualBlock, calibrated
 
-    from lavaconv.convert import ConvertOptions, NormSpec, convert
-    from lavaconv.quantize import Formats, quantize
+    from lavaconv.conversion import ConvertOptions, NormSpec, convert
+    from lavaconv.ir.fixedpoint import Formats
+    from lavaconv.quantize.integer import quantize
 
     torch.manual_seed(0)
     x = torch.rand(64, 1, 8, 8)

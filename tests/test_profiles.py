@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lavaconv.cost.profiles import ENERGY_TERMS, PROFILE_DIR, list_profiles, load_profile
 from lavaconv.errors import LavaconvError
-from lavaconv.profiles import ENERGY_TERMS, PROFILE_DIR, list_profiles, load_profile
-from lavaconv.quantize import Formats
+from lavaconv.ir.fixedpoint import Formats
 
 BUNDLED = ["horowitz-45nm", "loihi1", "loihi2", "rolls", "spinnaker1", "stratix10tx-fpga",
            "truenorth"]
@@ -49,7 +49,7 @@ def test_list_profiles():
 
 def test_typed_accessors_feed_the_quantizer():
     loihi2, loihi1 = load_profile("loihi2"), load_profile("loihi1")
-    assert Formats.from_profile(loihi2) == Formats()  # the quantizer's defaults are Loihi's
+    assert loihi2.formats == Formats()  # the quantizer's defaults are Loihi's
     assert (loihi2.formats.graded_payload_bits, loihi1.formats.graded_payload_bits) == (24, 0)
     assert loihi1.structure.neurons_per_core == 1024
     assert loihi1.structure.synaptic_memory_bytes_per_core == 128 * 1024

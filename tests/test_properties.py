@@ -6,9 +6,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lavaconv.engine import encode_input, simulate
-from lavaconv.network import IF, Dense, Input, Network, Readout
-from lavaconv.quantize import Formats, quantize
+from lavaconv.ir.fixedpoint import Formats
+from lavaconv.ir.network import IF, Dense, Input, Network, Readout
+from lavaconv.quantize.integer import quantize
+from lavaconv.sim.engine import encode_input, simulate
 
 
 def single(weight, reset: str, numeric: str = "float", threshold=1.0, a_exp: int = 0,

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from lavaconv import cli, stock
-from lavaconv.engine import encode_input, simulate
+from lavaconv.app import cli
 from lavaconv.errors import LavaconvError
-from lavaconv.lava import run_lava
+from lavaconv.ir import stock
+from lavaconv.ir.network import IF, Conv, Dense, Input, Network, Readout
+from lavaconv.lava import run_stock
 from lavaconv.lava.stock import build_stock, describe
-from lavaconv.network import IF, Conv, Dense, Input, Network, Readout
+from lavaconv.sim import lif
+from lavaconv.sim.engine import encode_input, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -67,7 +69,7 @@ def test_stock_graph_is_bit_exact_with_the_engine(seed):
     net = stock_net(seed)
     payload = encode_input(net, _inputs(net, 3), 48)
     eng = simulate(net, payload)
-    res = run_lava(net, payload.numpy())
+    res = run_stock(net, payload.numpy())
     for name, counts in eng.spike_counts.items():
         assert np.array_equal(counts.numpy(), res.spike_counts[name]), name
         assert 0 < counts.sum() < counts.numel() * 48, f"{name} idle or saturated"
@@ -86,12 +88,12 @@ def test_stock_neuron_is_not_the_ideal_one():
     node = IF((1,), np.zeros(1), np.array(theta), "lif", 1)
     u0 = torch.tensor([theta - 64 * 8], dtype=torch.int64)
     out = torch.zeros(500, 1)
-    stock.lif_integrate_and_fire(lambda t: torch.zeros(1, dtype=torch.int64), 500,
+    lif.lif_integrate_and_fire(lambda t: torch.zeros(1, dtype=torch.int64), 500,
                                  torch.tensor(theta), u0, out)
     assert out.sum() == 0 and node.reset == "lif"
     u = u0.clone()
     for _ in range(10):
-        u = stock.leak(u)
+        u = lif.leak(u)
     assert int(u) == int(u0) - 10 * 2  # ceil(8128 / 4096) = 2 per step
 
 
@@ -109,31 +111,26 @@ def test_grids_round_trip():
 
 
 def _prepared(model: str):
-    from lavaconv.commands import prepare
+    from lavaconv.app.session import RunConfig, prepare
 
-    args = cli.parser().parse_args(["deploy", str(ROOT / "examples" / model), "--data",
-                                    "fashion-mnist", "--samples", "8", "--calib-samples", "64",
-                                    "--quiet"])
-    return args, prepare(args)
+    return prepare(RunConfig(ROOT / "examples" / model, "fashion-mnist", samples=8,
+                             calib_samples=64, progress=False))
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed")
 def test_bundled_examples_deploy_stock_processes_only():
-    from lavaconv.commands import integer_network
-    from lavaconv.deploy import choose_graph
-    from lavaconv.profiles import load_profile
+    from lavaconv.app.deploy import DeployConfig, choose_graph
 
-    args, prep = _prepared("resnet_fmnist.pt2")
-    assert choose_graph(args, prep.net)
-    net, _ = integer_network(prep, load_profile("loihi2"), 64, stock=True)
+    prep = _prepared("resnet_fmnist.pt2")
+    assert choose_graph(prep.net, DeployConfig(target="loihi2"))
+    net, _ = prep.integer("loihi2", 64, stock=True)
     found = describe(net)
     assert found["process_classes"]["lava.proc.lif.process.LIF"] >= 9  # 7 + readout + clocks
     assert all(c.startswith(("lava.proc.", "lava.lib.dl.")) for c in found["process_classes"])
-    args, prep = _prepared("vgg_fmnist.pt2")  # max-pool: our gate, refused on loihi2
-    assert not choose_graph(args, prep.net)
-    args.target = "loihi2"
+    prep = _prepared("vgg_fmnist.pt2")  # max-pool: our gate on sim, refused on loihi2
+    assert not choose_graph(prep.net, DeployConfig())
     with pytest.raises(LavaconvError, match="max-pool needs lavaconv's MaxPoolGate"):
-        choose_graph(args, prep.net)
+        choose_graph(prep.net, DeployConfig(target="loihi2"))
 
 
 @pytest.mark.parametrize("option,named", [

@@ -1,4 +1,4 @@
-"""An integer :class:`~lavaconv.network.Network` as a lava-dl netx HDF5 file (lava-dl 0.6.0).
+"""An integer :class:`~lavaconv.ir.network.Network` as a lava-dl netx HDF5 file (lava-dl 0.6.0).
 
 netx (``lava.lib.dl.netx.hdf5``) reads a chain of layers ``input``, ``conv``, ``flatten``,
 ``dense``; each ``conv``/``dense`` layer is one synapse plus a population of Lava ``LIF`` neurons
@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from lavaconv.errors import LavaconvError
-from lavaconv.network import IF, Conv, Input, MaxPool, Network, Readout, Synapse
+from lavaconv.ir.network import IF, Conv, Input, MaxPool, Network, Readout, Synapse
 
 FORMAT = "lavaconv-netx/1"
 VTH_MANT_MAX = 2**17 - 1  # Lava LIF's unsigned 17-bit threshold mantissa

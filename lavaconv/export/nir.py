@@ -1,4 +1,4 @@
-"""A float :class:`~lavaconv.network.Network` as a NIR graph (package ``nir``, pinned to 1.0.8).
+"""A float :class:`~lavaconv.ir.network.Network` as a NIR graph (package ``nir``, pinned to 1.0.8).
 
 Nodes: ``Input`` → per synapse a ``Conv2d`` or ``Affine``/``Linear`` (preceded by one ``Flatten``
 per map source that feeds a Dense synapse) → one neuron per population → ``Output``. Weights and
@@ -34,7 +34,7 @@ import nir
 import numpy as np
 
 from lavaconv.errors import LavaconvError
-from lavaconv.network import IF, Conv, Input, MaxPool, Network, Readout, Synapse
+from lavaconv.ir.network import IF, Conv, Input, MaxPool, Network, Readout, Synapse
 
 FORMAT = "lavaconv-nir/1"
 

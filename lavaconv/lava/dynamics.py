@@ -19,6 +19,7 @@ from lava.proc.dense.process import Dense as LavaDense
 from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
 
 from lavaconv.errors import LavaconvError
+from lavaconv.ir.fixedpoint import THRESHOLD_SHIFT, wrap
 
 EXACT_SUM = 2**31  # stock models sum in int32 (Dense) or cast to int32 (Conv): exact below this
 
@@ -40,7 +41,7 @@ def payload_at(payload: np.ndarray, item: int, t: int) -> np.ndarray:
 def fixed_gain(a: np.ndarray, a_exp: int) -> np.ndarray:
     """``u = a << (6 + a_exp)``, a flooring right shift when the shift is negative (in place
     where ``a`` is int64)."""
-    shift = 6 + a_exp
+    shift = THRESHOLD_SHIFT + a_exp
     a = np.asarray(a, dtype=np.int64)
     if shift >= 0:
         return np.left_shift(a, shift, out=a)
@@ -185,12 +186,6 @@ class Gate:
         return best
 
 
-def _wrap(a: np.ndarray, bits: int) -> np.ndarray:
-    """Two's-complement wrap of int64 values to ``bits`` (Lava's ``signed_clamp``)."""
-    half = 1 << (bits - 1)
-    return ((a + half) & ((1 << bits) - 1)) - half
-
-
 def _sum_bound(proc, weights: np.ndarray, message_bits: int, shift: int = 0) -> int:
     """Largest possible |synaptic sum| (times ``2**shift``); refuse one that would leave the
     range where Lava's stock model is exact."""
@@ -281,4 +276,4 @@ class ConvKernel(Kernel):
             y = F.conv2d(x, self.kernel, stride=self.stride, padding=self.padding,
                          dilation=self.dilation, groups=self.groups)
         a = y[0].permute(1, 2, 0).numpy().astype(np.int64)  # integral already, (W, H, C)
-        return _wrap(a, 24) if self.wraps else a
+        return wrap(a) if self.wraps else a

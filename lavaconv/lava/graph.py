@@ -1,4 +1,4 @@
-"""A :class:`~lavaconv.network.Network` as a graph of Lava processes (docs/design.md section 4).
+"""A :class:`~lavaconv.ir.network.Network` as a graph of Lava processes (docs/design.md section 4).
 
 One process per node (:class:`SpikeSource`, :class:`IFNeuron`, :class:`Readout`,
 :class:`MaxPoolGate`) and one stock Lava ``Dense``/``Conv`` per synapse, so Intel's Loihi 2
@@ -19,6 +19,8 @@ from lava.proc.dense.process import Dense as LavaDense
 from lava.utils.weightutils import SignMode
 
 from lavaconv.errors import LavaconvError
+from lavaconv.ir.fixedpoint import GRADED_FLOAT_BITS
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Node, Shape
 from lavaconv.lava.procs.process import (
     Delay,
     IFNeuron,
@@ -27,9 +29,6 @@ from lavaconv.lava.procs.process import (
     SpikeSource,
     SpikingNetwork,
 )
-from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Node, Shape
-
-GRADED_FLOAT_BITS = 24  # message width declared for float payloads (CPU only; Loihi 2's widest)
 
 
 def lava_shape(shape: Shape) -> Shape:
@@ -73,18 +72,16 @@ def _message_bits(net: Network, name: str) -> int:
     """Graded payload width a synapse reads from node ``name``: 0 for binary spikes, else
     enough signed bits for the largest |payload| (graded analog input, signed Poisson spikes,
     graded, burst or signed IF spikes, passed on by a max-pool gate)."""
-    node = net.nodes[name]
-    if isinstance(node, MaxPool):
-        return _message_bits(net, node.source)
-    if isinstance(node, Input):
-        if node.encoding == "poisson":
-            return 2  # signed ±1 spikes: a bool cast would turn -1 into +1
-        return node.payload_bits if net.numeric == "int" else GRADED_FLOAT_BITS
-    if node.reset != "snm" and node.burst == 1 and np.all(node.payload == 1):
+    if net.is_binary(name):
         return 0
+    src = net.nodes[net.sender(name)]
+    if isinstance(src, Input) and src.encoding == "poisson":
+        return 2  # signed ±1 spikes: a bool cast would turn -1 into +1
     if net.numeric != "int":
         return GRADED_FLOAT_BITS
-    return (int(np.max(node.payload)) * node.burst).bit_length() + 1
+    if isinstance(src, Input):
+        return src.payload_bits
+    return int(net.max_payload(name)).bit_length() + 1
 
 
 def _node_process(name: str, node: Node, payload: np.ndarray, net: Network) -> AbstractProcess:
@@ -150,7 +147,7 @@ def _connect(out, target) -> None:
 
 def build(net: Network, payload: np.ndarray) -> LavaGraph:
     """Processes and connections for ``net`` playing back ``payload`` ``(T, K, *input_shape)``
-    (the layout of :func:`lavaconv.engine.encode_input`)."""
+    (the layout of :func:`lavaconv.sim.engine.encode_input`)."""
     payload = np.asarray(payload)
     steps, items = payload.shape[:2]
     if steps < 1 or items < 1:

@@ -9,7 +9,7 @@ for processes that wait for the failed one's messages. :func:`running` handles a
 raises and is re-delivered afterwards, Lava's processes start with SIGINT and SIGTERM blocked,
 after any exception they are killed instead of asked to stop, and a run polls for a dead process
 instead of waiting on Lava (using lava-nc 0.10's runtime attributes where Lava has no API).
-``--max-seconds`` (SIGALRM, :mod:`lavaconv.cli`) is one more exception: it cuts a run short
+``--max-seconds`` (SIGALRM, :mod:`lavaconv.app.cli`) is one more exception: it cuts a run short
 mid-step; neither it nor a signal cuts the start or the cleanup short.
 """
 

@@ -1,4 +1,4 @@
-"""Run a :class:`~lavaconv.network.Network` on Lava, items back to back (docs/design.md §4)."""
+"""Run a :class:`~lavaconv.ir.network.Network` on Lava, items back to back (docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from lava.proc.dense.process import Dense as LavaDense
 from tqdm import tqdm
 
 from lavaconv.errors import LavaconvError
+from lavaconv.ir.network import Network
 from lavaconv.lava import fused, lifecycle
 from lavaconv.lava.graph import LavaGraph, build, to_lava
 from lavaconv.lava.hardware import loihi2_available, missing_hw_models
 from lavaconv.lava.procs import models
 from lavaconv.lava.procs.process import COUNTED, Delay, IFNeuron, MaxPoolGate, Readout, SpikeSource
-from lavaconv.network import Network
 
 MODELS = {
     "fixed_pt": {IFNeuron: models.PyIFModelFixed, Readout: models.PyReadoutModelFixed,
@@ -125,18 +125,15 @@ def _timed(advance: Callable[[int], None], steps: int) -> float:
 def run_lava(net: Network, payload: np.ndarray, *, tag: str = "fixed_pt", target: str = "sim",
              fast: bool | None = None, progress: bool = False) -> LavaResult:
     """Run the items of ``payload`` ``(T, K, *input_shape)`` (as from
-    :func:`lavaconv.engine.encode_input`) through Lava: per item T steps, read, one reset step.
+    :func:`lavaconv.sim.engine.encode_input`) through Lava: per item T steps, read, one reset step.
 
     ``fast`` (default: for ``target='sim'`` with ``fixed_pt``) runs the same process graph with
     the fused CPU model, bit-exact with Lava's stock models; ``fast=False`` uses those.
-    A network quantized for the stock LIF graph (reset 'lif') runs as that graph of stock
-    processes with Lava's bit-accurate models (:mod:`lavaconv.lava.stock`; ``fast`` ignored)."""
-    from lavaconv.lava import stock
-
-    if stock.is_stock(net):
-        if tag != "fixed_pt":
-            raise LavaconvError("the stock LIF graph runs with Lava's fixed_pt models only")
-        return stock.run_stock(net, payload, target, progress)
+    A network for the stock LIF graph (reset 'lif') runs with
+    :func:`lavaconv.lava.stock.run_stock`."""
+    if any(getattr(n, "reset", None) == "lif" for n in net.nodes.values()):
+        raise LavaconvError("a network with reset 'lif' is the stock LIF graph: run it with "
+                            "lavaconv.lava.stock.run_stock")
     fast = (target, tag) == ("sim", "fixed_pt") if fast is None else fast
     graph = build(net, payload)
     cfg = run_config(graph, tag, target, fast)

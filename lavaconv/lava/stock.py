@@ -3,7 +3,7 @@
 Every process is Lava's own (``lava.proc.*``), the kinds Intel's extension maps to Loihi 2
 (``LIF``, ``Dense``, ``Sparse``, ``Conv``) plus the host-side input (``io.source.RingBuffer``)
 and, for the check against the engine, ``Monitor`` probes of the spikes. The construction and
-its exact arithmetic are in :mod:`lavaconv.stock` and docs/design.md section 7:
+its exact arithmetic are in :mod:`lavaconv.ir.stock` and docs/design.md section 7:
 
 - an IF population: ``LIF(du=0, dv=4095, vth=vth >> 6, u=v_init)``, a ``Sparse`` diagonal
   self-connection ``-w_s`` (``weight_exp e_s``), one or two ``Sparse`` bias columns from a clock;
@@ -38,9 +38,11 @@ from lava.proc.sparse.models import PySparseModelBitAcc
 from lava.proc.sparse.process import Sparse
 from lava.utils.weightutils import SignMode
 from scipy.sparse import csr_matrix, identity
+from tqdm import tqdm
 
-from lavaconv import stock
 from lavaconv.errors import LavaconvError
+from lavaconv.ir import stock
+from lavaconv.ir.network import IF, Conv, Dense, Input, Network, Readout
 from lavaconv.lava import lifecycle
 from lavaconv.lava.graph import (
     _check_int_weights,
@@ -51,7 +53,7 @@ from lavaconv.lava.graph import (
     to_lava,
 )
 from lavaconv.lava.hardware import loihi2_available
-from lavaconv.network import IF, Conv, Dense, Input, Network, Readout
+from lavaconv.lava.run import LavaResult, _torch_single_thread
 
 MODELS = {LIF: PyLifModelBitAcc, LavaDense: PyDenseModelBitAcc, Sparse: PySparseModelBitAcc,
           LavaConv: PyConvModelFixed, RingBuffer: PySendModelFixed}
@@ -256,10 +258,6 @@ def run_config(graph: StockGraph, target: str) -> RunConfig:
 def run_stock(net: Network, payload: np.ndarray, target: str = "sim", progress: bool = False):
     """Run the items of ``payload`` ``(T, K, *input_shape)`` through the stock graph; returns
     a :class:`lavaconv.lava.run.LavaResult` (spike counts from the monitors, on ``sim``)."""
-    from tqdm import tqdm
-
-    from lavaconv.lava.run import LavaResult, _torch_single_thread
-
     graph = build_stock(net, payload, monitors=target == "sim")
     cfg = run_config(graph, target)
     readout, running = [], 0.0

@@ -57,7 +57,7 @@ class Readout(Integrator):
         v[t] = sat(v[t-1] + G(a_in[t]) + bias * [t >= t_start])
 
     from ``v = v_init`` (lavaconv's readouts start at 0), restored at the reset step
-    ``t == steps``. ``mode`` says what is read (lavaconv.network.Readout): ``potential`` and
+    ``t == steps``. ``mode`` says what is read (lavaconv.ir.network.Readout): ``potential`` and
     ``softmax`` read v (a spiking softmax samples classes from v off-chip); ``count`` also
     fires, with reset by subtraction at ``vth`` and no output port, and reads the per-item
     spike ``count`` (the neuron that spiked most, Rueckauer sec. 3.5).

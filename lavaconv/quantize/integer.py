@@ -23,32 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from lavaconv.errors import LavaconvError
-from lavaconv.network import IF, MaxPool, Network, Readout
-from lavaconv.stock import obstacles, round_bias, round_threshold
+from lavaconv.ir.fixedpoint import Formats
+from lavaconv.ir.network import IF, MaxPool, Network, Readout
+from lavaconv.ir.stock import obstacles, round_bias, round_threshold
 
 WEIGHT_SCALES = ("layer", "channel")
 CHANNEL_SPREAD_BITS = 8  # most a channel's weight scale may exceed the layer's smallest by
-
-
-@dataclass(frozen=True)
-class Formats:
-    """The numeric formats the quantizer needs (from a hardware profile's ``formats``)."""
-
-    weight_bits: int = 8
-    weight_exp_min: int = -8
-    weight_exp_max: int = 7
-    threshold_mant_bits: int = 17
-    threshold_shift: int = 6
-    bias_mant_bits: int = 13
-    bias_exp_max: int = 7
-    state_bits: int = 24
-    graded_payload_bits: int = 24
-    input_payload_bits: int = 8
-
-    @classmethod
-    def from_profile(cls, profile) -> Formats:
-        f = profile.formats
-        return cls(**{k: int(getattr(f, k)) for k in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -73,23 +53,23 @@ def quantize(
     net: Network,
     formats: Formats,
     *,
-    input_max: float,
     timesteps: int,
+    input_max: float | None = None,
     headroom_bits: int = 3,
     weight_scale: str = "layer",
     stock: bool = False,
     floors: dict[str, float] | None = None,
 ) -> tuple[Network, list[LayerQuant]]:
-    """Integer copy of ``net``; ``input_max`` is max |x| over calibration data (analog gain),
-    ``timesteps`` bounds the readout's accumulated state. ``weight_scale='channel'`` gives
-    every output channel of a spiking population its own threshold mantissa, so that each
-    channel's incoming weights span the whole weight grid (per-channel weight quantization;
-    a readout keeps one scale, which its argmax needs). ``stock``: the grids of the stock LIF
-    graph (:mod:`lavaconv.stock`): reset 'subtract' becomes 'lif', ``a_exp >= 0``, threshold
-    mantissas of 7 significant bits, biases on the Sparse-term grid, a ``lif`` readout; with
-    ``floors`` (the most negative potential per population, in thresholds: the stock LIF's u
-    wraps where ours saturates) the threshold also keeps ``1.25 * |floor|`` thresholds of u
-    inside the 24-bit state."""
+    """Integer copy of ``net``; ``timesteps`` bounds the readout's accumulated state,
+    ``input_max`` is max |x| over calibration data (the analog gain; default the input node's
+    ``x_max``). ``weight_scale='channel'`` gives every output channel of a spiking population
+    its own threshold mantissa, so that each channel's incoming weights span the whole weight
+    grid (per-channel weight quantization; a readout keeps one scale, which its argmax needs).
+    ``stock``: the grids of the stock LIF graph (:mod:`lavaconv.ir.stock`): reset 'subtract'
+    becomes 'lif', populations get ``a_exp >= 0`` and threshold mantissas of 7 significant bits,
+    biases on the Sparse-term grid, the readout is a ``lif`` one; ``floors`` (the largest
+    |potential| per population in thresholds, as a negative number: the stock LIF's u wraps
+    where ours saturates) keeps ``1.25 * |floor|`` thresholds inside the 24-bit state."""
     if stock and obstacles(net, weight_scale, graph=False):
         raise LavaconvError(obstacles(net, weight_scale, graph=False)[0])
     if weight_scale not in WEIGHT_SCALES:
@@ -102,6 +82,10 @@ def quantize(
     inp = out.nodes[out.input_name]
     unit = {name: 1.0 for name in out.nodes}
     if inp.encoding == "analog":
+        input_max = inp.x_max if input_max is None else input_max
+        if input_max is None:
+            raise LavaconvError("the network's input has no calibration maximum (x_max): "
+                                "convert it again, or give input_max")
         inp.payload_bits = formats.input_payload_bits
         inp.gain = (2 ** (formats.input_payload_bits - 1) - 1) / max(input_max / inp.scale, 1e-12)
         unit[out.input_name] = 1.0 / inp.gain
@@ -131,8 +115,7 @@ def quantize(
             cap = max(1, min(cap, math.floor(room / 2**formats.threshold_shift)))
         exp = int(np.clip(math.floor(math.log2(cap / float(r_max.max()))),
                           max(formats.weight_exp_min, 0) if stock and spiking
-                          else formats.weight_exp_min,
-                          formats.weight_exp_max))
+                          else formats.weight_exp_min, formats.weight_exp_max))
         vth_mant = np.minimum(np.floor(r_max * 2.0**exp), cap).astype(np.int64)
         if stock and spiking:
             vth_mant = np.asarray(round_threshold(int(vth_mant)), dtype=np.int64)
@@ -149,7 +132,7 @@ def quantize(
             errors.append((w * rows, w_int))
             syn.weight = w_int.astype(np.int64)
         if per_channel:  # (C, 1, 1) against (C, H, W) maps
-            vth_mant = vth_mant.reshape(vth_mant.shape + (1,) * (len(node.shape) - 1))
+            vth_mant = node.per_channel(vth_mant)
         vth_int = vth_mant << shift
         bias_float = node.bias * vth_int
         bias_exp = 0
@@ -203,8 +186,7 @@ def _check_graded(net: Network, formats: Formats) -> None:
     if formats.graded_payload_bits > 0:
         return
     for name, node in net.nodes.items():
-        if isinstance(node, IF) and (node.reset == "snm" or node.burst > 1
-                                     or not np.all(node.payload == 1)):
+        if isinstance(node, IF) and not net.is_binary(name):
             raise LavaconvError(f"layer {name}: sends graded or signed spikes (SNM neuron, "
                                 "burst or neuron-wise norm), but the profile has binary spikes "
                                 "only (graded_payload_bits 0)")
@@ -231,11 +213,10 @@ def _cap(node: IF | Readout, formats: Formats, headroom_bits: int, timesteps: in
 
 
 def _graded_source(net: Network, name: str) -> str | None:
-    """The population whose graded spikes a synapse from ``name`` carries, if any."""
-    node = net.nodes[name]
-    if isinstance(node, MaxPool):
-        return _graded_source(net, node.source)
-    return name if isinstance(node, IF) and not np.all(node.payload == 1) else None
+    """The population whose graded payload grid a synapse from ``name`` carries, if any."""
+    src = net.sender(name)
+    node = net.nodes[src]
+    return src if isinstance(node, IF) and np.any(node.payload != 1) else None
 
 
 def _payload_levels(net: Network, formats: Formats, unit: dict[str, float],

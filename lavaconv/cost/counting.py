@@ -16,7 +16,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from lavaconv.network import Conv, Dense, Input, MaxPool, Network
+from lavaconv.ir.network import Conv, Dense, Input, Network
 
 aten = torch.ops.aten
 
@@ -67,18 +67,6 @@ def fan_out(syn: Conv | Dense, src_shape: tuple[int, ...]) -> np.ndarray:
     return back[0].numpy()
 
 
-def sends_graded(net: Network, name: str) -> bool:
-    """Whether node ``name`` sends graded values rather than unit spikes: analog input, or an
-    IF population whose ``payload`` is not 1 or that sends bursts (a max-pool gate passes its
-    source's)."""
-    node = net.nodes[name]
-    if isinstance(node, Input):
-        return node.encoding == "analog"
-    if isinstance(node, MaxPool):
-        return sends_graded(net, node.source)
-    return node.burst > 1 or bool(np.any(np.asarray(node.payload) != 1))
-
-
 def snn_synops(net: Network, spike_counts: dict[str, np.ndarray],
                input_events: np.ndarray, items: int) -> list[LayerCount]:
     """SOPs per item of every synapse, from per-neuron spike events summed over ``items``.
@@ -94,5 +82,5 @@ def snn_synops(net: Network, spike_counts: dict[str, np.ndarray],
         fan = fan_out(syn, tuple(src.shape))
         ops = float((np.abs(np.asarray(counts)) * fan).sum()) / max(items, 1)
         out.append(LayerCount(f"{syn.source}->{syn.target}", type(syn).__name__.lower(), ops,
-                              sends_graded(net, syn.source)))
+                              net.is_graded(syn.source)))
     return out

@@ -1,7 +1,7 @@
 """Energy per inference: the ANN's MACs on ANN profiles, the SNN's measured activity on
 neuromorphic profiles, per layer and in total, against the number of timesteps T.
 
-Counts come from :mod:`lavaconv.counting`, figures from :mod:`lavaconv.profiles`. An SNN's cost
+Counts come from :mod:`~lavaconv.cost.counting`, figures from the profiles. An SNN's cost
 has three parts, each priced on its own: synaptic (one SOP per spike and non-zero synapse it
 reaches), neuron (every neuron updates every step) and routing (one message per spike and
 synapse). An all-in figure (TrueNorth, SpiNNaker) is the whole cost of a synaptic event and
@@ -11,15 +11,14 @@ stands alone; a part a profile has no figure for is left out of its total and sh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from lavaconv import pipeline
-from lavaconv.counting import LayerCount, sends_graded, snn_synops
+from lavaconv.cost.counting import LayerCount, snn_synops
+from lavaconv.cost.profiles import Profile, load_profile
 from lavaconv.errors import LavaconvError
-from lavaconv.network import IF, Input, Network, Readout
-from lavaconv.profiles import Profile, load_profile
+from lavaconv.ir.network import IF, Input, Network, Readout
+from lavaconv.sim.evaluation import Activity
 
 CONVENTION = ("1 MAC = 1 op (as torchvision and syops-counter count); an FPGA datasheet counts "
               "2 FLOPs per MAC")
@@ -31,33 +30,6 @@ PARTS = {  # part of an SNN's cost -> the energy terms it is made of
     "neuron": ("neuron_update_active", "neuron_update_inactive"),
     "routing": ("spike_in_tile",),
 }
-
-
-@dataclass
-class Activity:
-    """Spikes of an SNN over the first T steps of each checkpoint T, summed over ``items``."""
-
-    items: int
-    spike_counts: dict[int, dict[str, np.ndarray]]  # T -> node -> spikes per neuron
-    input_events: dict[int, np.ndarray]  # T -> non-zero payloads sent per input neuron
-
-
-def measure(net: Network, x: np.ndarray, checkpoints: Sequence[int], *, seed: int = 0,
-            batch_size: int | None = None, device: str = "cpu",
-            progress: bool = True) -> Activity:
-    """Run the engine on ``x`` (batches and seeds of :func:`lavaconv.pipeline.evaluate`, so
-    Poisson input draws the same spikes) and keep every neuron's spike count at each
-    checkpoint, from one run to the last checkpoint (the engine is causal)."""
-    if min(checkpoints) < 1:
-        raise LavaconvError(f"timesteps must be >= 1, got {min(checkpoints)}")
-    return activity(pipeline.evaluate(net, x, None, checkpoints, seed=seed,
-                                      batch_size=batch_size, device=device,
-                                      progress=progress, per_neuron=True))
-
-
-def activity(ev: pipeline.SnnEval) -> Activity:
-    """The per-neuron activity an evaluation with ``per_neuron=True`` kept."""
-    return Activity(ev.items, ev.neuron_counts, ev.input_events)
 
 
 def neuron_updates(net: Network, timesteps: int) -> dict[str, tuple[float, float]]:
@@ -216,7 +188,7 @@ def _assumptions(ann_profiles: Sequence[Profile], net: Network | None,
         "Figures are of different kinds (vendor peak efficiency, pre-silicon simulation, chip "
         "measurement) and process nodes (FPGA 14 nm, ROLLS 180 nm): ratios compare estimates.",
     ]
-    if any(sends_graded(net, s.source) for s in net.synapses
+    if any(net.is_graded(s.source) for s in net.synapses
            if not isinstance(net.nodes[s.source], Input)):
         lines.append("Graded spikes (a population whose spike carries a value other than 1) "
                      "are marked graded; each graded event is priced as one synaptic event.")

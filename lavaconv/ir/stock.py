@@ -17,15 +17,15 @@ recomputes every step). ``PyLifModelBitAcc`` then computes, per neuron (docs/des
 1/4096 of itself.) A readout with ``lif`` set is a stock ``LIF`` with ``du = 4095``, ``dv = 0``
 (an exact integrator), its own bias from step 0 and ``v[-1] = -t_start * bias`` (equal to ours
 from ``t_start`` on), ``vth = 2**17 - 1``: ``v`` saturates at ``+-(2**23 - 1)`` and resets to 0
-above ``(2**17 - 1) << 6``. This module has no Lava import: the engine uses it too.
+above ``(2**17 - 1) << 6``. Here: the grids and what
+excludes the construction; the arithmetic is in :mod:`lavaconv.sim.lif`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from lavaconv.network import IF, MaxPool, Network, Readout
+from lavaconv.ir.network import IF, MaxPool, Network, Readout
 
 V_LIMIT = 2**23 - 1  # LIF clips v to +-V_LIMIT
 U_HALF = 2**23  # LIF wraps u into (-2**23, 2**23]
@@ -47,11 +47,13 @@ def self_weight(vth_mant: int) -> tuple[int, int]:
     raise ValueError(f"threshold mantissa {m} is not an even 8-bit weight times a power of 2")
 
 
+
 def round_threshold(vth_mant: int) -> int:
     """The largest threshold mantissa <= ``vth_mant`` that :func:`self_weight` can express."""
     m = int(vth_mant)
     k = max(0, m.bit_length() - SIGNIFICANT_BITS)
     return (m >> k) << k
+
 
 
 def bias_terms(bias: np.ndarray) -> list[tuple[np.ndarray, int]]:
@@ -74,6 +76,7 @@ def bias_terms(bias: np.ndarray) -> list[tuple[np.ndarray, int]]:
     return [(w, e) for w, e in terms if np.any(w)]
 
 
+
 def terms_value(terms: list[tuple[np.ndarray, int]], shape) -> np.ndarray:
     """``sum w * 2**e`` of :func:`bias_terms` (int64, exact: ``w`` is even)."""
     total = np.zeros(shape, np.int64)
@@ -82,11 +85,13 @@ def terms_value(terms: list[tuple[np.ndarray, int]], shape) -> np.ndarray:
     return total
 
 
+
 def round_bias(bias_float: np.ndarray) -> np.ndarray:
     """A population's bias (state units) on the stock grid: ``64 *`` a value of the Sparse bias
     terms (int64)."""
     b64 = np.asarray(bias_float, dtype=np.float64) / 64
     return terms_value(bias_terms(b64), b64.shape) << 6
+
 
 
 def obstacles(net: Network, weights: str = "layer", graph: bool = True) -> list[str]:
@@ -122,6 +127,7 @@ def obstacles(net: Network, weights: str = "layer", graph: bool = True) -> list[
     return list(found.values())
 
 
+
 def option_obstacles(neuron: str = "rmp", burst: int = 1, readout: str = "potential",
                      align: bool = False, weights: str = "layer", norm: str = "") -> list[str]:
     """:func:`obstacles` from the command line's options alone (before any conversion)."""
@@ -145,87 +151,3 @@ def option_obstacles(neuron: str = "rmp", burst: int = 1, readout: str = "potent
         found.append("--weights channel: the stock LIF graph has one threshold per population; "
                      "use --weights layer")
     return found
-
-
-def floors(net: Network, x: np.ndarray, timesteps: int, batch: int = 16) -> dict[str, float]:
-    """Largest |potential| (in thresholds, as a negative number) of every IF population of the
-    float ``net`` on the items ``x`` over ``timesteps`` steps: the stock LIF's u wraps instead
-    of saturating, so the quantizer keeps ``|floor| * vth`` inside the 24-bit state."""
-    from lavaconv.engine import encode_input, simulate
-
-    low = {n: 0.0 for n, node in net.nodes.items() if isinstance(node, IF)}
-
-    def probe(name: str, current: torch.Tensor, train: torch.Tensor) -> None:
-        v0 = torch.as_tensor(np.asarray(net.nodes[name].v_init, dtype=np.float32))
-        v = torch.cumsum(current, 0).sub_(torch.cumsum(train, 0)).add_(v0)
-        low[name] = min(low[name], float(v.min()), -float(v.max()))
-
-    for i in range(0, len(x), batch):
-        simulate(net, encode_input(net, x[i:i + batch], timesteps), probe=probe)
-    return low
-
-
-# ----- the arithmetic of PyLifModelBitAcc on int64 tensors -----
-
-def leak(u: torch.Tensor) -> torch.Tensor:
-    """``sgn(u) * ((|u| * 4095) >> 12)``: du = 0 with Loihi's ds_offset of 1."""
-    return torch.sign(u) * torch.div(u.abs() * 4095, 4096, rounding_mode="floor")
-
-
-def carry(v: torch.Tensor) -> torch.Tensor:
-    """``sgn(v) * (|v| >> 12)``: dv = 4095."""
-    return torch.sign(v) * torch.div(v.abs(), 4096, rounding_mode="floor")
-
-
-def wrap_u(u: torch.Tensor) -> torch.Tensor:
-    """LIF's wrap of u: above 2**23 subtract 2**24, at or below -2**23 add 2**24 (in place)."""
-    u.sub_(u.gt(U_HALF).to(u.dtype) * (2 * U_HALF))
-    u.add_(u.le(-U_HALF).to(u.dtype) * (2 * U_HALF))
-    return u
-
-
-def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: torch.Tensor,
-                           out: torch.Tensor) -> int:
-    """The stock soft-reset neuron for ``steps`` steps; ``current(t)`` is ``A[t] << 6`` without
-    the self-connection (int64). Writes s[t] (0/1) into ``out[t]``; returns the neuron-steps
-    whose u wrapped or v saturated."""
-    u = u_init.clone()
-    v = torch.zeros_like(u)
-    s = torch.zeros_like(u, dtype=torch.bool)
-    clipped = 0
-    for t in range(steps):
-        x = current(t) - theta * s
-        u = leak(u).add_(x)
-        clipped += int(torch.count_nonzero(u.gt(U_HALF) | u.le(-U_HALF)))
-        wrap_u(u)
-        v = carry(v).add_(u)
-        clipped += int(torch.count_nonzero(v.abs() > V_LIMIT))
-        v.clamp_(-V_LIMIT, V_LIMIT)
-        s = v > theta
-        v.masked_fill_(s, 0)
-        out[t] = s
-    return clipped
-
-
-def lif_readout(x: torch.Tensor, bias: torch.Tensor, t_start: int) -> tuple[torch.Tensor, int]:
-    """v[t] (all t) of a readout LIF receiving ``x[t] = A[t] << 6`` (int64, (T, B, n)) and its
-    own ``bias`` every step from ``v[-1] = -t_start * bias``; and the neuron-steps clipped or
-    reset."""
-    x = x.clone()
-    bad = x.gt(U_HALF) | x.le(-U_HALF)
-    clipped = int(torch.count_nonzero(bad))
-    if clipped:
-        wrap_u(x)
-    x.add_(bias)
-    v = torch.cumsum(x, 0) - t_start * bias
-    limit = READOUT_VTH << 6
-    if v.min() >= -V_LIMIT and v.max() <= limit:
-        return v, clipped
-    state = torch.zeros_like(x[0]) - t_start * bias
-    for t in range(len(x)):
-        state.add_(x[t])
-        clipped += int(torch.count_nonzero((state.abs() > V_LIMIT) | (state > limit)))
-        state.clamp_(-V_LIMIT, V_LIMIT)
-        state.masked_fill_(state > limit, 0)
-        v[t] = state
-    return v, clipped

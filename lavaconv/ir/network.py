@@ -13,7 +13,7 @@ the exact update equations of both.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,20 @@ import numpy as np
 Shape = tuple[int, ...]
 RESETS = ("subtract", "zero", "snm", "lif")
 READOUTS = ("potential", "count", "softmax")
+ENCODINGS = ("analog", "poisson")
 MAX_BURST = 16
 POOLS = ("gate", "running")
 
 
 def _array(x) -> np.ndarray:
     return np.asarray(x)
+
+
+def per_channel(a: np.ndarray, shape: Shape) -> np.ndarray:
+    """A scalar or per-channel ``(C,)`` array shaped to broadcast against ``shape`` (a ``(C,
+    H, W)`` map gets ``(C, 1, 1)``; anything else is returned as it is)."""
+    a = np.asarray(a)
+    return a.reshape(-1, *[1] * (len(shape) - 1)) if a.ndim == 1 and len(shape) > 1 else a
 
 
 @dataclass
@@ -39,6 +47,18 @@ class Input:
     scale: float = 1.0  # lambda_in: input value carried by a unit spike
     payload_bits: int = 0  # int mode, analog: graded payload is round(x * gain), |.| < 2**(bits-1)
     gain: float = 1.0  # int mode, analog: payload per unit of x / scale
+    x_max: float | None = None  # max |x| over the calibration items (the analog gain's range)
+
+    is_signed = True  # analog values and Poisson spikes both carry a sign
+
+    @property
+    def is_graded(self) -> bool:
+        return self.encoding == "analog"
+
+    def max_payload(self, numeric: str) -> float:
+        if self.encoding == "poisson":
+            return 1.0
+        return float(2 ** (self.payload_bits - 1) - 1) if numeric == "int" else np.inf
 
 
 @dataclass
@@ -58,7 +78,7 @@ class IF:
 
     ``reset='lif'`` (int mode) is reset by subtraction built from Lava's stock ``LIF``:
     ``v_init`` is u's initial value, ``bias`` is on the stock grid, and the update is
-    :mod:`lavaconv.stock`'s (u leaks 1/4096 a step, v carries 1/4096, strict ``v > vth``);
+    :mod:`lavaconv.sim.lif`'s (u leaks 1/4096 a step, v carries 1/4096, strict ``v > vth``);
     in float mode it is 'subtract'.
     ``reset='snm'`` is the signed neuron with memory (Wang et al. 2022, SNM eq. 7-11).
     ``burst`` > 1 lets a neuron send up to ``burst`` spikes in one step as one graded message
@@ -98,6 +118,24 @@ class IF:
                              "'lif'), "
                              f"not {self.burst}")
 
+    @property
+    def is_signed(self) -> bool:
+        """Whether it may send negative spikes (SNM)."""
+        return self.reset == "snm"
+
+    @property
+    def is_graded(self) -> bool:
+        """Whether a message may carry more than a unit spike (bursts, graded payloads)."""
+        return self.burst > 1 or bool(np.any(self.payload != 1))
+
+    def max_payload(self, numeric: str) -> float:
+        """Largest |value| one message carries."""
+        return float(np.abs(self.payload).max()) * self.burst
+
+    def per_channel(self, a: np.ndarray) -> np.ndarray:
+        """A scalar or per-channel ``(C,)`` array shaped to broadcast against the population."""
+        return per_channel(a, self.shape)
+
 
 @dataclass
 class Readout:
@@ -111,7 +149,7 @@ class Readout:
                al. 2009): at every step one class k fires, drawn with P(k) = softmax(v[t] /
                v_threshold)_k from a seeded generator; off-chip, so not part of the int contract
     Ties go to the lowest class index. ``lif`` (int mode, potential): v is held in a stock
-    Lava ``LIF`` (:mod:`lavaconv.stock`): saturates at +-(2**23 - 1), resets to 0 above
+    Lava ``LIF`` (:mod:`lavaconv.ir.stock`): saturates at +-(2**23 - 1), resets to 0 above
     (2**17 - 1) << 6, and is equal to the plain integrator otherwise.
     """
 
@@ -229,8 +267,34 @@ class Network:
     def output_name(self) -> str:
         return next(n for n, v in self.nodes.items() if isinstance(v, Readout))
 
+    def populations(self) -> list[str]:
+        """The spiking populations (IF nodes), in order."""
+        return [n for n, v in self.nodes.items() if isinstance(v, IF)]
+
     def inputs_of(self, name: str) -> list[Synapse]:
         return [s for s in self.synapses if s.target == name]
+
+    def sender(self, name: str) -> str:
+        """The node whose messages leave node ``name`` (a max-pool passes on its source's)."""
+        node = self.nodes[name]
+        return self.sender(node.source) if isinstance(node, MaxPool) else name
+
+    def is_binary(self, name: str) -> bool:
+        """Whether node ``name`` only ever sends 0 or 1 (a Lava synapse may read it as bool)."""
+        node = self.nodes[self.sender(name)]
+        return not (node.is_signed or node.is_graded)
+
+    def is_graded(self, name: str) -> bool:
+        """Whether a message of node ``name`` may carry more than a unit spike."""
+        return self.nodes[self.sender(name)].is_graded
+
+    def is_signed(self, name: str) -> bool:
+        """Whether node ``name`` may send negative values."""
+        return self.nodes[self.sender(name)].is_signed
+
+    def max_payload(self, name: str) -> float:
+        """Largest |value| node ``name`` sends in one step."""
+        return self.nodes[self.sender(name)].max_payload(self.numeric)
 
     def depth(self) -> int:
         """Steps until the readout first receives input (one per synapse on the shortest path;
@@ -295,7 +359,3 @@ class Network:
             meta=doc["meta"],
         )
 
-
-def to_dict(obj) -> dict:
-    """Plain-dict view of a node or synapse (arrays kept), for reports and exports."""
-    return asdict(obj)

@@ -1,4 +1,5 @@
-"""The steps every command shares: load, calibrate, convert, evaluate (ANN and SNN)."""
+"""The SNN's accuracy and activity on a data set: the engine run batch by batch (sharded over
+distributed ranks), read at every checkpoint T."""
 
 from __future__ import annotations
 
@@ -11,60 +12,17 @@ import torch
 from tqdm import tqdm
 
 from lavaconv import distributed
-from lavaconv.calibrate import ActivationStats, collect
-from lavaconv.convert import ConvertOptions, calibration_nodes
-from lavaconv.data import Dataset
-from lavaconv.engine import encode_input, simulate
 from lavaconv.errors import LavaconvError
-from lavaconv.methods import build_network
-from lavaconv.network import IF, MaxPool, Network, Readout
+from lavaconv.ir.network import IF, MaxPool, Network, Readout
+from lavaconv.sim.engine import encode_input, simulate
 
 MEMORY_BUDGET = 2 << 30  # bytes of spike trains the engine may hold at once
 
 
-def _batches(x: np.ndarray, size: int, device: str | torch.device = "cpu"):
-    """This rank's share of fixed batches (all of them in a single process)."""
-    for start, stop in distributed.shard(len(x), size):
-        yield start, torch.from_numpy(np.ascontiguousarray(x[start:stop])).to(device)
-
-
-def _merged(stats: dict[str, ActivationStats]) -> dict[str, ActivationStats]:
-    """Statistics over all ranks' shards (histogram merge is exact)."""
-    states = distributed.all_gather_objects({k: v.to_state() for k, v in stats.items()})
-    if len(states) == 1:
-        return stats
-    merged: dict[str, ActivationStats] = {}
-    for per_rank in states:
-        for name, state in per_rank.items():
-            part = ActivationStats.from_state(state)
-            merged[name] = merged[name].merge(part) if name in merged else part
-    return merged
-
-
-def calibrate(gm: torch.fx.GraphModule, x_calib: np.ndarray, batch_size: int = 256,
-              progress: bool = True, device: str = "cpu") -> dict[str, ActivationStats]:
-    """Activation statistics of every population (keyed by population name)."""
-    if len(x_calib) == 0:
-        raise LavaconvError("calibration set is empty: give more data or --calib-samples > 0")
-    names = calibration_nodes(gm)
-    bar = tqdm(total=len(x_calib), desc="calibrate", unit="item", disable=not progress,
-               leave=False)
-    batches = (b for _, b in _batches(x_calib, batch_size, device))
-    by_node = _merged(collect(gm.to(device), batches, sorted(set(names.values())),
-                              progress=lambda n: bar.update(n)))
-    bar.close()
-    return {pop: by_node[node] for pop, node in names.items()}
-
-
-def ann_accuracy(gm: torch.fx.GraphModule, x: np.ndarray, y: np.ndarray,
-                 batch_size: int = 512, device: str = "cpu") -> float:
-    correct = 0
-    with torch.no_grad():
-        for start, xb in _batches(x, batch_size, device):
-            out = gm.to(device)(xb)
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            correct += int((out.argmax(1).cpu().numpy() == y[start:start + len(xb)]).sum())
-    return distributed.all_sum({"c": correct})["c"] / max(len(x), 1)
+def chunks(x: np.ndarray, size: int):
+    """``(start, x[start:start + size])`` over all of ``x`` (in this process, not sharded)."""
+    for start in range(0, len(x), size):
+        yield start, x[start:start + size]
 
 
 def auto_batch(net: Network, timesteps: int) -> int:
@@ -76,6 +34,15 @@ def auto_batch(net: Network, timesteps: int) -> int:
                             f"trains (widest layer {widest} neurons), over the engine's memory "
                             f"budget of {MEMORY_BUDGET / 2**30:.1f} GiB: use fewer timesteps")
     return int(min(1024, MEMORY_BUDGET // per_item))
+
+
+@dataclass
+class Activity:
+    """Spikes of an SNN over the first T steps of each checkpoint T, summed over ``items``."""
+
+    items: int
+    spike_counts: dict[int, dict[str, np.ndarray]]  # T -> node -> spikes per neuron
+    input_events: dict[int, np.ndarray]  # T -> non-zero payloads sent per input neuron
 
 
 @dataclass
@@ -91,6 +58,13 @@ class SnnEval:
     # T -> non-zero input payloads per input neuron (what energy estimates count)
     neuron_counts: dict[int, dict[str, np.ndarray]] | None = None
     input_events: dict[int, np.ndarray] | None = None
+
+    @property
+    def activity(self) -> Activity:
+        """The per-neuron activity an evaluation with ``per_neuron=True`` kept."""
+        if self.neuron_counts is None:
+            raise ValueError("evaluate(..., per_neuron=True) keeps the activity")
+        return Activity(self.items, self.neuron_counts, self.input_events)
 
 
 def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Sequence[int], *,
@@ -114,7 +88,7 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Seque
     bar = tqdm(total=len(x), desc=f"simulate T={steps}", unit="item", disable=not progress,
                leave=False)
     start_time = time.perf_counter()
-    for start, xb in _batches(x, batch_size):
+    for start, xb in distributed.batches(x, batch_size):
         payload = encode_input(net, xb, steps, seed=seed + start, device=device)
         res = simulate(net, payload, checkpoints, counts_at=per_neuron)
         for t in checkpoints:
@@ -155,10 +129,13 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Seque
     )
 
 
-def build(gm: torch.fx.GraphModule, dataset: Dataset, options: ConvertOptions,
-          progress: bool = True, device: str = "cpu") -> tuple[Network, dict[str, ActivationStats]]:
-    """Calibrate on the calibration items only, then convert with every method of
-    ``options`` (those that run the SNN use calibration items too)."""
-    stats = calibrate(gm, dataset.x_calib, progress=progress, device=device)
-    net = build_network(gm, dataset.x_calib, stats, options)
-    return net, stats
+def measure_activity(net: Network, x: np.ndarray, checkpoints: Sequence[int], *, seed: int = 0,
+                     batch_size: int | None = None, device: str = "cpu",
+                     progress: bool = True) -> Activity:
+    """Run the engine on ``x`` (batches and seeds of :func:`evaluate`, so Poisson input draws
+    the same spikes) and keep every neuron's spike count at each checkpoint, from one run to
+    the last checkpoint (the engine is causal)."""
+    if min(checkpoints) < 1:
+        raise LavaconvError(f"timesteps must be >= 1, got {min(checkpoints)}")
+    return evaluate(net, x, None, checkpoints, seed=seed, batch_size=batch_size, device=device,
+                    progress=progress, per_neuron=True).activity

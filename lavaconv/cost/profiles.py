@@ -14,14 +14,15 @@ The schema is the dataclasses below: a field's metadata gives its unit and range
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
 
 from lavaconv.errors import LavaconvError
+from lavaconv.ir.fixedpoint import Formats, quantity
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "hw_profiles"
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "hw_profiles"  # package data
 KINDS = ("measured", "simulated", "derived", "vendor-claim", "architectural")
 SCOPES = ("per-term", "all-in")
 PROFILE_KINDS = ("neuromorphic", "ann")
@@ -48,41 +49,20 @@ ENERGY_TERMS = {
 }
 
 
-def _int(unit: str, lo: int, hi: int, doc: str, required: bool = True):
-    """A dataclass field holding an integer quantity of ``unit`` in ``[lo, hi]``."""
-    meta = {"unit": unit, "range": (lo, hi), "doc": doc}
-    return field(metadata=meta) if required else field(default=None, metadata=meta)
-
-
-@dataclass(frozen=True)
-class NumericFormats:
-    """Fixed-point formats of a neuromorphic target (what the quantizer needs)."""
-
-    weight_bits: int = _int("bit", 1, 9, "weight mantissa, signed")
-    weight_exp_min: int = _int("log2", -16, 16, "smallest shared weight exponent")
-    weight_exp_max: int = _int("log2", -16, 16, "largest shared weight exponent")
-    threshold_mant_bits: int = _int("bit", 1, 24, "threshold mantissa, unsigned")
-    threshold_shift: int = _int("bit", 0, 16, "threshold = mantissa << shift")
-    bias_mant_bits: int = _int("bit", 1, 24, "bias mantissa, signed")
-    bias_exp_max: int = _int("log2", 0, 16, "largest bias exponent (bias = mant << exp)")
-    state_bits: int = _int("bit", 8, 32, "membrane state, signed")
-    graded_payload_bits: int = _int("bit", 0, 32, "graded spike payload (0: binary spikes)")
-    input_payload_bits: int = _int("bit", 1, 32, "analog input payload")
-
-
 @dataclass(frozen=True)
 class Structure:
     """Cores, neurons and memory of a neuromorphic chip (what the resource estimate needs)."""
 
-    cores_per_chip: int = _int("core", 1, 1 << 20, "neuro-cores per chip")
-    neurons_per_core: int = _int("neuron", 1, 1 << 24, "neurons (compartments) per core")
-    synaptic_memory_bytes_per_core: int = _int("byte", 1, 1 << 40, "synaptic memory per core")
-    max_fan_in_axons_per_core: int = _int("axon", 1, 1 << 24, "input axons per core")
-    max_fan_out_per_core: int = _int("edge", 1, 1 << 24, "output fan-out edges per core")
-    neurons_per_chip: int | None = _int("neuron", 1, 1 << 40, "neurons per chip", False)
-    synapses_per_chip: int | None = _int("synapse", 1, 1 << 48, "synapses per chip", False)
-    embedded_cpus_per_chip: int | None = _int("core", 0, 1 << 10, "embedded CPUs", False)
-    chips_per_board: int | None = _int("chip", 1, 1 << 16, "chips per board", False)
+    cores_per_chip: int = quantity("core", 1, 1 << 20, "neuro-cores per chip")
+    neurons_per_core: int = quantity("neuron", 1, 1 << 24, "neurons (compartments) per core")
+    synaptic_memory_bytes_per_core: int = quantity("byte", 1, 1 << 40, "synaptic memory per core")
+    max_fan_in_axons_per_core: int = quantity("axon", 1, 1 << 24, "input axons per core")
+    max_fan_out_per_core: int = quantity("edge", 1, 1 << 24, "output fan-out edges per core")
+    neurons_per_chip: int | None = quantity("neuron", 1, 1 << 40, "neurons per chip", None, False)
+    synapses_per_chip: int | None = quantity("synapse", 1, 1 << 48, "synapses per chip", None,
+                                             False)
+    embedded_cpus_per_chip: int | None = quantity("core", 0, 1 << 10, "embedded CPUs", None, False)
+    chips_per_board: int | None = quantity("chip", 1, 1 << 16, "chips per board", None, False)
 
 
 @dataclass(frozen=True)
@@ -117,8 +97,8 @@ class Profile:
     notes: tuple[str, ...] = ()
 
     @property
-    def formats(self) -> NumericFormats:
-        return NumericFormats(**self._values("formats"))
+    def formats(self) -> Formats:
+        return Formats(**self._values("formats"))
 
     @property
     def structure(self) -> Structure:
@@ -240,7 +220,7 @@ class _Checker:
         out = {}
         for name, spec in specs.items():
             if name not in raw:
-                if spec.default is MISSING:
+                if spec.metadata["required"]:
                     raise self.fail(f"{section}.{name}", "missing")
                 continue
             lo, hi = spec.metadata["range"]
@@ -298,7 +278,7 @@ def parse_profile(doc, label: str, path: Path) -> Profile:
         if doc["kind"] != "neuromorphic":
             raise check.fail("formats" if "formats" in doc else "structure",
                              "only a neuromorphic profile has formats and structure")
-        quantities["formats"] = check.schema_section(doc, "formats", NumericFormats)
+        quantities["formats"] = check.schema_section(doc, "formats", Formats)
         quantities["structure"] = check.schema_section(doc, "structure", Structure)
         lo, hi = (quantities["formats"][k].value for k in ("weight_exp_min", "weight_exp_max"))
         if lo > hi:

@@ -1,52 +1,24 @@
-"""The work behind each CLI command (argument parsing lives in :mod:`lavaconv.cli`)."""
+"""The work behind each CLI command (argument parsing lives in :mod:`lavaconv.app.cli`)."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lavaconv import distributed, pipeline
-from lavaconv.calibrate import ActivationStats
-from lavaconv.convert import ConvertOptions, NormSpec
-from lavaconv.data import Dataset, load_dataset
+from lavaconv import distributed
+from lavaconv.ann.data import load_dataset
+from lavaconv.app.deploy import DeployConfig, run_deploy
+from lavaconv.app.outputs import atomic_dir, write_json
+from lavaconv.app.session import RunConfig, prepare
+from lavaconv.conversion import ConvertOptions, NormSpec
+from lavaconv.cost.profiles import list_profiles, load_profile
 from lavaconv.errors import LavaconvError
-from lavaconv.frontend import LoadedModel, load_model
-from lavaconv.network import Network
-from lavaconv.outputs import atomic_dir, write_json
-from lavaconv.profiles import list_profiles, load_profile
-from lavaconv.quantize import Formats, quantize
-from lavaconv.stock import floors, option_obstacles
-
-FLOOR_ITEMS = 64  # calibration items whose most negative potentials size the stock scale
-
-
-@dataclass
-class Prepared:
-    dataset: Dataset
-    model: LoadedModel
-    options: ConvertOptions
-    net: Network
-    stats: dict[str, ActivationStats]
-    ann_accuracy: float
-
-
-def prepare(args: argparse.Namespace) -> Prepared:
-    """Load data and model, measure the ANN, calibrate and convert."""
-    options = convert_options(args)
-    dataset = load_dataset(args.data, n_eval=args.samples, n_calib=args.calib_samples,
-                           seed=args.seed)
-    model = load_model(args.model, tuple(dataset.x_eval.shape[1:]), arch=args.arch,
-                       trust_pickle=args.trust_pickle)
-    device = distributed.device(args.device)
-    ann = pipeline.ann_accuracy(model.graph_module, dataset.x_eval, dataset.y_eval,
-                                device=device)
-    net, stats = pipeline.build(model.graph_module, dataset, options, progress=_progress(args),
-                                device=device)
-    net.meta.update(model=str(args.model), data=args.data, ann_accuracy=ann)
-    return Prepared(dataset, model, options, net, stats, ann)
+from lavaconv.frontend import load_model
+from lavaconv.ir.network import Network
+from lavaconv.ir.stock import option_obstacles
+from lavaconv.sim import evaluation
 
 
 def convert_options(args: argparse.Namespace) -> ConvertOptions:
@@ -59,23 +31,21 @@ def convert_options(args: argparse.Namespace) -> ConvertOptions:
         align=args.align)
 
 
-def _progress(args: argparse.Namespace) -> bool:
-    return not args.quiet and distributed.is_main()
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The run the command line asked for."""
+    return RunConfig(args.model, args.data, convert_options(args), arch=args.arch,
+                     trust_pickle=args.trust_pickle, samples=args.samples,
+                     calib_samples=args.calib_samples, seed=args.seed, device=args.device,
+                     progress=not args.quiet)
 
 
-def integer_network(prep: Prepared, profile, timesteps: int, weight_scale: str = "layer",
-                    stock: bool = False):
-    """Quantize ``prep.net`` to ``profile``'s formats (analog gain from calibration); ``stock``:
-    for the graph of stock Lava processes (reset 'lif', :mod:`lavaconv.stock`)."""
-    input_max = float(prep.stats[prep.net.input_name].max(False))
-    low = (floors(prep.net, prep.dataset.x_calib[:FLOOR_ITEMS], timesteps)
-           if stock else None)
-    return quantize(prep.net, Formats.from_profile(profile), input_max=input_max,
-                    timesteps=timesteps, weight_scale=weight_scale, stock=stock, floors=low)
+def deploy_config(args: argparse.Namespace) -> DeployConfig:
+    return DeployConfig(args.target, args.timesteps, args.profile, args.weights,
+                        args.lava_samples, args.out, args.graph)
 
 
 def convert(args: argparse.Namespace) -> int:
-    prep = prepare(args)
+    prep = prepare(run_config(args))
     if not distributed.is_main():
         return 0
     with atomic_dir(args.out) as tmp:
@@ -86,7 +56,7 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(ann: float, runs: dict[str, pipeline.SnnEval]) -> str:
+def _table(ann: float, runs: dict[str, evaluation.SnnEval]) -> str:
     names = list(runs)
     steps = sorted(next(iter(runs.values())).accuracy)
     head = f"{'T':>6} " + " ".join(f"{n + ' acc %':>14} {n + ' R %':>10}" for n in names)
@@ -101,16 +71,17 @@ def _table(ann: float, runs: dict[str, pipeline.SnnEval]) -> str:
 
 
 def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
-    prep = prepare(args)
+    prep = prepare(run_config(args))
     data = prep.dataset
     device = distributed.device(args.device)
-    runs = {"float": pipeline.evaluate(prep.net, data.x_eval, data.y_eval, args.timesteps,
-                                       seed=args.seed, progress=_progress(args), device=device)}
+    progress = prep.config.progress and distributed.is_main()
+    runs = {"float": evaluation.evaluate(prep.net, data.x_eval, data.y_eval, args.timesteps,
+                                         seed=args.seed, progress=progress, device=device)}
     if args.profile:
-        net_int, _ = integer_network(prep, load_profile(args.profile), max(args.timesteps),
-                                     args.weights, stock=args.graph == "stock")
-        runs["int"] = pipeline.evaluate(net_int, data.x_eval, data.y_eval, args.timesteps,
-                                        seed=args.seed, progress=_progress(args), device=device)
+        net_int, _ = prep.integer(args.profile, max(args.timesteps), args.weights,
+                                  stock=args.graph == "stock")
+        runs["int"] = evaluation.evaluate(net_int, data.x_eval, data.y_eval, args.timesteps,
+                                          seed=args.seed, progress=progress, device=device)
     if not distributed.is_main():
         return 0
     print(_table(prep.ann_accuracy, runs))
@@ -160,20 +131,16 @@ def profiles(args: argparse.Namespace) -> int:
 
 
 def deploy(args: argparse.Namespace) -> int:
-    from lavaconv.deploy import run_deploy
-
     if distributed.world()[1] > 1:
         raise LavaconvError("deploy runs in one process (Lava starts its own); use torchrun "
                             "for eval and convert")
-    if args.target == "loihi2" and args.graph == "ours":
-        raise LavaconvError("--target loihi2 with --graph ours: lavaconv's processes have no "
-                            "Loihi 2 model; use --graph stock (or auto)")
-    if args.target == "loihi2" or args.graph == "stock":  # refuse before any long work
+    config = deploy_config(args)  # checked before the long work
+    if config.target == "loihi2" or config.graph == "stock":
         found = option_obstacles(args.neuron, args.burst, args.readout, args.align,
-                                       args.weights, args.norm)
+                                 args.weights, args.norm)
         if found:
-            raise LavaconvError(f"--target {args.target} --graph {args.graph}: {found[0]}")
-    return run_deploy(args, prepare(args))
+            raise LavaconvError(f"--target {config.target} --graph {config.graph}: {found[0]}")
+    return run_deploy(prepare(run_config(args)), config)
 
 
 def energy(args: argparse.Namespace) -> int:
@@ -181,15 +148,14 @@ def energy(args: argparse.Namespace) -> int:
     directory's ANN and its SNN measured on ``--data``."""
     import json
 
-    from lavaconv.counting import ann_macs
-    from lavaconv.energy import (
+    from lavaconv.app.report import energy_page, energy_text
+    from lavaconv.cost.counting import ann_macs
+    from lavaconv.cost.energy import (
         DEFAULT_ANN_PROFILES,
         DEFAULT_SNN_PROFILES,
-        measure,
         profiles_of,
         summarize,
     )
-    from lavaconv.report import energy_page, energy_text
 
     target = Path(args.target)
     ann_profiles = profiles_of(args.ann_profiles or DEFAULT_ANN_PROFILES, "ann")
@@ -210,8 +176,9 @@ def energy(args: argparse.Namespace) -> int:
         if tuple(data.x_eval.shape[1:]) != shape:
             raise LavaconvError(f"--data {args.data}: items of shape {data.x_eval.shape[1:]}, "
                                 f"but {target} takes {shape}")
-        activity = measure(net, data.x_eval, args.timesteps, seed=args.seed,
-                           device=distributed.device(args.device), progress=not args.quiet)
+        activity = evaluation.measure_activity(net, data.x_eval, args.timesteps,
+                                               seed=args.seed, progress=not args.quiet,
+                                               device=distributed.device(args.device))
         summary = summarize(ann_macs(model.graph_module, shape), ann_profiles, net, activity,
                             profiles_of(args.snn_profiles or DEFAULT_SNN_PROFILES,
                                         "neuromorphic"))

@@ -7,18 +7,27 @@ every count sits exactly where binning all data at the final range would put it:
 does not depend on batch order or on how the stream was split (:meth:`ActivationStats.merge`).
 Memory is ``channels * bins`` counts, whatever the number of items.
 
-:func:`collect` runs a torch.fx graph batch by batch and feeds the named nodes' outputs in.
+:func:`collect` runs a torch.fx graph batch by batch and feeds the named nodes' outputs in;
+:func:`activation_stats` does it for every population over the distributed ranks' shards.
+:class:`NormSpec` says which statistic becomes a population's scale lambda; neuron-wise
+normalisation needs one per neuron, which :func:`neuron_scales` streams with a running max or a
+running top-k (enough for a high percentile) per neuron (SNM eq. 14).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.fx
+from tqdm import tqdm
 
+from lavaconv import distributed
+from lavaconv.ann.probe import Probe, activations, input_name, population_nodes
 from lavaconv.errors import LavaconvError
 
 
@@ -175,36 +184,15 @@ def _hist_percentile(hist: np.ndarray, exp: int, vmax: float, p: float) -> float
     return min(math.ldexp(i + 1, int(exp)) / len(hist), vmax)
 
 
-class _Recorder(torch.fx.Interpreter):
-    """Runs the graph and streams the named nodes' outputs into their statistics."""
-
-    def __init__(self, gm: torch.fx.GraphModule, stats: dict[str, ActivationStats]) -> None:
-        super().__init__(gm)
-        self.stats = stats
-
-    def run_node(self, n: torch.fx.Node):
-        value = super().run_node(n)
-        if n.name in self.stats:
-            if not isinstance(value, torch.Tensor):
-                raise LavaconvError(f"calibration: node {n.name!r} does not produce a tensor")
-            try:
-                self.stats[n.name].update(value)
-            except ValueError as err:
-                where = n.meta.get("lavaconv_where", n.op)
-                raise LavaconvError(f"calibration: node {n.name!r} ({where}): {err}; check the "
-                                    "model's weights and the input data") from None
-        return value
-
-
 def collect(
     graph_module: torch.fx.GraphModule,
     batches: Iterable[torch.Tensor],
     names: Sequence[str],
-    progress: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, ActivationStats]:
     """Statistics of the named fx nodes' outputs over all ``batches`` (one batch in memory).
 
-    A placeholder's name records the input. ``progress`` is called with each batch's size.
+    A placeholder's name records the input. ``on_batch`` is called with each batch's size.
     """
     known = {n.name for n in graph_module.graph.nodes}
     unknown = [n for n in names if n not in known]
@@ -212,10 +200,112 @@ def collect(
         listed = ", ".join(map(repr, unknown))
         raise LavaconvError(f"calibration: no node named {listed} in the graph")
     stats = {name: ActivationStats() for name in names}
-    recorder = _Recorder(graph_module, stats)
+
+    def record(node: torch.fx.Node, value):
+        if not isinstance(value, torch.Tensor):
+            raise LavaconvError(f"calibration: node {node.name!r} does not produce a tensor")
+        try:
+            stats[node.name].update(value)
+        except ValueError as err:
+            where = node.meta.get("lavaconv_where", node.op)
+            raise LavaconvError(f"calibration: node {node.name!r} ({where}): {err}; check the "
+                                "model's weights and the input data") from None
+        return value
+
+    probe = Probe(graph_module, stats, record)
     with torch.no_grad():
         for batch in batches:
-            recorder.run(batch)
-            if progress is not None:
-                progress(len(batch))
+            probe.run(batch)
+            if on_batch is not None:
+                on_batch(len(batch))
     return stats
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """How activation scales lambda are chosen: ``none``, ``max`` (Diehl et al. 2015) or the
+    robust ``p``-th percentile (Rueckauer sec. 3.2.2); layer-wise, per channel, or per neuron
+    (SNM eq. 14: every neuron its own threshold, spikes worth their threshold)."""
+
+    method: str = "percentile"  # none | max | percentile
+    percentile: float = 99.9
+    per_channel: bool = False
+    per_neuron: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> NormSpec:
+        """``none``, ``max``, ``p99.9``, optionally ``:channel`` or ``:neuron``."""
+        match = re.fullmatch(r"(none|max|p(\d+(?:\.\d+)?))(:channel|:neuron)?", text.strip())
+        if (not match or (match.group(2) and not 0 < float(match.group(2)) <= 100)
+                or (match.group(1) == "none" and match.group(3))):
+            raise LavaconvError(
+                f"--norm {text!r}: expected none, max or pQ with 0 < Q <= 100, "
+                "optionally followed by :channel or :neuron (e.g. p99.9:channel, max:neuron)"
+            )
+        method = "percentile" if match.group(2) else match.group(1)
+        return cls(method, float(match.group(2) or 100.0), match.group(3) == ":channel",
+                   match.group(3) == ":neuron")
+
+    def __str__(self) -> str:
+        base = f"p{self.percentile:g}" if self.method == "percentile" else self.method
+        return base + (":channel" if self.per_channel else ":neuron" if self.per_neuron else "")
+
+
+def neuron_scales(gm: torch.fx.GraphModule, x: np.ndarray, spec: NormSpec,
+                  batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Per-neuron lambda of every hidden population: the max of its activation over ``x``
+    (SNM eq. 14), or the ``spec.percentile``-th percentile of its non-zero values (the
+    inverted-CDF value of rank ceil(p * n / 100) among the n non-zero ones; 0 when n = 0)."""
+    keep = math.floor(len(x) * (1 - spec.percentile / 100)) + 1 if spec.method != "max" else 1
+    hidden = [p for p in population_nodes(gm) if p not in ("output", input_name(gm))]
+    top: dict[str, torch.Tensor] = {}
+    nonzero: dict[str, torch.Tensor] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for acts in activations(gm, x, batch_size):
+        for pop in hidden:
+            shapes[pop] = tuple(acts[pop].shape[1:])
+            a = acts[pop].reshape(len(acts[pop]), -1).to(torch.float64)
+            both = a if pop not in top else torch.cat([top[pop], a])
+            top[pop] = torch.topk(both, min(keep, len(both)), dim=0).values
+            nonzero[pop] = nonzero.get(pop, 0) + (a != 0).sum(dim=0)
+    return {pop: _pick(values, nonzero[pop], spec).reshape(shapes[pop])
+            for pop, values in top.items()}
+
+
+def _pick(top: torch.Tensor, nonzero: torch.Tensor, spec: NormSpec) -> np.ndarray:
+    """The wanted order statistic per neuron from its largest values ``top`` (k, N)."""
+    if spec.method == "max":
+        return top[0].clamp(min=0).numpy()
+    n = nonzero.to(torch.float64)
+    rank = torch.ceil(torch.round(spec.percentile * n / 100, decimals=9)).clamp(min=1)
+    index = (n - rank).clamp(min=0, max=len(top) - 1).long()  # 0 = the largest
+    value = top.gather(0, index[None]).squeeze(0)
+    return torch.where(n > 0, value, torch.zeros_like(value)).numpy()
+
+
+def _merged(stats: dict[str, ActivationStats]) -> dict[str, ActivationStats]:
+    """Statistics over all ranks' shards (histogram merge is exact)."""
+    states = distributed.all_gather_objects({k: v.to_state() for k, v in stats.items()})
+    if len(states) == 1:
+        return stats
+    merged: dict[str, ActivationStats] = {}
+    for per_rank in states:
+        for name, state in per_rank.items():
+            part = ActivationStats.from_state(state)
+            merged[name] = merged[name].merge(part) if name in merged else part
+    return merged
+
+
+def activation_stats(gm: torch.fx.GraphModule, x_calib: np.ndarray, batch_size: int = 256,
+              progress: bool = True, device: str = "cpu") -> dict[str, ActivationStats]:
+    """Activation statistics of every population (keyed by population name)."""
+    if len(x_calib) == 0:
+        raise LavaconvError("calibration set is empty: give more data or --calib-samples > 0")
+    names = population_nodes(gm)
+    bar = tqdm(total=len(x_calib), desc="calibrate", unit="item", disable=not progress,
+               leave=False)
+    batches = (b for _, b in distributed.batches(x_calib, batch_size, device))
+    by_node = _merged(collect(gm.to(device), batches, sorted(set(names.values())),
+                              on_batch=bar.update))
+    bar.close()
+    return {pop: by_node[node] for pop, node in names.items()}

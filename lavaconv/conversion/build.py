@@ -1,4 +1,4 @@
-"""Conversion with every method of :class:`~lavaconv.convert.ConvertOptions` applied,
+"""Conversion with every method of :class:`~lavaconv.conversion.structure.ConvertOptions` applied,
 including those that need calibration items (per-neuron norms, RMP threshold balancing,
 bias correction, the S-ResNet zeta search)."""
 
@@ -9,16 +9,17 @@ from collections.abc import Callable
 import numpy as np
 import torch.fx
 
-from lavaconv.activations import neuron_scales
-from lavaconv.balance import balance_thresholds, compensate, correct, search_zeta
-from lavaconv.calibrate import ActivationStats
-from lavaconv.convert import ConvertOptions, convert
-from lavaconv.network import Network
+from lavaconv.ann.data import Dataset
+from lavaconv.ann.stats import ActivationStats, activation_stats, neuron_scales
+from lavaconv.conversion.balance import balance_thresholds
+from lavaconv.conversion.correction import correct
+from lavaconv.conversion.structure import ConvertOptions, convert
+from lavaconv.conversion.zeta import compensate, search_zeta
+from lavaconv.ir.network import Network
 
 
 def build_network(gm: torch.fx.GraphModule, x_calib: np.ndarray,
                   stats: dict[str, ActivationStats], options: ConvertOptions,
-                  progress: Callable[[str], None] | None = None,
                   measure_on: Callable[[Network], Network] | None = None) -> Network:
     """Convert ``gm`` (calibrated by ``stats`` on ``x_calib``), then apply, in this order,
     RMP threshold balancing, bias or potential correction and the zeta search on the first
@@ -26,7 +27,7 @@ def build_network(gm: torch.fx.GraphModule, x_calib: np.ndarray,
     What each step found is kept in ``net.meta['calibration']``. ``measure_on`` (e.g. the
     quantizer of the target profile) gives the network whose spikes the correction counts."""
     scales = neuron_scales(gm, x_calib, options.norm) if options.norm.per_neuron else None
-    net = convert(gm, tuple(x_calib.shape[1:]), stats, options, progress, scales)
+    net = convert(gm, tuple(x_calib.shape[1:]), stats, options, neuron_scales=scales)
     x = x_calib[:options.calib_items]
     steps = options.calib_steps
     found: dict = {}
@@ -44,3 +45,12 @@ def build_network(gm: torch.fx.GraphModule, x_calib: np.ndarray,
     if found:
         net.meta["calibration"] = found
     return net
+
+
+def build(gm: torch.fx.GraphModule, dataset: Dataset, options: ConvertOptions,
+          progress: bool = True, device: str = "cpu") -> tuple[Network, dict[str, ActivationStats]]:
+    """Activation statistics of the calibration items only, then the conversion with every
+    method of ``options`` (those that run the SNN use calibration items too)."""
+    stats = activation_stats(gm, dataset.x_calib, progress=progress, device=device)
+    net = build_network(gm, dataset.x_calib, stats, options)
+    return net, stats

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 import torch.fx
 
-from lavaconv.activations import activations
-from lavaconv.convert import calibration_nodes
-from lavaconv.engine import encode_input, simulate
-from lavaconv.network import IF, Network
+from lavaconv.ann.probe import activations, population_nodes
+from lavaconv.ir.network import IF, Network
+from lavaconv.sim.engine import encode_input, simulate
 
 
 def information_loss(act: np.ndarray, lam: np.ndarray, alpha: float, steps: int) -> float:
@@ -37,23 +36,8 @@ def information_loss(act: np.ndarray, lam: np.ndarray, alpha: float, steps: int)
 def neuron_lambda(node: IF) -> np.ndarray:
     """Each neuron's threshold in ANN activation units: its layer or channel scale times its
     relative threshold (float networks)."""
-    scale = np.asarray(node.scale, dtype=np.float64)
-    if scale.ndim == 1 and len(node.shape) == 3:
-        scale = scale.reshape(-1, 1, 1)
+    scale = node.per_channel(np.asarray(node.scale, dtype=np.float64))
     return np.broadcast_to(scale * node.v_threshold, node.shape)
-
-
-def layer_information_loss(net: Network, gm: torch.fx.GraphModule, x: np.ndarray,
-                           alpha: float, steps: int) -> dict[str, float]:
-    """:func:`information_loss` of every IF population of ``net`` on items ``x``."""
-    pops = [n for n, node in net.nodes.items() if isinstance(node, IF)]
-    totals = dict.fromkeys(pops, 0.0)
-    for acts in activations(gm, x):
-        for name in pops:
-            loss = information_loss(acts[name].numpy(), neuron_lambda(net.nodes[name]), alpha,
-                                    steps)
-            totals[name] += loss * len(acts[name])
-    return {name: total / max(len(x), 1) for name, total in totals.items()}
 
 
 @dataclass
@@ -93,7 +77,7 @@ def clipped_ann_accuracy(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, 
                          batch_size: int = 500) -> float:
     """Accuracy of ``gm`` with each ReLU clipped at its IF population's rate ceiling, the
     threshold in activation units times the burst (float ``net`` converted from ``gm``)."""
-    names = calibration_nodes(gm)
+    names = population_nodes(gm)
     ceilings = {names[n]: torch.as_tensor(neuron_lambda(v) * v.burst) for n, v in net.nodes.items()
                 if isinstance(v, IF)}
     clipped = _Clipped(gm, ceilings)
@@ -107,10 +91,8 @@ def clipped_ann_accuracy(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, 
 
 def normalised_activation(node: IF, act: torch.Tensor) -> torch.Tensor:
     """ANN activation in units of the population's layer (or channel) scale."""
-    scale = torch.as_tensor(np.asarray(node.scale, dtype=np.float64))
-    if scale.dim() == 1 and len(node.shape) == 3:
-        scale = scale.reshape(-1, 1, 1)
-    return act.to(torch.float64) / scale
+    return act.to(torch.float64) / torch.as_tensor(node.per_channel(
+        np.asarray(node.scale, dtype=np.float64)))
 
 
 def propagation_error(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, steps: int,

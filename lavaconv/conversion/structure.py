@@ -1,4 +1,4 @@
-"""ANN (canonical fx graph) → float spiking :class:`~lavaconv.network.Network`.
+"""ANN (canonical fx graph) → float spiking :class:`~lavaconv.ir.network.Network`.
 
 Every ReLU becomes an IF population, the model output a readout. Between two populations the
 ANN is linear; each path of that linear map must be one synapse: conv, linear, (avg-pool →)
@@ -9,8 +9,6 @@ so the residual shortcut rule of S-ResNet eq. 3-6 needs no special case.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,9 +17,11 @@ import torch.fx
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from lavaconv.calibrate import ActivationStats
+from lavaconv.ann.stats import ActivationStats, NormSpec
+from lavaconv.conversion.align import align
 from lavaconv.errors import LavaconvError
-from lavaconv.network import (
+from lavaconv.ir.network import (
+    ENCODINGS,
     IF,
     MAX_BURST,
     POOLS,
@@ -38,37 +38,8 @@ aten = torch.ops.aten
 MAX_COMPOSED_INPUTS = 1 << 16
 
 
-@dataclass(frozen=True)
-class NormSpec:
-    """How activation scales lambda are chosen: ``none``, ``max`` (Diehl et al. 2015) or the
-    robust ``p``-th percentile (Rueckauer sec. 3.2.2); layer-wise, per channel, or per neuron
-    (SNM eq. 14: every neuron its own threshold, spikes worth their threshold)."""
-
-    method: str = "percentile"  # none | max | percentile
-    percentile: float = 99.9
-    per_channel: bool = False
-    per_neuron: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> NormSpec:
-        """``none``, ``max``, ``p99.9``, optionally ``:channel`` or ``:neuron``."""
-        match = re.fullmatch(r"(none|max|p(\d+(?:\.\d+)?))(:channel|:neuron)?", text.strip())
-        if (not match or (match.group(2) and not 0 < float(match.group(2)) <= 100)
-                or (match.group(1) == "none" and match.group(3))):
-            raise LavaconvError(
-                f"--norm {text!r}: expected none, max or pQ with 0 < Q <= 100, "
-                "optionally followed by :channel or :neuron (e.g. p99.9:channel, max:neuron)"
-            )
-        method = "percentile" if match.group(2) else match.group(1)
-        return cls(method, float(match.group(2) or 100.0), match.group(3) == ":channel",
-                   match.group(3) == ":neuron")
-
-    def __str__(self) -> str:
-        base = f"p{self.percentile:g}" if self.method == "percentile" else self.method
-        return base + (":channel" if self.per_channel else ":neuron" if self.per_neuron else "")
-
-
-NEURONS = {"rmp": "subtract", "if": "zero", "snm": "snm"}
+NEURONS = {"rmp": "subtract", "if": "zero", "snm": "snm"}  # option -> IF.reset
+CORRECTIONS = ("none", "bias", "potential")
 
 
 @dataclass(frozen=True)
@@ -76,14 +47,15 @@ class ConvertOptions:
     """Every conversion method, as one value each; they compose freely.
 
     The data-driven ones (``balance``, ``zeta='auto'``, ``correction``, per-neuron norms)
-    need calibration items: :func:`lavaconv.methods.build_network` applies them.
+    need calibration items: :func:`~lavaconv.conversion.build_network` applies them.
     """
 
     norm: NormSpec = field(default_factory=NormSpec)
     neuron: str = "rmp"  # rmp: reset by subtraction; if: reset to zero; snm: SNM eq. 7-11
     input: str = "analog"  # analog current (Rueckauer sec. 3.4) or signed Poisson (RMP sec. 3.1)
-    v_init: float = 0.0  # initial potential in thresholds; 0.5 halves the expected quantization
-    # error of the spike count (Bu et al., ICLR 2022, "Optimal ANN-SNN conversion", Theorem 2)
+    v_init: float = 0.5  # initial potential in thresholds; 0.5 halves the expected quantization
+    # error of the spike count (Bu et al., ICLR 2022, "Optimal ANN-SNN conversion", Theorem 2);
+    # 0 is the seed papers' choice
     readout: str = "potential"  # potential | count | softmax (Rueckauer sec. 3.5)
     shortcut_norm: bool = True  # S-ResNet eq. 3-6; False: identity shortcuts keep weight 1
     balance: float | None = None  # RMP sec. 4.1 threshold balancing, alpha (None: off)
@@ -96,10 +68,9 @@ class ConvertOptions:
     calib_items: int = 256  # calibration items those runs use
 
     def __post_init__(self) -> None:
-        checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input,
-                  ("analog", "poisson")), ("readout", self.readout, READOUTS),
-                  ("correction", self.correction, ("none", "bias", "potential")),
-                  ("maxpool", self.maxpool, POOLS)]
+        checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input, ENCODINGS),
+                  ("readout", self.readout, READOUTS),
+                  ("correction", self.correction, CORRECTIONS), ("maxpool", self.maxpool, POOLS)]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise LavaconvError(f"--{name} {value!r}: expected one of {', '.join(allowed)}")
@@ -115,7 +86,7 @@ class ConvertOptions:
 
     @property
     def needs_data(self) -> bool:
-        """Whether :func:`lavaconv.methods.build_network` must run (not :func:`convert`)."""
+        """Whether :func:`~lavaconv.conversion.build_network` must run (not :func:`convert`)."""
         return (self.norm.per_neuron or self.balance is not None or self.zeta == "auto"
                 or self.correction != "none")
 
@@ -254,20 +225,6 @@ def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[-1]))
 
 
-def calibration_nodes(gm: torch.fx.GraphModule) -> dict[str, str]:
-    """Population name → fx node whose output calibrates it (input and readout included)."""
-    names = {}
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            names[node.name] = node.name
-        elif node.target == aten.relu.default:
-            names[node.name] = node.name
-        elif node.op == "output":
-            arg = node.args[0]
-            names["output"] = (arg[0] if isinstance(arg, (tuple, list)) else arg).name
-    return names
-
-
 def _scale(stats: ActivationStats | None, spec: NormSpec, per_channel: bool) -> np.ndarray:
     """lambda of one population: max or p-th percentile of its ANN activations."""
     if stats is None or spec.method == "none":
@@ -350,19 +307,19 @@ def convert(
     input_shape: tuple[int, ...],
     stats: dict[str, ActivationStats],
     options: ConvertOptions = ConvertOptions(),
-    progress: Callable[[str], None] | None = None,
+    *,
     neuron_scales: dict[str, np.ndarray] | None = None,
 ) -> Network:
     """Build the float spiking network; ``stats`` is keyed by population name.
 
     ``neuron_scales`` (population → per-neuron lambda, from
-    :func:`lavaconv.activations.neuron_scales`) is needed for a per-neuron norm. The other
-    data-driven options are left to :func:`lavaconv.methods.build_network`.
+    :func:`lavaconv.ann.stats.neuron_scales`) is needed for a per-neuron norm. The other
+    data-driven options are left to :func:`~lavaconv.conversion.build_network`.
     """
     norm = options.norm
     if norm.per_neuron and neuron_scales is None:
         raise LavaconvError(f"--norm {norm}: neuron-wise normalisation needs per-neuron "
-                            "statistics; use lavaconv.methods.build_network")
+                            "statistics; use lavaconv.conversion.build.build_network")
     items = trace(gm, input_shape)
     nodes: dict = {}
     synapses: list = []
@@ -375,7 +332,8 @@ def convert(
             scale = 1.0
             if options.input == "poisson":
                 scale = float(np.maximum(stats[name].max(False), 1e-12)) if name in stats else 1.0
-            nodes[name] = Input(shape, options.input, scale)
+            x_max = float(stats[name].max(False)) if name in stats else None
+            nodes[name] = Input(shape, options.input, scale, x_max=x_max)
             scales[name], shapes[name], t_ready[name] = np.asarray(scale), shape, 0
         elif isinstance(item, tuple):
             _, name, shape, src, kernel, stride, padding = item
@@ -397,14 +355,10 @@ def convert(
                 lam = _scale(stats.get(pop.name), norm, norm.per_channel)
             if not readout:  # K spikes of lambda / K: K-fold resolution, same clip (burst)
                 lam = lam / options.burst
-            # first input: the earliest term's arrival, or with --align the latest, every
-            # earlier term delayed to arrive with it (and the bias flows from then on)
-            arrivals = [t_ready[t.source] for t in pop.terms]
-            t_start = (max(arrivals) if options.align else min(arrivals)) + 1
+            # first input: the earliest term's arrival (--align: the latest, see align.py)
+            t_start = min(t_ready[t.source] for t in pop.terms) + 1
             for term in pop.terms:
                 syn = _synapse(term, shapes[term.source], pop.name, pop.where)
-                if options.align:
-                    syn.delay = t_start - 1 - t_ready[term.source]
                 if term.ops or len(pop.terms) == 1 or options.shortcut_norm:
                     w_scale = _source_scale(syn, scales[term.source], shapes[term.source])
                     syn.weight = syn.weight * w_scale / _target_scale(lam, syn.weight)  # eq. 2
@@ -417,10 +371,9 @@ def convert(
                             v_init=options.v_init * theta, payload=theta, burst=options.burst))
             nodes[pop.name] = node
             scales[pop.name], shapes[pop.name], t_ready[pop.name] = lam, pop.shape, t_start
-            if progress:
-                progress(pop.name)
     meta = {**options.describe(), "input_shape": list(input_shape)}
-    return Network(nodes, synapses, "float", meta)
+    net = Network(nodes, synapses, "float", meta)
+    return align(net) if options.align else net
 
 
 def _neuron_thresholds(lam: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

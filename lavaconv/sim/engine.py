@@ -1,4 +1,4 @@
-"""Fast batched PyTorch simulator of a :class:`~lavaconv.network.Network`.
+"""Fast batched PyTorch simulator of a :class:`~lavaconv.ir.network.Network`.
 
 Implements the update equations of ``docs/design.md`` section 3 exactly, in float mode
 (float32) and in integer mode (integers held exactly in float32 or float64, see
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lavaconv import stock
-from lavaconv.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Synapse
+from lavaconv.ir.fixedpoint import THRESHOLD_SHIFT, wrap
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Synapse
+from lavaconv.sim import lif
 
 #: ``probe(name, current, train)`` after each IF population: ``current`` (T, B, *shape) is
 #: what the population adds to v at each step (synaptic input, gain and bias), ``train`` the
@@ -80,26 +81,8 @@ def encode_input(
     return p.to(torch.int64 if int_mode else torch.float32)
 
 
-def _wrap(a: torch.Tensor, bits: int) -> torch.Tensor:
-    """Two's-complement wrap to ``bits`` (Lava's Conv ``signed_clamp``)."""
-    half = 2 ** (bits - 1)
-    return torch.remainder(a + half, 2 * half) - half
-
-
-def max_payload(net: Network, name: str) -> float:
-    """Largest |payload| node ``name`` can send in one step."""
-    node = net.nodes[name]
-    if isinstance(node, MaxPool):
-        return max_payload(net, node.source)
-    if isinstance(node, Input):
-        if node.encoding == "analog":
-            return float(2 ** (node.payload_bits - 1) - 1) if net.numeric == "int" else np.inf
-        return 1.0
-    return float(np.abs(node.payload).max()) * node.burst
-
-
 def is_lif(net: Network, node) -> bool:
-    """Whether ``node`` runs the stock LIF arithmetic (:mod:`lavaconv.stock`, int mode)."""
+    """Whether ``node`` runs the stock LIF arithmetic (:mod:`lavaconv.sim.lif`, int mode)."""
     return net.numeric == "int" and ((isinstance(node, IF) and node.reset == "lif")
                                      or (isinstance(node, Readout) and node.lif))
 
@@ -118,7 +101,7 @@ def _plan(net: Network, syn: Synapse) -> tuple[torch.dtype, bool, int]:
         return torch.float32, False, 0
     shift = _shift(net, syn)
     w = np.abs(syn.weight).reshape(len(syn.weight), -1).sum(axis=1).max(initial=0)
-    if float(w) * max_payload(net, syn.source) * 2.0**shift < 2**23:
+    if float(w) * net.max_payload(syn.source) * 2.0**shift < 2**23:
         return torch.float32, False, shift
     return torch.float64, isinstance(syn, Conv), shift
 
@@ -133,7 +116,7 @@ def _pointwise(syn: Conv) -> bool:
 def _apply_synapse(syn: Synapse, s: torch.Tensor,
                    plan: tuple[torch.dtype, bool, int]) -> torch.Tensor:
     """Synaptic output for a batch of source payloads ``s`` (N, *src_shape)."""
-    dtype, wrap, shift = plan
+    dtype, wraps, shift = plan
     w = torch.as_tensor(syn.weight, dtype=dtype, device=s.device) * 2.0 ** max(shift, 0)
     if isinstance(syn, Dense):  # a negative weight_exp floors each synapse's sum (stock Dense)
         a = s.to(dtype).flatten(1) @ w.T
@@ -142,10 +125,10 @@ def _apply_synapse(syn: Synapse, s: torch.Tensor,
     s = s.to(dtype=dtype, memory_format=layout)
     if _pointwise(syn):  # a per-channel scale (identity shortcut): no convolution needed
         a = s * w.reshape(1, -1, 1, 1)
-        return _wrap(a, 24) if wrap else a
+        return wrap(a) if wraps else a
     a = F.conv2d(s, w.contiguous(memory_format=layout), stride=tuple(syn.stride),
                  padding=tuple(syn.padding), groups=syn.groups)
-    return _wrap(a, 24) if wrap else a
+    return wrap(a) if wraps else a
 
 
 def _widest(dtypes) -> torch.dtype:
@@ -191,7 +174,7 @@ def synaptic_input(
 
 def _gain(a: torch.Tensor, a_exp: int) -> torch.Tensor:
     """Integer dendritic gain ``a * 2**(6 + a_exp)``, floor shift when negative (in place)."""
-    shift = 6 + a_exp
+    shift = THRESHOLD_SHIFT + a_exp
     return a.__ilshift__(shift) if shift >= 0 else a.__irshift__(-shift)
 
 
@@ -218,7 +201,7 @@ class _Current:
         self.int_mode = net.numeric == "int"
         self.x = torch.empty_like(a[0])
         self.bias = _tensor(node.bias, self.x)
-        self.shift = 6 + (0 if is_lif(net, node) else node.a_exp)
+        self.shift = THRESHOLD_SHIFT + (0 if is_lif(net, node) else node.a_exp)
 
     def __call__(self, t: int) -> torch.Tensor:
         x = self.x
@@ -276,7 +259,7 @@ def _spike_count(v: torch.Tensor, vth: torch.Tensor, burst: int) -> torch.Tensor
 
 def integrate_and_fire(node: IF, current: Callable[[int], torch.Tensor], steps: int,
                        out: torch.Tensor, bounds: tuple[int, int] | None) -> int:
-    """Run the IF dynamics of :class:`~lavaconv.network.IF` for ``steps`` steps on
+    """Run the IF dynamics of :class:`~lavaconv.ir.network.IF` for ``steps`` steps on
     ``current(t)`` (what v receives at step t), writing the spikes s[t] (-burst .. burst)
     into ``out[t]`` (the payload not applied); return how many neuron-steps saturated (int
     mode)."""
@@ -317,7 +300,7 @@ def readout_scores(node: Readout, u: torch.Tensor, checkpoints: Sequence[int],
                    bounds: tuple[int, int] | None = None, mode: str | None = None,
                    seed: int = 0) -> tuple[dict[int, torch.Tensor], int]:
     """Score per class at each checkpoint, whose argmax is the class, for the readout mode
-    (default ``node.mode``; see :class:`~lavaconv.network.Readout`), from the current ``u``
+    (default ``node.mode``; see :class:`~lavaconv.ir.network.Readout`), from the current ``u``
     (T, B, n) of :func:`input_current`; and the neuron-steps saturated."""
     mode = mode or node.mode
     if mode == "count":
@@ -339,7 +322,7 @@ def readout_scores(node: Readout, u: torch.Tensor, checkpoints: Sequence[int],
 
 
 def maxpool_gate(node: MaxPool, s: torch.Tensor, bound: float | None = None) -> torch.Tensor:
-    """Spiking max-pool of :class:`~lavaconv.network.MaxPool`: rate-gated (Rueckauer sec.
+    """Spiking max-pool of :class:`~lavaconv.ir.network.MaxPool`: rate-gated (Rueckauer sec.
     3.6: pass the payload of the input with the largest payload sum so far in each window;
     ties go to the first in row-major window order, padding never wins) or ``running`` (the
     increase of the window's largest payload sum). ``bound`` is the largest |payload|
@@ -431,15 +414,14 @@ def simulate(
             continue
         if isinstance(node, MaxPool):
             trains[name] = maxpool_gate(node, trains[node.source],
-                                        max_payload(net, node.source))
-            _count(result, name, trains[name], checkpoints, net.numeric, not _binary(net, name))
+                                        net.max_payload(node.source))
+            _count(result, name, trains[name], checkpoints, net.numeric, not net.is_binary(name))
         else:
             a = synaptic_input(net, name, trains, constant)
             if isinstance(node, Readout):
                 u = input_current(net, node, a)
                 if is_lif(net, node):
-                    result.readout, result.saturated[name] = _lif_scores(net, node, a,
-                                                                         checkpoints)
+                    result.readout, result.saturated[name] = _lif_scores(node, a, checkpoints)
                 else:
                     result.readout, result.saturated[name] = readout_scores(
                         node, u, checkpoints, state_bounds(net, node), seed=seed)
@@ -468,15 +450,15 @@ def _fire(net: Network, name: str, a: torch.Tensor, result: SimResult,
         u_init += _tensor(node.v_init, u_init)
 
         def current(t: int) -> torch.Tensor:  # int64: u wraps, so every bit counts
-            x = a[t].to(torch.int64).mul_(64)
+            x = a[t].to(torch.int64).mul_(2**THRESHOLD_SHIFT)
             return x.add_(bias) if t >= node.t_start else x
 
-        result.saturated[name] = stock.lif_integrate_and_fire(current, len(a), theta, u_init,
-                                                              train)
+        result.saturated[name] = lif.lif_integrate_and_fire(current, len(a), theta, u_init,
+                                                            train)
     else:
         result.saturated[name] = integrate_and_fire(node, _Current(net, node, a), len(a),
                                                     train, state_bounds(net, node))
-    _count(result, name, train, checkpoints, net.numeric, not _binary(net, name))
+    _count(result, name, train, checkpoints, net.numeric, not net.is_binary(name))
     if not np.all(node.payload == 1):
         train.mul_(_tensor(node.payload, train))
     if probe is not None:
@@ -484,23 +466,13 @@ def _fire(net: Network, name: str, a: torch.Tensor, result: SimResult,
     return train
 
 
-def _lif_scores(net: Network, node: Readout, a: torch.Tensor,
+def _lif_scores(node: Readout, a: torch.Tensor,
                 checkpoints: Sequence[int]) -> tuple[dict[int, torch.Tensor], int]:
-    """Potential of a stock LIF readout (:func:`lavaconv.stock.lif_readout`) at each
+    """Potential of a stock LIF readout (:func:`lavaconv.sim.lif.lif_readout`) at each
     checkpoint."""
     x = _gain(a.to(torch.int64), 0)
-    bias = _tensor(node.bias, x)
-    v, clipped = stock.lif_readout(x, bias, node.t_start)
+    v, clipped = lif.lif_readout(x, _tensor(node.bias, x), node.t_start)
     return {t: v[t - 1] for t in checkpoints}, clipped
-
-
-def _binary(net: Network, name: str) -> bool:
-    """Whether node ``name`` only ever sends 0 or 1."""
-    node = net.nodes[name]
-    if isinstance(node, MaxPool):
-        return _binary(net, node.source)
-    return (isinstance(node, IF) and node.reset != "snm" and node.burst == 1
-            and bool(np.all(node.payload == 1)))
 
 
 def _count(result: SimResult, name: str, spikes: torch.Tensor, checkpoints: Sequence[int],

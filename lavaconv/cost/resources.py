@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from lavaconv.network import IF, Conv, Network, Readout
-from lavaconv.stock import bias_terms
+from lavaconv.ir.network import IF, Conv, Network, Readout
+from lavaconv.ir.stock import bias_terms
 
 ASSUMPTIONS = ("unshared synapses (no conv weight sharing), weight_bits per synapse, neurons "
                "spread evenly over cores, input axons per core bounded by the fan-in limit; "
@@ -76,8 +76,8 @@ def estimate(net: Network, profile) -> dict:
 
 
 def _stock_synapses(node, neurons: int) -> int:
-    """Synapses the stock LIF soft-reset construction adds to a population (lavaconv.stock):
-    one self-connection per neuron and one per neuron per Sparse bias term."""
+    """Synapses the stock LIF soft-reset construction adds to a population
+    (:mod:`lavaconv.ir.stock`): a self-connection and one per Sparse bias term, per neuron."""
     if not (isinstance(node, IF) and node.reset == "lif"):
         return 0
     bias = np.broadcast_to(np.asarray(node.bias), node.shape).reshape(-1)

@@ -1,0 +1,1 @@
+"""What a network costs: hardware profiles, operation counts, energy and resource estimates."""

@@ -1,0 +1,1 @@
+"""Float network -> integer network in a hardware profile's formats."""

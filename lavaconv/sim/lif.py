@@ -1,0 +1,77 @@
+"""The arithmetic of the stock LIF soft-reset construction (:mod:`lavaconv.ir.stock`) on int64
+tensors, as Lava's ``PyLifModelBitAcc`` computes it, for the engine; and the potentials that size
+its threshold."""
+
+from __future__ import annotations
+
+import torch
+
+from lavaconv.ir.stock import READOUT_VTH, U_HALF, V_LIMIT
+
+
+def leak(u: torch.Tensor) -> torch.Tensor:
+    """``sgn(u) * ((|u| * 4095) >> 12)``: du = 0 with Loihi's ds_offset of 1."""
+    return torch.sign(u) * torch.div(u.abs() * 4095, 4096, rounding_mode="floor")
+
+
+
+def carry(v: torch.Tensor) -> torch.Tensor:
+    """``sgn(v) * (|v| >> 12)``: dv = 4095."""
+    return torch.sign(v) * torch.div(v.abs(), 4096, rounding_mode="floor")
+
+
+
+def wrap_u(u: torch.Tensor) -> torch.Tensor:
+    """LIF's wrap of u: above 2**23 subtract 2**24, at or below -2**23 add 2**24 (in place)."""
+    u.sub_(u.gt(U_HALF).to(u.dtype) * (2 * U_HALF))
+    u.add_(u.le(-U_HALF).to(u.dtype) * (2 * U_HALF))
+    return u
+
+
+
+def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: torch.Tensor,
+                           out: torch.Tensor) -> int:
+    """The stock soft-reset neuron for ``steps`` steps; ``current(t)`` is ``A[t] << 6`` without
+    the self-connection (int64). Writes s[t] (0/1) into ``out[t]``; returns the neuron-steps
+    whose u wrapped or v saturated."""
+    u = u_init.clone()
+    v = torch.zeros_like(u)
+    s = torch.zeros_like(u, dtype=torch.bool)
+    clipped = 0
+    for t in range(steps):
+        x = current(t) - theta * s
+        u = leak(u).add_(x)
+        clipped += int(torch.count_nonzero(u.gt(U_HALF) | u.le(-U_HALF)))
+        wrap_u(u)
+        v = carry(v).add_(u)
+        clipped += int(torch.count_nonzero(v.abs() > V_LIMIT))
+        v.clamp_(-V_LIMIT, V_LIMIT)
+        s = v > theta
+        v.masked_fill_(s, 0)
+        out[t] = s
+    return clipped
+
+
+
+def lif_readout(x: torch.Tensor, bias: torch.Tensor, t_start: int) -> tuple[torch.Tensor, int]:
+    """v[t] (all t) of a readout LIF receiving ``x[t] = A[t] << 6`` (int64, (T, B, n)) and its
+    own ``bias`` every step from ``v[-1] = -t_start * bias``; and the neuron-steps clipped or
+    reset."""
+    x = x.clone()
+    bad = x.gt(U_HALF) | x.le(-U_HALF)
+    clipped = int(torch.count_nonzero(bad))
+    if clipped:
+        wrap_u(x)
+    x.add_(bias)
+    v = torch.cumsum(x, 0) - t_start * bias
+    limit = READOUT_VTH << 6
+    if v.min() >= -V_LIMIT and v.max() <= limit:
+        return v, clipped
+    state = torch.zeros_like(x[0]) - t_start * bias
+    for t in range(len(x)):
+        state.add_(x[t])
+        clipped += int(torch.count_nonzero((state.abs() > V_LIMIT) | (state > limit)))
+        state.clamp_(-V_LIMIT, V_LIMIT)
+        state.masked_fill_(state > limit, 0)
+        v[t] = state
+    return v, clipped

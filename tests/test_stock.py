@@ -77,7 +77,8 @@ def test_stock_graph_is_bit_exact_with_the_engine(seed):
     assert not np.array_equal(res.readout[0], res.readout[1])  # items differ: resets worked
     assert sum(eng.saturated.values()) > 0  # wrap and clip paths were exercised
     assert all(c.startswith("lava.proc.") for c in res.process_classes)
-    assert res.process_classes["lava.proc.sparse.process.Sparse"] == 3 + 5  # self + bias terms
+    # per population: self, mirror, floor self, lift; every bias term twice (main and floor)
+    assert res.process_classes["lava.proc.sparse.process.Sparse"] == 3 * 4 + 2 * 5
     assert not res.hardware["ready"]
 
 
@@ -125,7 +126,7 @@ def test_bundled_examples_deploy_stock_processes_only():
     assert choose_graph(prep.net, DeployConfig(target="loihi2"))
     net, _ = prep.integer("loihi2", 64, stock=True)
     found = describe(net)
-    assert found["process_classes"]["lava.proc.lif.process.LIF"] >= 9  # 7 + readout + clocks
+    assert found["process_classes"]["lava.proc.lif.process.LIF"] >= 16  # 7 x 2 + readout + clock
     assert all(c.startswith(("lava.proc.", "lava.lib.dl.")) for c in found["process_classes"])
     prep = _prepared("vgg_fmnist.pt2")  # max-pool: our gate on sim, refused on loihi2
     assert not choose_graph(prep.net, DeployConfig())

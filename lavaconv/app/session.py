@@ -17,10 +17,10 @@ from lavaconv.errors import LavaconvError
 from lavaconv.frontend import LoadedModel, load_model
 from lavaconv.ir.network import Network
 from lavaconv.quantize.integer import LayerQuant, quantize
-from lavaconv.quantize.stock import floors
+from lavaconv.quantize.stock import peaks
 
 DEVICES = ("cpu", "cuda", "auto")
-FLOOR_ITEMS = 64  # calibration items whose largest potentials size the stock LIF thresholds
+PEAK_ITEMS = 64  # calibration items whose largest potentials size the stock LIF thresholds
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ class Prepared:
         for the graph of stock Lava processes (reset 'lif', :mod:`lavaconv.ir.stock`), its
         thresholds sized from the float SNN's potentials on calibration items."""
         prof = profile if isinstance(profile, Profile) else load_profile(profile)
-        low = floors(self.net, self.dataset.x_calib[:FLOOR_ITEMS], timesteps) if stock else None
+        top = peaks(self.net, self.dataset.x_calib[:PEAK_ITEMS], timesteps) if stock else None
         return quantize(self.net, prof.formats, timesteps=timesteps, weight_scale=weight_scale,
-                        stock=stock, floors=low)
+                        stock=stock, peaks=top)
 
 
 def prepare(config: RunConfig) -> Prepared:

@@ -6,7 +6,8 @@ incoming ``Dense`` (``weight_exp = a_exp``) or ``Conv`` (weights ``<< a_exp``), 
 self-connection of weight ``-w_s`` (``w_s << e_s = vth_mant``) that subtracts the threshold
 from ``u`` one step after a spike, before the next threshold check, and ``Sparse`` bias terms fed
 by always-on clock ``LIF`` units (LIF's own bias goes into ``v``, which this construction
-recomputes every step). ``PyLifModelBitAcc`` then computes, per neuron (docs/design.md §7):
+recomputes every step), and a floor neuron (below). ``PyLifModelBitAcc`` then computes, per
+neuron (docs/design.md section 7):
 
     A[t] = sum_e (W_e s_e[t-1] << a_exp) + b64 [t >= t_start] - (vth >> 6) s[t-1]
     u[t] = wrap24(L(u[t-1]) + (A[t] << 6)),    L(x) = sgn(x) ((|x| 4095) >> 12),  u[-1] = v_init
@@ -14,7 +15,11 @@ recomputes every step). ``PyLifModelBitAcc`` then computes, per neuron (docs/des
     s[t] = v[t] > vth;  v[t] = 0 where s[t]
 
 (``ds_offset = 1`` makes ``du = 0`` a decay of 1/4096; ``dv`` has 12 bits, so ``v`` keeps
-1/4096 of itself.) A readout with ``lif`` set is a stock ``LIF`` with ``du = 4095``, ``dv = 0``
+1/4096 of itself.) u wraps where ours saturates, so an inhibited neuron would fall through
+-2**23 and fire: a floor neuron (the same LIF, threshold ``FLOOR * vth``, every input mirrored,
+so its u is -u) fires when u < -FLOOR * vth and lifts u by ``FLOOR * vth`` through a Sparse
+diagonal; ``A[t]`` gets ``+ FLOOR * (vth >> 6) * s_floor[t-1]``. A readout with ``lif`` set
+is a stock ``LIF`` with ``du = 4095``, ``dv = 0``
 (an exact integrator), its own bias from step 0 and ``v[-1] = -t_start * bias`` (equal to ours
 from ``t_start`` on), ``vth = 2**17 - 1``: ``v`` saturates at ``+-(2**23 - 1)`` and resets to 0
 above ``(2**17 - 1) << 6``. Here: the grids and what
@@ -32,6 +37,7 @@ U_HALF = 2**23  # LIF wraps u into (-2**23, 2**23]
 READOUT_VTH = 2**17 - 1  # the readout LIF's threshold mantissa (the largest: 17 bits)
 SIGNIFICANT_BITS = 7  # a threshold mantissa is (even 8-bit weight) << exponent
 BIAS_TERMS = 2  # Sparse bias synapses per population (hi, lo)
+FLOOR = 4  # the floor neuron's threshold in thresholds: u is lifted by FLOOR * vth below that
 
 
 def self_weight(vth_mant: int) -> tuple[int, int]:

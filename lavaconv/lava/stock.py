@@ -7,6 +7,10 @@ its exact arithmetic are in :mod:`lavaconv.ir.stock` and docs/design.md section 
 
 - an IF population: ``LIF(du=0, dv=4095, vth=vth >> 6, u=v_init)``, a ``Sparse`` diagonal
   self-connection ``-w_s`` (``weight_exp e_s``), one or two ``Sparse`` bias columns from a clock;
+- its floor neuron: the same ``LIF`` with ``vth = FLOOR * vth >> 6``, ``u = -v_init``, a negated
+  copy of every input (synapses, bias columns, ``+w_s`` from the population's spikes, its own
+  ``-FLOOR * w_s`` self-connection), and a ``Sparse`` diagonal ``+FLOOR * w_s`` back into the
+  population: it holds u above about ``-FLOOR * vth`` (u wraps, it does not saturate);
 - a clock per bias start: ``LIF((1,), du=4095, dv=0, vth=0, bias_mant=1, v=-(t_start-1))``,
   which spikes at every step from ``t_start - 1`` on;
 - the readout: ``LIF(du=4095, dv=0, vth=2**17-1, bias, v=-t_start*bias)``;
@@ -81,6 +85,7 @@ class StockGraph:
     net: Network
     source: RingBuffer
     neurons: dict[str, LIF]  # node name → its LIF (populations and the readout)
+    floors: dict[str, LIF]  # population → its floor neuron
     clocks: dict[int, LIF]  # first spiking step → clock LIF
     synapses: dict[str, AbstractProcess]  # "i:src->dst", "name.self", "name.bias0", ...
     monitors: dict[str, Monitor]
@@ -90,7 +95,8 @@ class StockGraph:
 
     @property
     def processes(self) -> list[AbstractProcess]:
-        return [self.source, *self.neurons.values(), *self.clocks.values(),
+        return [self.source, *self.neurons.values(), *self.floors.values(),
+                *self.clocks.values(),
                 *self.synapses.values(), *self.monitors.values()]
 
     @property
@@ -133,11 +139,16 @@ def _sparse(weights, exp: int, name: str) -> Sparse:
                   num_weight_bits=8, num_message_bits=0, name=name)
 
 
-def _synapse(key: str, syn: Dense | Conv, net: Network) -> AbstractProcess:
+def _synapse(key: str, syn: Dense | Conv, net: Network, sign: int = 1) -> AbstractProcess:
+    """The stock Dense/Conv of ``syn`` (its weights times ``sign``: -1 for the floor neuron's
+    mirrored copy)."""
     src, dst = net.nodes[syn.source], net.nodes[syn.target]
     _check_int_weights(key, syn)
     bits = _message_bits(net, syn.source)
-    weight = np.asarray(syn.weight).astype(np.int64)
+    weight = sign * np.asarray(syn.weight).astype(np.int64)
+    if isinstance(syn, Dense) and weight.max(initial=0) > 254:
+        raise LavaconvError(f"synapse {key}: a weight of -256 has no negation on Lava's 8-bit "
+                            "grid; quantize with stock=True")
     if isinstance(syn, Dense):
         w = weight[_flat_order(dst.shape)][:, _flat_order(src.shape)]
         return LavaDense(weights=w, num_message_bits=bits, sign_mode=SignMode.MIXED,
@@ -170,7 +181,7 @@ def build_stock(net: Network, payload: np.ndarray, monitors: bool = True) -> Sto
     by_item = np.swapaxes(to_lava(payload, inp.shape), 0, 1)  # (K, T, *lava shape)
     data = np.moveaxis(by_item.reshape(items * steps, *lava_shape(inp.shape)), 0, -1)
     source = RingBuffer(data=np.ascontiguousarray(data))
-    graph = StockGraph(net, source, {}, {}, {}, {}, steps, items)
+    graph = StockGraph(net, source, {}, {}, {}, {}, {}, steps, items)
     for name, node in net.nodes.items():
         if isinstance(node, Input):
             continue
@@ -201,6 +212,18 @@ def build_stock(net: Network, payload: np.ndarray, monitors: bool = True) -> Sto
                                                        e_s, f"{name}.self")
         _connect(lif.s_out, own.s_in)
         _connect(own.a_out, lif.a_in)
+        # the floor neuron: u_f = -u; above FLOOR * vth it fires and lifts u by as much
+        low = graph.floors[name] = LIF(shape=shape, du=0, dv=4095, vth=stock.FLOOR * vth,
+                                       bias_mant=0, u=-u0, v=0, name=f"{name}.floor")
+        graph.initial += [(low.u, -u0), (low.v, np.zeros(shape))]
+        eye = identity(n, dtype=np.int64)
+        for key, weights, exp, src, dst in (
+                (f"{name}.mirror", w_s * eye, e_s, lif, low),  # main spikes: +vth into u_f
+                (f"{name}.floor.self", -w_s * eye, e_s + 2, low, low),
+                (f"{name}.lift", w_s * eye, e_s + 2, low, lif)):
+            proc = graph.synapses[key] = _sparse(weights, exp, key)
+            _connect(src.s_out, proc.s_in)
+            _connect(proc.a_out, dst.a_in)
         bias = _full(node.bias, node.shape).reshape(-1)
         if np.any(bias % 64):
             raise LavaconvError(f"layer {name}: bias is not on the stock grid (multiples of 64)")
@@ -216,10 +239,11 @@ def build_stock(net: Network, payload: np.ndarray, monitors: bool = True) -> Sto
                 graph.initial += [(graph.clocks[k].u, np.zeros(1)),
                                   (graph.clocks[k].v, np.full(1, -k))]
         for i, (w, e) in enumerate(terms):
-            proc = graph.synapses[f"{name}.bias{i}"] = _sparse(w.reshape(n, 1), e,
-                                                               f"{name}.bias{i}")
-            graph.clocks[node.t_start - 1].s_out.connect(proc.s_in)
-            _connect(proc.a_out, lif.a_in)
+            for sign, target, key in ((1, lif, f"{name}.bias{i}"),
+                                      (-1, low, f"{name}.floor.bias{i}")):
+                proc = graph.synapses[key] = _sparse(sign * w.reshape(n, 1), e, key)
+                graph.clocks[node.t_start - 1].s_out.connect(proc.s_in)
+                _connect(proc.a_out, target.a_in)
         if monitors:
             mon = graph.monitors[name] = Monitor()
             mon.probe(lif.s_out, steps * items)
@@ -229,6 +253,10 @@ def build_stock(net: Network, payload: np.ndarray, monitors: bool = True) -> Sto
         sender = source if syn.source == net.input_name else graph.neurons[syn.source]
         _connect(sender.s_out, proc.s_in)
         _connect(proc.a_out, graph.neurons[syn.target].a_in)
+        if syn.target in graph.floors:  # its mirrored copy into the floor neuron
+            mirror = graph.synapses[f"{key}.floor"] = _synapse(f"{key}.floor", syn, net, -1)
+            _connect(sender.s_out, mirror.s_in)
+            _connect(mirror.a_out, graph.floors[syn.target].a_in)
     for proc in graph.synapses.values():
         buffer = proc.a_buf if isinstance(proc, LavaConv) else proc.a_buff
         graph.initial.append((buffer, np.zeros(buffer.shape)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from lavaconv.ir.stock import READOUT_VTH, U_HALF, V_LIMIT
+from lavaconv.ir.stock import FLOOR, READOUT_VTH, U_HALF, V_LIMIT
 
 
 def leak(u: torch.Tensor) -> torch.Tensor:
@@ -14,11 +14,9 @@ def leak(u: torch.Tensor) -> torch.Tensor:
     return torch.sign(u) * torch.div(u.abs() * 4095, 4096, rounding_mode="floor")
 
 
-
 def carry(v: torch.Tensor) -> torch.Tensor:
     """``sgn(v) * (|v| >> 12)``: dv = 4095."""
     return torch.sign(v) * torch.div(v.abs(), 4096, rounding_mode="floor")
-
 
 
 def wrap_u(u: torch.Tensor) -> torch.Tensor:
@@ -28,29 +26,34 @@ def wrap_u(u: torch.Tensor) -> torch.Tensor:
     return u
 
 
-
 def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: torch.Tensor,
                            out: torch.Tensor) -> int:
-    """The stock soft-reset neuron for ``steps`` steps; ``current(t)`` is ``A[t] << 6`` without
-    the self-connection (int64). Writes s[t] (0/1) into ``out[t]``; returns the neuron-steps
-    whose u wrapped or v saturated."""
-    u = u_init.clone()
-    v = torch.zeros_like(u)
-    s = torch.zeros_like(u, dtype=torch.bool)
+    """The stock soft-reset neuron and its floor neuron for ``steps`` steps; ``current(t)`` is
+    ``A[t] << 6`` without the self-connections (int64). The floor neuron (threshold
+    ``FLOOR * theta``) receives the negated input, so its u is -u; when it fires, u gets
+    ``FLOOR * theta`` one step later (:mod:`lavaconv.ir.stock`). Writes s[t] (0/1) into
+    ``out[t]``; returns the neuron-steps whose u wrapped or v saturated."""
+    lift = FLOOR * theta
+    u, u_f = u_init.clone(), -u_init
+    v, v_f = torch.zeros_like(u), torch.zeros_like(u)
+    s = s_f = torch.zeros_like(u, dtype=torch.bool)
     clipped = 0
     for t in range(steps):
-        x = current(t) - theta * s
+        x = current(t) - theta * s + lift * s_f
         u = leak(u).add_(x)
+        u_f = leak(u_f).sub_(x)
         clipped += int(torch.count_nonzero(u.gt(U_HALF) | u.le(-U_HALF)))
         wrap_u(u)
+        wrap_u(u_f)
         v = carry(v).add_(u)
+        v_f = carry(v_f).add_(u_f).clamp_(-V_LIMIT, V_LIMIT)
         clipped += int(torch.count_nonzero(v.abs() > V_LIMIT))
         v.clamp_(-V_LIMIT, V_LIMIT)
-        s = v > theta
+        s, s_f = v > theta, v_f > lift
         v.masked_fill_(s, 0)
+        v_f.masked_fill_(s_f, 0)
         out[t] = s
     return clipped
-
 
 
 def lif_readout(x: torch.Tensor, bias: torch.Tensor, t_start: int) -> tuple[torch.Tensor, int]:

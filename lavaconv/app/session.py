@@ -17,10 +17,8 @@ from lavaconv.errors import LavaconvError
 from lavaconv.frontend import LoadedModel, load_model
 from lavaconv.ir.network import Network
 from lavaconv.quantize.integer import LayerQuant, quantize
-from lavaconv.quantize.stock import peaks
 
 DEVICES = ("cpu", "cuda", "auto")
-PEAK_ITEMS = 64  # calibration items whose largest potentials size the stock LIF thresholds
 
 
 @dataclass(frozen=True)
@@ -62,12 +60,10 @@ class Prepared:
     def integer(self, profile: str | Profile, timesteps: int, weight_scale: str = "layer",
                 stock: bool = False) -> tuple[Network, list[LayerQuant]]:
         """The integer network on ``profile``'s formats (and what quantization cost); ``stock``:
-        for the graph of stock Lava processes (reset 'lif', :mod:`lavaconv.ir.stock`), its
-        thresholds sized from the float SNN's potentials on calibration items."""
+        for the graph of stock Lava processes (reset 'lif', :mod:`lavaconv.ir.stock`)."""
         prof = profile if isinstance(profile, Profile) else load_profile(profile)
-        top = peaks(self.net, self.dataset.x_calib[:PEAK_ITEMS], timesteps) if stock else None
         return quantize(self.net, prof.formats, timesteps=timesteps, weight_scale=weight_scale,
-                        stock=stock, peaks=top)
+                        stock=stock)
 
 
 def prepare(config: RunConfig) -> Prepared:

@@ -58,7 +58,6 @@ def quantize(
     headroom_bits: int = 3,
     weight_scale: str = "layer",
     stock: bool = False,
-    peaks: dict[str, float] | None = None,
 ) -> tuple[Network, list[LayerQuant]]:
     """Integer copy of ``net``; ``timesteps`` bounds the readout's accumulated state,
     ``input_max`` is max |x| over calibration data (the analog gain; default the input node's
@@ -68,9 +67,7 @@ def quantize(
     ``stock``: the grids of the stock LIF graph (:mod:`lavaconv.ir.stock`): reset 'subtract'
     becomes 'lif', populations get ``a_exp >= 0`` and threshold mantissas of 7 significant bits,
     biases on the Sparse-term grid, the readout is a ``lif`` one; a population's threshold
-    leaves one more headroom bit (room below the floor neuron's lift of ``FLOOR * vth``) and,
-    with ``peaks`` (its largest potential in thresholds: the stock LIF's u wraps where ours
-    saturates), keeps ``1.25 * peak`` thresholds inside the 24-bit state."""
+    leaves one more headroom bit (room below the floor neuron's lift of ``FLOOR * vth``)."""
     if stock and obstacles(net, weight_scale, graph=False):
         raise LavaconvError(obstacles(net, weight_scale, graph=False)[0])
     if weight_scale not in WEIGHT_SCALES:
@@ -111,9 +108,6 @@ def quantize(
         r_max = np.minimum(r_max, r_max.min() * 2.0**CHANNEL_SPREAD_BITS)
         theta = _relative_thresholds(node, levels.get(name)) if spiking else np.ones(())
         cap = _cap(node, formats, headroom_bits + (stock and spiking), timesteps)
-        if stock and spiking and peaks and peaks.get(name, 0.0) > 0:
-            room = 2 ** (formats.state_bits - 1) / (1.25 * peaks[name] + 1)
-            cap = max(1, min(cap, math.floor(room / 2**formats.threshold_shift)))
         exp = int(np.clip(math.floor(math.log2(cap / float(r_max.max()))),
                           max(formats.weight_exp_min, 0) if stock and spiking
                           else formats.weight_exp_min, formats.weight_exp_max))

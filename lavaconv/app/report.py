@@ -374,6 +374,17 @@ def _lava_line(report: dict) -> str:
             f"{1e3 * report['engine']['seconds_per_step']:.4f} ms per item-step)")
 
 
+def _hardware_line(report: dict) -> str:
+    """Which processes ran (short class names) and what Loihi 2 still lacks."""
+    lava, hw = report.get("lava", {}), report.get("hardware")
+    if hw is None:
+        return ""
+    classes = ", ".join(f"{name.rsplit('.', 1)[-1]} x{n}"
+                        for name, n in lava.get("process_classes", {}).items())
+    ready = "ready" if hw["ready"] else "missing " + "; ".join(hw["missing"])
+    return f"Graph: {report.get('graph', 'ours')} ({classes}). Loihi 2: {ready}"
+
+
 def _deploy_tables(report: dict) -> list[Table]:
     acc = Table("Accuracy", ["T", "float SNN %", "integer SNN %"],
                 [[str(t), f"{100 * f:.2f}", f"{100 * a:.2f}"] for (t, a), (_, f) in
@@ -400,7 +411,8 @@ def _deploy_page(report: dict, figures: bool) -> Page:
         f"data: {report['data']}, {report['items']} evaluation items",
         "conversion: " + ", ".join(f"{k} {v}" for k, v in sorted(opts.items())),
         f"profile {report['profile']}",
-        f"ANN accuracy: {100 * report['ann_accuracy']:.2f} %", _lava_line(report)]))
+        f"ANN accuracy: {100 * report['ann_accuracy']:.2f} %", _lava_line(report),
+        *[line for line in [_hardware_line(report)] if line]]))
     acc, quant, cores = _deploy_tables(report)
     energy = report["energy"]
 
@@ -448,6 +460,7 @@ def deploy_summary(report: dict, out: str) -> str:
         f"ANN {100 * report['ann_accuracy']:.2f} %; integer SNN {100 * acc:.2f} % at T = {t} "
         f"({report['items']} items of {report['data']})",
         _lava_line(report),
+        *[line for line in [_hardware_line(report)] if line],
         f"energy per inference at T = {t}: ANN {joules(ann['total_j'])} on {ann_name}; SNN "
         + "; ".join(parts),
         f"{res['total_cores']} cores on {res['chips']} chip(s) of {report['profile']}; fits: "

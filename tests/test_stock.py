@@ -155,3 +155,15 @@ def test_stock_graph_refuses_what_it_cannot_build():
     net.nodes["r"].bias = net.nodes["r"].bias + 32
     with pytest.raises(LavaconvError, match="layer r: bias is not on the stock grid"):
         build_stock(net, np.zeros((1, 1, 2, 6, 6)))
+
+
+def test_resource_estimate_counts_the_construction():
+    from lavaconv.cost.profiles import load_profile
+    from lavaconv.cost.resources import estimate
+
+    net = stock_net()
+    layers = {x["name"]: x for x in estimate(net, load_profile("loihi2"))["layers"]}
+    a = layers["a"]  # 108 neurons, 18 synapses each, one bias term
+    assert a["neurons"] == 2 * 108  # and their floor neurons
+    assert a["stock_synapses"] == 108 * 18 + 108 * (4 + 2 * 1)
+    assert layers["output"]["stock_synapses"] == 0

@@ -17,8 +17,9 @@ from lavaconv.ir.stock import bias_terms
 
 ASSUMPTIONS = ("unshared synapses (no conv weight sharing), weight_bits per synapse, neurons "
                "spread evenly over cores, input axons per core bounded by the fan-in limit; "
-               "stock LIF graph: a self-connection and the bias terms per neuron, one clock "
-               "axon per core, the clock neurons themselves not counted")
+               "stock LIF graph: a floor neuron per neuron with mirrored inputs, four "
+               "diagonal synapses and the bias terms twice per neuron, one clock axon per "
+               "core, the clock neurons themselves not counted")
 
 
 def _fan_in(syn) -> int:
@@ -50,7 +51,9 @@ def estimate(net: Network, profile) -> dict:
         neurons = int(np.prod(node.shape))
         syns = net.inputs_of(name)
         synapses = sum(neurons * _fan_in(s) for s in syns)
-        extra = _stock_synapses(node, neurons)  # stock LIF graph: self-connection, bias terms
+        extra = _stock_synapses(node, neurons, synapses)  # stock LIF graph: floor neuron etc.
+        if extra:
+            neurons *= 2  # each neuron's floor neuron
         synapses += extra
         mem = math.ceil(synapses * weight_bits / 8)
         cores = max(math.ceil(neurons / st.neurons_per_core),
@@ -58,8 +61,8 @@ def estimate(net: Network, profile) -> dict:
         per_core = math.ceil(neurons / cores)
         axons = sum(_axons_per_core(s, net.nodes[s.source].shape, per_core, node.shape)
                     for s in syns)
-        if extra:  # its own spikes (the self-connection) and one clock axon
-            axons += per_core + 1
+        if extra:  # the floor's mirrored inputs share the axons; own and floor spikes; clock
+            axons += 2 * per_core + 1
         if axons > st.max_fan_in_axons_per_core:
             cores = max(cores, math.ceil(neurons * axons / st.max_fan_in_axons_per_core / per_core))
         layers.append({"name": name, "neurons": neurons, "synapses": synapses,
@@ -75,13 +78,14 @@ def estimate(net: Network, profile) -> dict:
             "fits": not limits, "violations": limits, "assumptions": ASSUMPTIONS}
 
 
-def _stock_synapses(node, neurons: int) -> int:
+def _stock_synapses(node, neurons: int, synapses: int) -> int:
     """Synapses the stock LIF soft-reset construction adds to a population
-    (:mod:`lavaconv.ir.stock`): a self-connection and one per Sparse bias term, per neuron."""
+    (:mod:`lavaconv.ir.stock`): the floor neuron's mirrored copy of every input synapse, four
+    diagonals (self, mirror, floor self, lift) and every Sparse bias term twice, per neuron."""
     if not (isinstance(node, IF) and node.reset == "lif"):
         return 0
     bias = np.broadcast_to(np.asarray(node.bias), node.shape).reshape(-1)
-    return neurons * (1 + len(bias_terms(bias >> 6)))
+    return synapses + neurons * (4 + 2 * len(bias_terms(bias >> 6)))
 
 
 def _dense_fan_in_violation(layer: dict, st) -> bool:

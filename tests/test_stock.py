@@ -163,7 +163,8 @@ def test_resource_estimate_counts_the_construction():
 
     net = stock_net()
     layers = {x["name"]: x for x in estimate(net, load_profile("loihi2"))["layers"]}
-    a = layers["a"]  # 108 neurons, 18 synapses each, one bias term
-    assert a["neurons"] == 2 * 108  # and their floor neurons
-    assert a["stock_synapses"] == 108 * 18 + 108 * (4 + 2 * 1)
+    a = layers["a"]  # 108 neurons, 18 synapses each
+    terms = len(stock.bias_terms(np.broadcast_to(net.nodes["a"].bias, (3, 6, 6)).ravel() >> 6))
+    assert a["neurons"] == 2 * 108 and terms == 2  # and their floor neurons
+    assert a["stock_synapses"] == 108 * 18 + 108 * (4 + 2 * terms)
     assert layers["output"]["stock_synapses"] == 0

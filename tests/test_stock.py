@@ -168,3 +168,40 @@ def test_resource_estimate_counts_the_construction():
     assert a["neurons"] == 2 * 108 and terms == 2  # and their floor neurons
     assert a["stock_synapses"] == 108 * 18 + 108 * (4 + 2 * terms)
     assert layers["output"]["stock_synapses"] == 0
+
+
+class Tiny(torch.nn.Module):
+    """conv-ReLU-conv-ReLU-linear on 1x8x8: what the stock graph deploys."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_loihi2_deploy_without_lava_loihi_runs_the_stock_graph_on_cpu(tmp_path, capsys):
+    import json
+
+    from lavaconv.lava import loihi2_available
+
+    if loihi2_available():
+        pytest.skip("lava-loihi is installed: the graph would run on the chip")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((40, 1, 8, 8)).astype(np.float32),
+             y=rng.integers(0, 3, 40))
+    torch.export.save(torch.export.export(Tiny().eval(), (torch.zeros(1, 1, 8, 8),)),
+                      tmp_path / "tiny.pt2")
+    code = cli.main(["deploy", str(tmp_path / "tiny.pt2"), "--data", str(tmp_path / "d.npz"),
+                     "--target", "loihi2", "--timesteps", "24", "--samples", "8",
+                     "--lava-samples", "2", "--quiet", "--out", str(tmp_path / "out")])
+    assert code == 2 and "lava-loihi" in capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["graph"] == "stock" and report["lava"]["bit_exact"]
+    assert all(c.startswith("lava.proc.") for c in report["lava"]["process_classes"])
+    assert not report["hardware"]["ready"] and "lava-loihi" in report["hardware"]["missing"][0]

@@ -130,7 +130,7 @@ def run_deploy(args: argparse.Namespace, prep: Prepared) -> int:
     report, net_int = build_report(args, prep)
     steps, data, progress = args.timesteps, prep.dataset, not args.quiet
     hardware_missing = args.target == "loihi2" and not _loihi2_available()
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(args.out, inputs=(args.model, args.data)) as tmp:
         (tmp / "network").mkdir()
         net_int.save(tmp / "network")
         (tmp / "network_float").mkdir()

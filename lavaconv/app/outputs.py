@@ -25,19 +25,19 @@ def check_out_dir(target: str | Path, inputs: Iterable[str | Path] = ()) -> Path
     """``target`` resolved, if an output directory may be written there: a new path or a
     directory lavaconv wrote (it holds :data:`MARKER`) that contains none of ``inputs``."""
     if not str(target).strip():
-        raise LavaconvError("--out '': give an output directory")
+        raise LavaconvError("output directory '': give a path")
     path = Path(target).resolve()
     if path.exists() or path.is_symlink():
         if not path.is_dir() or path.is_symlink():
-            raise LavaconvError(f"--out {cut(str(target))}: exists and is not a directory; "
+            raise LavaconvError(f"{cut(str(target))}: exists and is not a directory; "
                                 "give a new path")
         if not (path / MARKER).is_file():
-            raise LavaconvError(f"--out {cut(str(target))}: an existing directory lavaconv did "
+            raise LavaconvError(f"{cut(str(target))}: an existing directory lavaconv did "
                                 "not write; give a new path (only a previous lavaconv output is "
                                 "replaced)")
     for item in inputs:
         if path in Path(item).resolve().parents:
-            raise LavaconvError(f"--out {cut(str(target))}: holds the input {cut(str(item))}, "
+            raise LavaconvError(f"{cut(str(target))}: holds the input {cut(str(item))}, "
                                 "which replacing it would delete")
     return path
 

@@ -201,7 +201,7 @@ class _Checker:
                             f"got {shown(raw['unit'])}")
         if "source" in raw and self.text(raw["source"], f"{where}.source") not in self.sources:
             raise self.fail(f"{where}.source", f"unknown source {shown(raw['source'])} (defined "
-                            "in "                            f"sources: {', '.join(self.sources) or 'none'})")
+                            f"in sources: {', '.join(self.sources) or 'none'})")
         for key, choices in (("kind", KINDS), ("scope", SCOPES)):
             if key in raw and raw[key] not in choices:
                 raise self.fail(f"{where}.{key}", f"expected one of {', '.join(choices)}, "

@@ -235,8 +235,8 @@ def _scalar(value):
 
 Node = Input | IF | Readout | MaxPool
 Synapse = Conv | Dense
-_NODE_TYPES = {c.__name__: c for c in (Input, IF, Readout, MaxPool)}
-_SYN_TYPES = {c.__name__: c for c in (Conv, Dense)}
+NODE_TYPES = {c.__name__: c for c in (Input, IF, Readout, MaxPool)}
+SYN_TYPES = {c.__name__: c for c in (Conv, Dense)}
 
 
 @dataclass
@@ -315,34 +315,11 @@ class Network:
 
     @classmethod
     def load(cls, directory: str | Path) -> Network:
-        """Read back what :meth:`save` wrote; the result is equal field by field."""
-        directory = Path(directory)
-        doc = json.loads((directory / "network.json").read_text())
-        if doc.get("format") != "lavaconv-network/1":
-            raise ValueError(f"{directory / 'network.json'}: not a lavaconv network file")
-        with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        """Read back what :meth:`save` wrote (equal field by field), checking every field: a
+        damaged or hostile directory raises :class:`LavaconvError` naming the field."""
+        from lavaconv.ir.reader import read_network  # it builds on this module's classes
 
-        def decode(entry: dict, types: dict):
-            kind = types[entry["type"]]
-            kwargs = {}
-            for f in fields(kind):
-                if f.name not in entry:  # written before the field existed: its default
-                    continue
-                value = entry[f.name]
-                if isinstance(value, dict) and "array" in value:
-                    value = arrays[value["array"]]
-                elif isinstance(value, list):
-                    value = tuple(value)
-                kwargs[f.name] = value
-            return kind(**kwargs)
-
-        return cls(
-            nodes={n: decode(e, _NODE_TYPES) for n, e in doc["nodes"].items()},
-            synapses=[decode(e, _SYN_TYPES) for e in doc["synapses"]],
-            numeric=doc["numeric"],
-            meta=doc["meta"],
-        )
+        return read_network(Path(directory))
 
 
 def to_dict(obj) -> dict:

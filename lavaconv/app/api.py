@@ -135,7 +135,7 @@ def convert(model: str | Path, *, data: str, norm: str = "p99.9", neuron: str = 
     dataset = load_dataset(data, n_eval=samples, n_calib=calib_samples, seed=seed)
     loaded = load_model(model, tuple(dataset.x_eval.shape[1:]), arch=arch,
                         trust_pickle=trust_pickle)
-    options = ConvertOptions(NormSpec.parse(norm), neuron, input, v_init, **methods)
+    options = ConvertOptions(NormSpec.parse(norm), neuron, input, v_init, seed=seed, **methods)
     ann = probe.accuracy(loaded.graph_module, dataset.x_eval, dataset.y_eval)
     net, stats = build(loaded.graph_module, dataset, options, progress=False)
     net.meta.update(model=str(model), data=data, ann_accuracy=ann)

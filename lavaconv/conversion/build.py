@@ -31,12 +31,13 @@ def build_network(gm: torch.fx.GraphModule, x_calib: np.ndarray,
     steps = options.calib_steps
     found: dict = {}
     if options.balance is not None:
-        found["balance_factors"] = balance_thresholds(net, x, options.balance, steps)
+        found["balance_factors"] = balance_thresholds(net, x, options.balance, steps,
+                                                         seed=options.seed)
     if options.correction != "none":
         found[f"{options.correction}_correction"] = correct(net, gm, x, steps, options.correction,
-                                                           measure_on=measure_on)
+                                                           seed=options.seed, measure_on=measure_on)
     if options.zeta == "auto":
-        search = search_zeta(net, gm, x, steps)
+        search = search_zeta(net, gm, x, steps, seed=options.seed)
         compensate(net, search.zeta)
         found["zeta"] = {"chosen": search.zeta, "p": search.error.p, "q": search.error.q,
                          "objective": {str(k): v for k, v in search.objective.items()},

@@ -63,6 +63,7 @@ class ConvertOptions:
     align: bool = False  # delay a population's early inputs (shortcuts) to arrive with the last
     calib_steps: int = 64  # timesteps of the SNN runs behind the data-driven methods
     calib_items: int = 256  # calibration items those runs use
+    seed: int = 0  # of those runs' Poisson input (batch at item i: seed + i)
 
     def __post_init__(self) -> None:
         checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input,

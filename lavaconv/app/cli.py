@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -249,6 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"lavaconv: error: {err}", file=sys.stderr)
         return 2
+    with warnings.catch_warnings():
+        if not args.debug:  # library warnings are nothing a user can act on
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch").setLevel(logging.ERROR)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command of ``args``; every error ends as one line and an exit code."""
     handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
     previous = {s: signal.signal(s, _on_signal) for s in handled}
     try:

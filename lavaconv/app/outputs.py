@@ -27,8 +27,8 @@ def check_out_dir(target: str | Path, inputs: Iterable[str | Path] = ()) -> Path
     if not str(target).strip():
         raise LavaconvError("output directory '': give a path")
     path = Path(target).resolve()
-    if path.exists() or path.is_symlink():
-        if not path.is_dir() or path.is_symlink():
+    if path.exists():
+        if not path.is_dir():
             raise LavaconvError(f"{cut(str(target))}: exists and is not a directory; "
                                 "give a new path")
         if not (path / MARKER).is_file():
@@ -55,7 +55,9 @@ def atomic_dir(target: str | Path, inputs: Iterable[str | Path] = ()) -> Iterato
     path = check_out_dir(target, inputs)
     with _os_errors(target):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        with _locked(path.parent):  # a concurrent commit renames ``path`` under this lock
+            check_out_dir(target, inputs)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         (tmp / MARKER).write_text("written by lavaconv; lavaconv may replace this directory\n")
         yield tmp

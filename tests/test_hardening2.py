@@ -277,6 +277,7 @@ def test_trust_pickle_lets_the_archive_through(tmp_path):
     assert not (tmp_path / "pwned").exists()  # the check itself unpickles nothing
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script / save
 def test_torchscript_unpickler_refuses_foreign_globals(base, tmp_path, capsys):
     """torch.jit.load resolves only TorchScript types: a data.pkl calling os.system fails."""
     script = tmp_path / "ts.pt"
@@ -304,6 +305,7 @@ OUT_CASES: dict[str, tuple[Callable[[Path], str], str]] = {
     "a user's directory": (lambda tmp: str(tmp / "mine"), "lavaconv did not write"),
     "a file in the parent path": (lambda tmp: str(tmp / "mine" / "thesis.tex" / "out"),
                                   "thesis.tex"),
+    "under /proc": (lambda tmp: "/proc/lavaconv-test-out", "/proc/lavaconv-test-out"),
 }
 
 

@@ -519,9 +519,8 @@ def test_seed_reaches_the_calibration_runs(monkeypatch, base):
         monkeypatch.setattr(module, "encode_input", lambda *a, seed, real=module.encode_input,
                             **k: seen.append(seed) or real(*a, seed=seed, **k))
     options = ConvertOptions(NormSpec.parse("max"), "rmp", "poisson", balance=1.0,
-                             correction="bias", zeta="auto", calib_steps=8, calib_items=40,
-                             seed=7)
-    build_network(gm, x, stats, options)
+                             correction="bias", zeta="auto", calib_steps=8, calib_items=40)
+    build_network(gm, x, stats, options, seed=7)
     assert seen and set(seen) == {7}  # one batch of 40 items: seed + 0
 
 

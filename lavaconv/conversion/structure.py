@@ -21,6 +21,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from lavaconv.ann.stats import ActivationStats, NormSpec
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.network import (
+    ENCODINGS,
     IF,
     MAX_BURST,
     POOLS,
@@ -37,7 +38,8 @@ aten = torch.ops.aten
 MAX_COMPOSED_INPUTS = 1 << 16
 
 
-NEURONS = {"rmp": "subtract", "if": "zero", "snm": "snm"}
+NEURONS = {"rmp": "subtract", "if": "zero", "snm": "snm"}  # option -> IF.reset
+CORRECTIONS = ("none", "bias", "potential")
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,9 @@ class ConvertOptions:
     norm: NormSpec = field(default_factory=NormSpec)
     neuron: str = "rmp"  # rmp: reset by subtraction; if: reset to zero; snm: SNM eq. 7-11
     input: str = "analog"  # analog current (Rueckauer sec. 3.4) or signed Poisson (RMP sec. 3.1)
-    v_init: float = 0.0  # initial potential in thresholds; 0.5 halves the expected quantization
-    # error of the spike count (Bu et al., ICLR 2022, "Optimal ANN-SNN conversion", Theorem 2)
+    v_init: float = 0.5  # initial potential in thresholds; 0.5 halves the expected quantization
+    # error of the spike count (Bu et al., ICLR 2022, "Optimal ANN-SNN conversion", Theorem 2);
+    # 0 is the seed papers' choice
     readout: str = "potential"  # potential | count | softmax (Rueckauer sec. 3.5)
     shortcut_norm: bool = True  # S-ResNet eq. 3-6; False: identity shortcuts keep weight 1
     balance: float | None = None  # RMP sec. 4.1 threshold balancing, alpha (None: off)
@@ -63,13 +66,11 @@ class ConvertOptions:
     align: bool = False  # delay a population's early inputs (shortcuts) to arrive with the last
     calib_steps: int = 64  # timesteps of the SNN runs behind the data-driven methods
     calib_items: int = 256  # calibration items those runs use
-    seed: int = 0  # of those runs' Poisson input (batch at item i: seed + i)
 
     def __post_init__(self) -> None:
-        checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input,
-                  ("analog", "poisson")), ("readout", self.readout, READOUTS),
-                  ("correction", self.correction, ("none", "bias", "potential")),
-                  ("maxpool", self.maxpool, POOLS)]
+        checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input, ENCODINGS),
+                  ("readout", self.readout, READOUTS),
+                  ("correction", self.correction, CORRECTIONS), ("maxpool", self.maxpool, POOLS)]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise LavaconvError(f"--{name} {value!r}: expected one of {', '.join(allowed)}")
@@ -331,7 +332,8 @@ def convert(
             scale = 1.0
             if options.input == "poisson":
                 scale = float(np.maximum(stats[name].max(False), 1e-12)) if name in stats else 1.0
-            nodes[name] = Input(shape, options.input, scale)
+            x_max = float(stats[name].max(False)) if name in stats else None
+            nodes[name] = Input(shape, options.input, scale, x_max=x_max)
             scales[name], shapes[name], t_ready[name] = np.asarray(scale), shape, 0
         elif isinstance(item, tuple):
             _, name, shape, src, kernel, stride, padding = item

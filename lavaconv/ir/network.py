@@ -21,6 +21,7 @@ import numpy as np
 Shape = tuple[int, ...]
 RESETS = ("subtract", "zero", "snm")
 READOUTS = ("potential", "count", "softmax")
+ENCODINGS = ("analog", "poisson")
 MAX_BURST = 16
 POOLS = ("gate", "running")
 
@@ -46,6 +47,7 @@ class Input:
     scale: float = 1.0  # lambda_in: input value carried by a unit spike
     payload_bits: int = 0  # int mode, analog: graded payload is round(x * gain), |.| < 2**(bits-1)
     gain: float = 1.0  # int mode, analog: payload per unit of x / scale
+    x_max: float | None = None  # max |x| over the calibration items (the analog gain's range)
 
     is_signed = True  # analog values and Poisson spikes both carry a sign
 

@@ -31,6 +31,15 @@ def auto_batch(net: Network, timesteps: int) -> int:
 
 
 @dataclass
+class Activity:
+    """Spikes of an SNN over the first T steps of each checkpoint T, summed over ``items``."""
+
+    items: int
+    spike_counts: dict[int, dict[str, np.ndarray]]  # T -> node -> spikes per neuron
+    input_events: dict[int, np.ndarray]  # T -> non-zero payloads sent per input neuron
+
+
+@dataclass
 class SnnEval:
     """Accuracy and activity of the SNN at each checkpoint T."""
 
@@ -43,6 +52,13 @@ class SnnEval:
     # T -> non-zero input payloads per input neuron (what energy estimates count)
     neuron_counts: dict[int, dict[str, np.ndarray]] | None = None
     input_events: dict[int, np.ndarray] | None = None
+
+    @property
+    def activity(self) -> Activity:
+        """The per-neuron activity an evaluation with ``per_neuron=True`` kept."""
+        if self.neuron_counts is None:
+            raise ValueError("evaluate(..., per_neuron=True) keeps the activity")
+        return Activity(self.items, self.neuron_counts, self.input_events)
 
 
 def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Sequence[int], *,
@@ -106,3 +122,14 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Seque
         input_events={t: totals[("i", t)] for t in checkpoints} if per_neuron else None,
     )
 
+
+def measure_activity(net: Network, x: np.ndarray, checkpoints: Sequence[int], *, seed: int = 0,
+                     batch_size: int | None = None, device: str = "cpu",
+                     progress: bool = True) -> Activity:
+    """Run the engine on ``x`` (batches and seeds of :func:`evaluate`, so Poisson input draws
+    the same spikes) and keep every neuron's spike count at each checkpoint, from one run to
+    the last checkpoint (the engine is causal)."""
+    if min(checkpoints) < 1:
+        raise LavaconvError(f"timesteps must be >= 1, got {min(checkpoints)}")
+    return evaluate(net, x, None, checkpoints, seed=seed, batch_size=batch_size, device=device,
+                    progress=progress, per_neuron=True).activity

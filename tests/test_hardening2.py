@@ -550,3 +550,11 @@ def test_nir_refuses_spiking_readouts(mode):
     net.nodes[net.output_name].mode = mode
     with pytest.raises(LavaconvError, match="--readout"):
         nir_graph(net)
+
+
+@pytest.mark.parametrize("field, value", [("v_init", float("nan")), ("v_init", 2.0),
+                                          ("zeta", float("inf")), ("calib_steps", 0),
+                                          ("calib_items", -1)])
+def test_library_options_are_range_checked_too(field, value):
+    with pytest.raises(LavaconvError, match=f"--{field.replace('_', '-')}"):
+        ConvertOptions(**{field: value})

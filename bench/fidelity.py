@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     json_path = out / "fidelity.json"
     results = (json.loads(json_path.read_text()) if args.resume and json_path.exists()
                else {"models": {}})

@@ -27,7 +27,14 @@ from test_hardening import ROOT, _descendants, _start_time, small_net, tiny
 from lavaconv.ann.stats import activation_stats
 from lavaconv.app.cli import main
 from lavaconv.app.outputs import MARKER, atomic_dir
-from lavaconv.conversion import ConvertOptions, NormSpec, balance, build_network, diagnostics
+from lavaconv.conversion import (
+    ConvertOptions,
+    NormSpec,
+    balance,
+    build_network,
+    correction,
+    diagnostics,
+)
 from lavaconv.errors import LavaconvError
 from lavaconv.export.nir import nir_graph
 from lavaconv.frontend import load_model
@@ -515,7 +522,7 @@ def test_seed_reaches_the_calibration_runs(monkeypatch, base):
     x = np.random.default_rng(0).random((40, 1, 8, 8), np.float32)
     stats = activation_stats(gm, x, progress=False)
     seen: list[int] = []
-    for module in (balance, diagnostics):
+    for module in (balance, correction, diagnostics):
         monkeypatch.setattr(module, "encode_input", lambda *a, seed, real=module.encode_input,
                             **k: seen.append(seed) or real(*a, seed=seed, **k))
     options = ConvertOptions(NormSpec.parse("max"), "rmp", "poisson", balance=1.0,

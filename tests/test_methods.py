@@ -12,13 +12,15 @@ from torch import nn
 from lavaconv.ann.probe import population_nodes
 from lavaconv.ann.stats import collect, neuron_scales
 from lavaconv.conversion import ConvertOptions, NormSpec, convert
-from lavaconv.conversion.balance import balance_thresholds, compensate, correct, search_zeta
+from lavaconv.conversion.balance import balance_thresholds
 from lavaconv.conversion.build import build_network
+from lavaconv.conversion.correction import correct
 from lavaconv.conversion.diagnostics import (
     clipped_ann_accuracy,
     information_loss,
     propagation_error,
 )
+from lavaconv.conversion.zeta import compensate, search_zeta
 from lavaconv.errors import LavaconvError
 from lavaconv.frontend import canonicalize
 from lavaconv.ir.fixedpoint import Formats

@@ -10,7 +10,6 @@ so the residual shortcut rule of S-ResNet eq. 3-6 needs no special case.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from lavaconv.ann.stats import ActivationStats, NormSpec
+from lavaconv.conversion.align import align
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.network import (
     ENCODINGS,
@@ -314,7 +314,7 @@ def convert(
     input_shape: tuple[int, ...],
     stats: dict[str, ActivationStats],
     options: ConvertOptions = ConvertOptions(),
-    progress: Callable[[str], None] | None = None,
+    *,
     neuron_scales: dict[str, np.ndarray] | None = None,
 ) -> Network:
     """Build the float spiking network; ``stats`` is keyed by population name.
@@ -362,14 +362,10 @@ def convert(
                 lam = _scale(stats.get(pop.name), norm, norm.per_channel)
             if not readout:  # K spikes of lambda / K: K-fold resolution, same clip (burst)
                 lam = lam / options.burst
-            # first input: the earliest term's arrival, or with --align the latest, every
-            # earlier term delayed to arrive with it (and the bias flows from then on)
-            arrivals = [t_ready[t.source] for t in pop.terms]
-            t_start = (max(arrivals) if options.align else min(arrivals)) + 1
+            # first input: the earliest term's arrival (--align: the latest, see align.py)
+            t_start = min(t_ready[t.source] for t in pop.terms) + 1
             for term in pop.terms:
                 syn = _synapse(term, shapes[term.source], pop.name, pop.where)
-                if options.align:
-                    syn.delay = t_start - 1 - t_ready[term.source]
                 if term.ops or len(pop.terms) == 1 or options.shortcut_norm:
                     w_scale = _source_scale(syn, scales[term.source], shapes[term.source])
                     syn.weight = syn.weight * w_scale / _target_scale(lam, syn.weight)  # eq. 2
@@ -382,10 +378,9 @@ def convert(
                             v_init=options.v_init * theta, payload=theta, burst=options.burst))
             nodes[pop.name] = node
             scales[pop.name], shapes[pop.name], t_ready[pop.name] = lam, pop.shape, t_start
-            if progress:
-                progress(pop.name)
     meta = {**options.describe(), "input_shape": list(input_shape)}
-    return Network(nodes, synapses, "float", meta)
+    net = Network(nodes, synapses, "float", meta)
+    return align(net) if options.align else net
 
 
 def _neuron_thresholds(lam: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

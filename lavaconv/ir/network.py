@@ -264,6 +264,10 @@ class Network:
     def output_name(self) -> str:
         return next(n for n, v in self.nodes.items() if isinstance(v, Readout))
 
+    def populations(self) -> list[str]:
+        """The spiking populations (IF nodes), in order."""
+        return [n for n, v in self.nodes.items() if isinstance(v, IF)]
+
     def inputs_of(self, name: str) -> list[Synapse]:
         return [s for s in self.synapses if s.target == name]
 

@@ -19,6 +19,12 @@ from lavaconv.sim.engine import encode_input, simulate
 MEMORY_BUDGET = 2 << 30  # bytes of spike trains the engine may hold at once
 
 
+def chunks(x: np.ndarray, size: int):
+    """``(start, x[start:start + size])`` over all of ``x`` (in this process, not sharded)."""
+    for start in range(0, len(x), size):
+        yield start, x[start:start + size]
+
+
 def auto_batch(net: Network, timesteps: int) -> int:
     """Items per engine batch so that the spike trains fit in MEMORY_BUDGET."""
     widest = max(int(np.prod(n.shape)) for n in net.nodes.values())

@@ -34,8 +34,7 @@ def build_network(gm: torch.fx.GraphModule, x_calib: np.ndarray,
     steps = options.calib_steps
     found: dict = {}
     if options.balance is not None:
-        found["balance_factors"] = balance_thresholds(net, x, options.balance, steps,
-                                                         seed=seed)
+        found["balance_factors"] = balance_thresholds(net, x, options.balance, steps, seed=seed)
     if options.correction != "none":
         found[f"{options.correction}_correction"] = correct(net, gm, x, steps, options.correction,
                                                            seed=seed, measure_on=measure_on)

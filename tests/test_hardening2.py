@@ -565,3 +565,20 @@ def test_nir_refuses_spiking_readouts(mode):
 def test_library_options_are_range_checked_too(field, value):
     with pytest.raises(LavaconvError, match=f"--{field.replace('_', '-')}"):
         ConvertOptions(**{field: value})
+
+
+@pytest.mark.parametrize("field,value", [("samples", 0), ("calib_samples", -3), ("seed", -1),
+                                         ("seed", 2**40), ("samples", 2.5), ("seed", True)])
+def test_run_config_from_python_is_range_checked(field, value):
+    from lavaconv.app.session import RunConfig
+
+    with pytest.raises(LavaconvError, match=f"^{field} .*expected an integer"):
+        RunConfig("m.pt2", "digits", **{field: value})
+
+
+@pytest.mark.parametrize("field,value", [("timesteps", 0), ("lava_samples", -3)])
+def test_deploy_config_from_python_is_range_checked(field, value):
+    from lavaconv.app.deploy import DeployConfig
+
+    with pytest.raises(LavaconvError, match=f"^{field} .*expected an integer"):
+        DeployConfig(**{field: value})

@@ -14,7 +14,7 @@ from lavaconv.cost import energy
 from lavaconv.cost.counting import ann_macs
 from lavaconv.cost.profiles import Profile, load_profile
 from lavaconv.cost.resources import estimate
-from lavaconv.errors import LavaconvError
+from lavaconv.errors import LavaconvError, check_int
 from lavaconv.ir.network import Network
 from lavaconv.quantize.integer import WEIGHT_SCALES
 from lavaconv.sim import evaluation
@@ -41,6 +41,8 @@ class DeployConfig:
         if self.weights not in WEIGHT_SCALES:
             raise LavaconvError(f"weights {self.weights!r}: expected one of "
                                 f"{', '.join(WEIGHT_SCALES)}")
+        check_int("timesteps", self.timesteps, 1)
+        check_int("lava_samples", self.lava_samples, 1)
 
 
 def _loihi2_available() -> bool:

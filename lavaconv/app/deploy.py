@@ -14,7 +14,7 @@ from lavaconv.cost import energy
 from lavaconv.cost.counting import ann_macs
 from lavaconv.cost.profiles import Profile, load_profile
 from lavaconv.cost.resources import estimate
-from lavaconv.errors import LavaconvError
+from lavaconv.errors import LavaconvError, check_int
 from lavaconv.ir.network import Network
 from lavaconv.ir.stock import obstacles
 from lavaconv.quantize.integer import WEIGHT_SCALES
@@ -49,6 +49,8 @@ class DeployConfig:
         if self.target == "loihi2" and self.graph == "ours":
             raise LavaconvError("--target loihi2 with --graph ours: lavaconv's processes have no "
                                 "Loihi 2 model; use --graph stock (or auto)")
+        check_int("timesteps", self.timesteps, 1)
+        check_int("lava_samples", self.lava_samples, 1)
 
 
 def choose_graph(net: Network, config: DeployConfig) -> bool:
@@ -131,7 +133,7 @@ def run_deploy(prep: Prepared, config: DeployConfig) -> int:
     report, net_int = build_report(prep, config)
     data, out = prep.dataset, config.out
     hardware_missing = config.target == "loihi2" and not _loihi2_available()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, inputs=(prep.config.model, prep.config.data)) as tmp:
         (tmp / "network").mkdir()
         net_int.save(tmp / "network")
         (tmp / "network_float").mkdir()

@@ -1,7 +1,7 @@
 """Accuracy of the stock LIF soft-reset graph against lavaconv's IFNeuron 'subtract' (issue 18).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/stock.py [--items 2000] [--models vgg,resnet]
-                                                      [--json docs/stock.json]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/stock.py [--items 2000] [--calib-items 2000]
+                               [--models vgg,resnet] [--steps 16,...,256] [--json FILE]
 
 Both bundled models with the default conversion (``--neuron rmp``, p99.9, analog input, v_init
 0.5, potential readout), calibrated once, quantized to the loihi2 profile twice — for our
@@ -29,9 +29,9 @@ MODELS = {"vgg": "examples/vgg_fmnist.pt2", "resnet": "examples/resnet_fmnist.pt
 STEPS = [16, 32, 64, 128, 256]
 
 
-def measure(model: str, items: int) -> dict:
+def measure(model: str, items: int, calib: int = 2000) -> dict:
     prep = prepare(RunConfig(ROOT / MODELS[model], "fashion-mnist", samples=items,
-                             progress=False))
+                             calib_samples=calib, progress=False))
     out = {"ann": prep.ann_accuracy, "items": items}
     for graph in ("ours", "stock"):
         net, _ = prep.integer("loihi2", max(STEPS), stock=graph == "stock")
@@ -59,11 +59,12 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--models", default="vgg,resnet")
     ap.add_argument("--json")
+    ap.add_argument("--calib-items", type=int, default=2000)
     ap.add_argument("--steps", default="16,32,64,128,256")
     args = ap.parse_args()
     torch.set_num_threads(1)
     STEPS[:] = [int(t) for t in args.steps.split(",")]
-    results = {m: measure(m, args.items) for m in args.models.split(",")}
+    results = {m: measure(m, args.items, args.calib_items) for m in args.models.split(",")}
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -232,13 +232,14 @@ def _start_time(pid: int) -> str | None:
 
 def test_max_seconds_stops_a_running_lava_deploy(tmp_path):
     """--max-seconds ends a run by SIGALRM from its interval timer; sent while Lava's processes
-    step, it stops the deploy with exit 2, leaves none of them and writes nothing."""
+    step, it stops the deploy with exit 2, leaves none of them and writes nothing (our fused
+    graph: four processes once stepping)."""
     model = tiny(tmp_path / "m.pt2", small_net())
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "lavaconv", "deploy", str(model), "--data",
                              "digits", "--samples", "40", "--calib-samples", "20",
                              "--timesteps", "1000", "--lava-samples", "40", "--max-seconds",
-                             "3600", "--out", str(out), "--quiet"], cwd=ROOT,
+                             "3600", "--graph", "ours", "--out", str(out), "--quiet"], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300

@@ -210,57 +210,59 @@ def _tensor(x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), device=like.device).to(like.dtype)
 
 
-def _subtract(v: torch.Tensor, s: torch.Tensor, vth: torch.Tensor) -> None:
-    """``v -= vth * s`` in place."""
-    if vth.dim() == 0:
-        v.sub_(s, alpha=vth.item())
-    else:
-        v.addcmul_(s, vth, value=-1)
-
-
-def _saturate(v: torch.Tensor, bounds: tuple[int, int] | None) -> int:
-    """Clip ``v`` to ``bounds`` in place; return how many entries were outside."""
+def _saturate(v: torch.Tensor, bounds: tuple[int, int] | None,
+              spare: torch.Tensor | None = None) -> int:
+    """Clip ``v`` to ``bounds`` in place; return how many entries were outside (``spare``: a
+    scratch tensor like ``v``)."""
     if bounds is None:
         return 0
-    lo, hi = torch.aminmax(v)  # one pass; saturation is rare
-    if lo >= bounds[0] and hi <= bounds[1]:
-        return 0
-    outside = torch.count_nonzero(v.lt(bounds[0]).logical_or_(v.gt(bounds[1])))
-    v.clamp_(*bounds)
-    return int(outside)
+    lo, hi = torch.aminmax(v)  # one pass; most steps need nothing more
+    outside = 0
+    spare = torch.empty_like(v) if spare is None else spare
+    for beyond, compare, bound in ((lo < bounds[0], torch.lt, bounds[0]),
+                                   (hi > bounds[1], torch.gt, bounds[1])):
+        if beyond:  # count in v's dtype: a float compare-and-sum beats a bool one
+            outside += int(compare(v, bound, out=spare).sum(dtype=torch.float64))
+    if outside:
+        v.clamp_(*bounds)
+    return outside
 
 
-def _spike_count(v: torch.Tensor, vth: torch.Tensor, burst: int) -> torch.Tensor:
-    """``sum_n [v >= n * vth]`` for n = 1 .. ``burst`` (in v's dtype)."""
-    n = v.ge(vth).to(v.dtype)
+def _spike_count(v: torch.Tensor, vth: torch.Tensor, burst: int, out: torch.Tensor
+                 ) -> torch.Tensor:
+    """``out = sum_n [v >= n * vth]`` for n = 1 .. ``burst`` (in out's dtype); returns ``out``."""
+    torch.ge(v, vth, out=out)
     for k in range(2, burst + 1):
-        n.add_(v.ge(vth * k).to(v.dtype))
-    return n
+        out.add_(v.ge(vth * k))
+    return out
 
 
 def integrate_and_fire(node: IF, current: Callable[[int], torch.Tensor], steps: int,
                        out: torch.Tensor, bounds: tuple[int, int] | None) -> int:
     """Run the IF dynamics of :class:`~lavaconv.ir.network.IF` for ``steps`` steps on
     ``current(t)`` (what v receives at step t), writing the spikes s[t] (-burst .. burst)
-    into ``out[t]`` (the payload not applied); return how many neuron-steps saturated (int
-    mode)."""
+    into ``out[t]`` (the payload not applied; written after ``current(t)`` is read); return how
+    many neuron-steps saturated (int mode)."""
     first = current(0)
     v = torch.zeros_like(first) + _tensor(node.v_init, first)
     vth = _tensor(node.v_threshold, v)
+    step = vth.item() if vth.dim() == 0 else None  # one threshold: v.sub_(s, alpha=vth)
     memory = torch.zeros_like(v) if node.reset == "snm" else None
+    spare = torch.empty_like(v)
     saturated = 0
     for t in range(steps):
         v.add_(current(t))
-        saturated += _saturate(v, bounds)
-        s = _spike_count(v, vth, node.burst)  # burst spikes (Li & Zeng 2022); 1: v >= vth
+        saturated += _saturate(v, bounds, spare)
+        s = _spike_count(v, vth, node.burst, out[t])  # burst spikes (Li & Zeng 2022)
         if memory is not None:  # SNM eq. 9: negative spikes only up to the memory
-            s.sub_(torch.minimum(_spike_count(-v, vth, node.burst), memory.clamp(min=0)))
+            s.sub_(torch.minimum(_spike_count(-v, vth, node.burst, spare), memory.clamp(min=0)))
             memory.add_(s)  # SNM eq. 11
         if node.reset == "zero":  # reset to zero (Rueckauer eq. 4a)
             v.masked_fill_(s != 0, 0)
-        else:  # reset by subtraction (Rueckauer eq. 4b, SNM eq. 10)
-            _subtract(v, s, vth)
-        out[t] = s
+        elif step is not None:  # reset by subtraction (Rueckauer eq. 4b, SNM eq. 10)
+            v.sub_(s, alpha=step)
+        else:
+            v.addcmul_(s, vth, value=-1)
     return saturated
 
 
@@ -312,28 +314,20 @@ def maxpool_gate(node: MaxPool, s: torch.Tensor, bound: float | None = None) -> 
     bound = float(s.abs().max()) if bound is None else bound
     exact32 = bound * steps < 2**24  # then every running sum is exact in float32
     dtype = torch.float32 if exact32 else torch.float64
-    (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
     ho, wo = node.shape[1:]
     if node.mode == "running":  # sums are exact (exact32, or float64), so are their maxima
         sums = torch.cumsum(s.to(dtype), 0).flatten(0, 1)
         top = F.max_pool2d(sums, node.kernel, node.stride, node.padding)  # pads with -inf
         top = top.reshape(steps, *s.shape[1:3], ho, wo)
         return torch.diff(top, dim=0, prepend=torch.zeros_like(top[:1])).to(s.dtype)
-    fill = -bound * steps - 1.0  # below any reachable sum (signed payloads too)
-    counts = F.pad(torch.zeros_like(s[0], dtype=dtype), (pw, pw, ph, ph), value=fill)
-    core = counts[..., ph:ph + s.shape[-2], pw:pw + s.shape[-1]]
-    windows = [(..., slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
-               for i in range(kh) for j in range(kw)]
+    counts = torch.zeros_like(s[0], dtype=dtype)
     out = s.new_empty((steps, *s.shape[1:3], ho, wo))
     for t in range(steps):
-        core += s[t]
-        payload = F.pad(s[t], (pw, pw, ph, ph)) if ph or pw else s[t]
-        best, sent = counts[windows[0]], payload[windows[0]]
-        for win in windows[1:]:
-            better = counts[win] > best  # strict: the earlier input keeps a tie
-            best = torch.where(better, counts[win], best)
-            sent = torch.where(better, payload[win], sent)
-        out[t] = sent
+        counts += s[t]
+        # max-pool's argmax keeps the first of equal maxima, its padding never wins
+        _, index = F.max_pool2d(counts, node.kernel, node.stride, node.padding,
+                                return_indices=True)
+        torch.gather(s[t].flatten(-2), -1, index.flatten(-2), out=out[t].flatten(-2))
     return out
 
 
@@ -436,16 +430,24 @@ def _count(result: SimResult, name: str, spikes: torch.Tensor, checkpoints: Sequ
            numeric: str, graded: bool) -> None:
     """Spike events (positive, negative or bursts: ``graded``) per neuron and in total up to
     each checkpoint, from a float32 train whose nonzero entries are the events (float32 sums of
-    fewer than 2**24 ones are exact)."""
-    events = spikes.ne(0).to(torch.float32) if graded else spikes
-    wide = events[0].numel() >= 2**24
-    per_step = events.sum(dim=tuple(range(1, events.dim())),
-                          dtype=torch.float64 if wide else torch.float32
+    fewer than 2**24 ones are exact). Sums run over the neurons in memory order (the train is
+    channels-last), each step once."""
+    order = [0] + sorted(range(1, spikes.dim()), key=lambda d: -spikes.stride(d))
+    flat = spikes.permute(order).reshape(len(spikes), -1)
+    events = torch.ne(flat, 0, out=torch.empty_like(flat)) if graded else flat
+    wide = events.shape[1] >= 2**24
+    per_step = events.sum(1, dtype=torch.float64 if wide else torch.float32
                           ).cumsum(0, dtype=torch.float64)
-    for t in checkpoints:
-        result.spikes_at[t][name] = float(per_step[t - 1])
     dtype = torch.int64 if numeric == "int" else events.dtype
-    if result.counts_at is not None:
-        for t in checkpoints:
-            result.counts_at[t][name] = events[:t].sum(dim=0).to(dtype)
-    result.spike_counts[name] = events.sum(dim=0).to(dtype)
+    shape = [spikes.shape[d] for d in order[1:]]
+    back = [order[1:].index(d) for d in range(1, spikes.dim())]  # memory order -> logical
+    total, start = torch.zeros_like(events[0]), 0
+    for t in sorted({*checkpoints, len(spikes)}):
+        total = total + events[start:t].sum(dim=0)
+        start = t
+        counts = total.view(shape).permute(back).to(dtype)
+        if t in checkpoints:
+            result.spikes_at[t][name] = float(per_step[t - 1])
+            if result.counts_at is not None:
+                result.counts_at[t][name] = counts
+    result.spike_counts[name] = counts

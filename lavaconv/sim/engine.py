@@ -23,13 +23,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lavaconv.ir.fixedpoint import THRESHOLD_SHIFT
+from lavaconv.ir.fixedpoint import THRESHOLD_SHIFT, wrap
 from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Synapse
 
 #: ``probe(name, current, train)`` after each IF population: ``current`` (T, B, *shape) is
 #: what the population adds to v at each step (synaptic input, gain and bias), ``train`` the
 #: payload it sent (T, B, *shape).
 Probe = Callable[[str, torch.Tensor, torch.Tensor], None]
+
+#: items (steps x batch) per synaptic op: large enough for an efficient convolution, small
+#: enough that its output is summed into the synaptic input while still in cache
+CHUNK_ITEMS = 512
 
 
 @dataclass
@@ -99,7 +103,7 @@ def _pointwise(syn: Conv) -> bool:
 
 def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: tuple[torch.dtype, bool]) -> torch.Tensor:
     """Synaptic output for a batch of source payloads ``s`` (N, *src_shape)."""
-    dtype, wrap = plan
+    dtype, wraps = plan
     w = torch.as_tensor(syn.weight, dtype=dtype, device=s.device)
     if isinstance(syn, Dense):
         return s.to(dtype).flatten(1) @ w.T
@@ -107,10 +111,26 @@ def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: tuple[torch.dtype, bool]
     s = s.to(dtype=dtype, memory_format=layout)
     if _pointwise(syn):  # a per-channel scale (identity shortcut): no convolution needed
         a = s * w.reshape(1, -1, 1, 1)
-        return wrap(a) if wrap else a
-    a = F.conv2d(s, w.contiguous(memory_format=layout), stride=tuple(syn.stride),
-                 padding=tuple(syn.padding), groups=syn.groups)
-    return wrap(a) if wrap else a
+    else:
+        a = F.conv2d(s, w.contiguous(memory_format=layout), stride=tuple(syn.stride),
+                     padding=tuple(syn.padding), groups=syn.groups)
+    return wrap(a) if wraps else a
+
+
+def _chunks(syn: Synapse, s: torch.Tensor, plan: tuple[torch.dtype, bool], late: int,
+            constant: bool):
+    """The synapse's output for steps ``late ..`` of ``s`` (T, B, ...) delayed by ``late``,
+    as (steps, output (k, B, ...)) pairs: one output (k = 1) for all steps if ``constant``,
+    else outputs of about CHUNK_ITEMS items, small enough to be added up from cache."""
+    steps = len(s)
+    if constant:
+        yield slice(late, steps), _apply_synapse(syn, s[0], plan).unsqueeze(0)
+        return
+    per = max(1, CHUNK_ITEMS // max(1, s.shape[1]))
+    for t in range(late, max(steps, late + 1), per):  # once at least: the output's shape
+        src = s[t - late:min(t + per, steps) - late]
+        a = _apply_synapse(syn, src.reshape(-1, *s.shape[2:]), plan)
+        yield slice(t, t + len(src)), a.reshape(len(src), s.shape[1], *a.shape[1:])
 
 
 def _widest(dtypes) -> torch.dtype:
@@ -137,20 +157,15 @@ def synaptic_input(
     total = None
     for syn, plan in zip(syns, plans, strict=True):
         s = trains[syn.source]
-        steps = s.shape[0]
-        late = min(1 + syn.delay, steps)  # first step the synapse delivers
-        if syn.source in constant:  # analog input: the same payload every step
-            a = _apply_synapse(syn, s[0], plan)
-            a = a.unsqueeze(0).expand(steps - late, *a.shape)
-        else:
-            a = _apply_synapse(syn, s[:steps - late].reshape(-1, *s.shape[2:]), plan)
-            a = a.reshape(steps - late, s.shape[1], *a.shape[1:])
-        if total is None:
-            total = _like_layout(a, steps, _widest(p[0] for p in plans))
-            total[:late] = 0
-            total[late:] = a
-        else:
-            total[late:] += a
+        late = min(1 + syn.delay, len(s))  # first step the synapse delivers
+        for steps, a in _chunks(syn, s, plan, late, syn.source in constant):
+            if total is None:
+                total = _like_layout(a, len(s), _widest(p[0] for p in plans))
+                total[:late] = 0
+            if syn is syns[0]:
+                total[steps] = a
+            else:
+                total[steps] += a
     return total
 
 

@@ -117,33 +117,49 @@ def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: tuple[torch.dtype, bool]
     return wrap(a) if wraps else a
 
 
-def _chunks(syn: Synapse, s: torch.Tensor, plan: tuple[torch.dtype, bool], late: int,
-            constant: bool):
-    """The synapse's output for steps ``late ..`` of ``s`` (T, B, ...) delayed by ``late``,
-    as (steps, output (k, B, ...)) pairs: one output (k = 1) for all steps if ``constant``,
-    else outputs of about CHUNK_ITEMS items, small enough to be added up from cache."""
-    steps = len(s)
-    if constant:
-        yield slice(late, steps), _apply_synapse(syn, s[0], plan).unsqueeze(0)
-        return
-    per = max(1, CHUNK_ITEMS // max(1, s.shape[1]))
-    for t in range(late, max(steps, late + 1), per):  # once at least: the output's shape
-        src = s[t - late:min(t + per, steps) - late]
-        a = _apply_synapse(syn, src.reshape(-1, *s.shape[2:]), plan)
-        yield slice(t, t + len(src)), a.reshape(len(src), s.shape[1], *a.shape[1:])
-
-
 def _widest(dtypes) -> torch.dtype:
     return torch.float64 if torch.float64 in set(dtypes) else torch.float32
 
 
-def _like_layout(a: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
-    """Empty ``(steps, *a.shape[1:])`` tensor; maps (T, B, C, H, W) channels-last like conv
-    outputs, so that copying ``a`` in and feeding the next convolution need no transpose."""
-    if a.dim() != 5:
-        return a.new_empty((steps, *a.shape[1:]), dtype=dtype)
-    _, batch, ch, h, w = a.shape
-    return a.new_empty((steps, batch, h, w, ch), dtype=dtype).permute(0, 1, 4, 2, 3)
+def _empty(shape: Sequence[int], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Empty tensor of ``shape``; a (T, B, C, H, W) one is laid out channels-last like conv
+    outputs, so that copying them in and feeding the next convolution need no transpose."""
+    if len(shape) != 5:
+        return like.new_empty(shape, dtype=dtype)
+    steps, batch, ch, h, w = shape
+    return like.new_empty((steps, batch, h, w, ch), dtype=dtype).permute(0, 1, 4, 2, 3)
+
+
+def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
+                  constant: set[str]):
+    """:func:`synaptic_input` in consecutive chunks of steps, ``(first step, a (k, B, ...))``,
+    of about CHUNK_ITEMS items each: small enough to be summed and consumed from cache."""
+    syns = net.inputs_of(name)
+    plans = [_plan(net, syn) for syn in syns]
+    dtype = _widest(p[0] for p in plans)
+    steps, batch = trains[syns[0].source].shape[:2]
+    per = max(1, CHUNK_ITEMS // max(1, batch))
+    fixed = {}  # constant (analog) sources: the same output every step, computed once
+    for t0 in range(0, steps, per):
+        t1 = min(t0 + per, steps)
+        total = _empty((t1 - t0, batch, *net.nodes[name].shape), trains[syns[0].source], dtype)
+        for i, (syn, plan) in enumerate(zip(syns, plans, strict=True)):
+            s, late = trains[syn.source], 1 + syn.delay  # late: first step it delivers
+            lo = min(max(t0, late), t1)
+            if syn.source in constant:
+                if i not in fixed:
+                    fixed[i] = _apply_synapse(syn, s[0], plan)
+                a = fixed[i]
+            elif lo < t1:
+                a = _apply_synapse(syn, s[lo - late:t1 - late].flatten(0, 1), plan)
+                a = a.reshape(t1 - lo, batch, *a.shape[1:])
+            if i == 0:
+                total[:lo - t0] = 0
+                if lo < t1:
+                    total[lo - t0:] = a
+            elif lo < t1:
+                total[lo - t0:] += a
+        yield t0, total
 
 
 def synaptic_input(
@@ -152,21 +168,8 @@ def synaptic_input(
     """``a[t] = sum_e syn_e(p_src[t-1-d_e])`` for all t at once, 0 before a synapse's first
     arrival ``1 + d_e`` (one step of delay per synapse plus its own ``delay``). Float32 or
     float64; in int mode every entry is an exact integer."""
-    syns = net.inputs_of(name)
-    plans = [_plan(net, syn) for syn in syns]
-    total = None
-    for syn, plan in zip(syns, plans, strict=True):
-        s = trains[syn.source]
-        late = min(1 + syn.delay, len(s))  # first step the synapse delivers
-        for steps, a in _chunks(syn, s, plan, late, syn.source in constant):
-            if total is None:
-                total = _like_layout(a, len(s), _widest(p[0] for p in plans))
-                total[:late] = 0
-            if syn is syns[0]:
-                total[steps] = a
-            else:
-                total[steps] += a
-    return total
+    chunks = list(_input_chunks(net, name, trains, constant))
+    return torch.cat([a for _, a in chunks]) if len(chunks) > 1 else chunks[0][1]
 
 
 def _gain(a: torch.Tensor, a_exp: int) -> torch.Tensor:
@@ -184,7 +187,8 @@ def input_current(net: Network, node: IF | Readout, a: torch.Tensor) -> torch.Te
 
 
 class _Current:
-    """``input_current(net, node, a)[t]`` one step at a time, in a reused buffer.
+    """``input_current(net, node, a)[t]`` one step at a time, in a reused buffer, from ``a``'s
+    chunks ``(first step, a[first:first + k])`` in order (see :func:`_input_chunks`).
 
     In int mode the buffer has ``a``'s float dtype: float32 holds every integer below 2**24
     exactly, and the gain (a power of two) and the floor shift stay exact; where ``a << s`` +
@@ -192,25 +196,28 @@ class _Current:
     so after saturation it is exact again (and so is the count of saturated neuron-steps).
     """
 
-    def __init__(self, net: Network, node: IF | Readout, a: torch.Tensor) -> None:
-        self.a, self.node = a, node
+    def __init__(self, net: Network, node: IF | Readout, chunks) -> None:
+        self.chunks, self.node = iter(chunks), node
         self.int_mode = net.numeric == "int"
-        self.x = torch.empty_like(a[0])
+        self.start, self.a = next(self.chunks)
+        self.x = torch.empty_like(self.a[0])
         self.bias = _tensor(node.bias, self.x)
         self.shift = THRESHOLD_SHIFT + node.a_exp
 
     def __call__(self, t: int) -> torch.Tensor:
-        x = self.x
+        while t >= self.start + len(self.a):
+            self.start, self.a = next(self.chunks)
+        x, a = self.x, self.a[t - self.start]
         if self.int_mode:
-            x.copy_(self.a[t]).mul_(2.0**self.shift)
+            torch.mul(a, 2.0**self.shift, out=x)
             if self.shift < 0:  # floor shift right
                 x.floor_()
             if t >= self.node.t_start:
                 x.add_(self.bias)
         elif t >= self.node.t_start:
-            torch.add(self.a[t], self.bias, out=x)
+            torch.add(a, self.bias, out=x)
         else:
-            x.copy_(self.a[t])
+            x.copy_(a)
         return x
 
 
@@ -233,11 +240,12 @@ def _saturate(v: torch.Tensor, bounds: tuple[int, int] | None,
         return 0
     lo, hi = torch.aminmax(v)  # one pass; most steps need nothing more
     outside = 0
+    wide = torch.float64 if v.numel() >= 2**24 and v.is_floating_point() else None
     spare = torch.empty_like(v) if spare is None else spare
     for beyond, compare, bound in ((lo < bounds[0], torch.lt, bounds[0]),
                                    (hi > bounds[1], torch.gt, bounds[1])):
-        if beyond:  # count in v's dtype: a float compare-and-sum beats a bool one
-            outside += int(compare(v, bound, out=spare).sum(dtype=torch.float64))
+        if beyond:  # count in v's dtype (a float compare-and-sum beats a bool one), exact
+            outside += int(compare(v, bound, out=spare).sum(dtype=wide))
     if outside:
         v.clamp_(*bounds)
     return outside
@@ -406,16 +414,13 @@ def simulate(
             trains[name] = maxpool_gate(node, trains[node.source],
                                         net.max_payload(node.source))
             _count(result, name, trains[name], checkpoints, net.numeric, not net.is_binary(name))
+        elif isinstance(node, Readout):
+            u = input_current(net, node, synaptic_input(net, name, trains, constant))
+            result.readout, result.saturated[name] = readout_scores(
+                node, u, checkpoints, state_bounds(net, node), seed=seed)
+            result.readout_input = u
         else:
-            a = synaptic_input(net, name, trains, constant)
-            if isinstance(node, Readout):
-                u = input_current(net, node, a)
-                result.readout, result.saturated[name] = readout_scores(
-                    node, u, checkpoints, state_bounds(net, node), seed=seed)
-                result.readout_input = u
-            else:
-                trains[name] = _fire(net, name, a, result, checkpoints, probe)
-            del a
+            trains[name] = _fire(net, name, trains, constant, result, checkpoints, probe)
         for src in [s for s, last in last_use.items() if last == name and s in trains]:
             del trains[src]
         if name == stop_after:
@@ -423,15 +428,19 @@ def simulate(
     return result
 
 
-def _fire(net: Network, name: str, a: torch.Tensor, result: SimResult,
-          checkpoints: Sequence[int], probe: Probe | None) -> torch.Tensor:
-    """Run IF population ``name`` on its synaptic input ``a``; record its activity; return the
-    float32 payload train it sends."""
+def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: set[str],
+          result: SimResult, checkpoints: Sequence[int], probe: Probe | None) -> torch.Tensor:
+    """Run IF population ``name`` on its synaptic input, chunk by chunk; record its activity;
+    return the float32 payload train it sends."""
     node = net.nodes[name]
-    u = input_current(net, node, a) if probe is not None else None
-    train = a if a.dtype == torch.float32 and u is None else torch.empty_like(
-        a, dtype=torch.float32)
-    result.saturated[name] = integrate_and_fire(node, _Current(net, node, a), len(a), train,
+    chunks = _input_chunks(net, name, trains, constant)
+    if probe is not None:  # the probe needs the whole current
+        a = synaptic_input(net, name, trains, constant)
+        u, chunks = input_current(net, node, a), [(0, a)]
+    source = trains[net.inputs_of(name)[0].source]
+    steps, batch = source.shape[:2]
+    train = _empty((steps, batch, *node.shape), source, torch.float32)
+    result.saturated[name] = integrate_and_fire(node, _Current(net, node, chunks), steps, train,
                                                 state_bounds(net, node))
     _count(result, name, train, checkpoints, net.numeric, not net.is_binary(name))
     if not np.all(node.payload == 1):

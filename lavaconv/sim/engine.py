@@ -31,9 +31,10 @@ from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readou
 #: payload it sent (T, B, *shape).
 Probe = Callable[[str, torch.Tensor, torch.Tensor], None]
 
-#: items (steps x batch) per synaptic op: large enough for an efficient convolution, small
-#: enough that its output is summed into the synaptic input while still in cache
-CHUNK_ITEMS = 512
+#: synaptic input entries (steps x batch x neurons) computed at once: at least one step, a
+#: batch of items large enough for an efficient convolution, its output small enough to be
+#: summed and consumed while still in cache
+CHUNK_SIZE = 2**20
 
 
 @dataclass
@@ -133,12 +134,12 @@ def _empty(shape: Sequence[int], like: torch.Tensor, dtype: torch.dtype) -> torc
 def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
                   constant: set[str]):
     """:func:`synaptic_input` in consecutive chunks of steps, ``(first step, a (k, B, ...))``,
-    of about CHUNK_ITEMS items each: small enough to be summed and consumed from cache."""
+    of about CHUNK_SIZE entries each: small enough to be summed and consumed from cache."""
     syns = net.inputs_of(name)
     plans = [_plan(net, syn) for syn in syns]
     dtype = _widest(p[0] for p in plans)
     steps, batch = trains[syns[0].source].shape[:2]
-    per = max(1, CHUNK_ITEMS // max(1, batch))
+    per = max(1, CHUNK_SIZE // max(1, batch * int(np.prod(net.nodes[name].shape))))
     fixed = {}  # constant (analog) sources: the same output every step, computed once
     for t0 in range(0, steps, per):
         t1 = min(t0 + per, steps)

@@ -2,9 +2,13 @@
 
 Implements the update equations of ``docs/design.md`` section 3 exactly, in float mode
 (float32) and in integer mode (integers held exactly in float32 or float64, see
-:class:`_Current`). Each synapse's input for all timesteps
-is computed in one batched op: the payload train ``(T, B, ...)`` is folded into the batch
-dimension, shifted by the one-step synapse delay. Convolutions run in channels-last layout.
+:class:`_Current`). The network runs population by population over the whole spike train.
+A population's synaptic input is computed a chunk of steps at a time (:data:`CHUNK_SIZE`):
+the source train's steps ``(k, B, ...)`` are folded into one batch, shifted by the synapse
+delay, and the neuron update consumes the sum while it is still in cache; an analog input's
+synapse is computed once (the payload is the same every step). Convolutions run in
+channels-last layout. Spikes are written in place into the population's train, and the
+statistics (spike counts per step, per neuron and checkpoint; saturation) take one pass.
 
 In integer mode every synaptic sum is an integer. A synapse whose worst case
 ``max_o sum_i |W[o, i]| * max |payload|`` stays below 2**23 is computed in float32, which is

@@ -147,7 +147,7 @@ def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
     fixed = {}  # constant (analog) sources: the same output every step, computed once
     for t0 in range(0, steps, per):
         t1 = min(t0 + per, steps)
-        total = _empty((t1 - t0, batch, *net.nodes[name].shape), trains[syns[0].source], dtype)
+        total = None
         for i, (syn, plan) in enumerate(zip(syns, plans, strict=True)):
             s, late = trains[syn.source], 1 + syn.delay  # late: first step it delivers
             lo = min(max(t0, late), t1)
@@ -158,7 +158,10 @@ def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
             elif lo < t1:
                 a = _apply_synapse(syn, s[lo - late:t1 - late].flatten(0, 1), plan)
                 a = a.reshape(t1 - lo, batch, *a.shape[1:])
-            if i == 0:
+            if i == 0 and lo == t0 < t1 and syn.source not in constant and a.dtype == dtype:
+                total = a  # a new tensor: the sum starts in it
+            elif i == 0:
+                total = _empty((t1 - t0, batch, *net.nodes[name].shape), s, dtype)
                 total[:lo - t0] = 0
                 if lo < t1:
                     total[lo - t0:] = a

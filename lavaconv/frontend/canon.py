@@ -44,8 +44,9 @@ def export_module(model: torch.nn.Module, input_shape: tuple[int, ...],
 
 
 def prepare(ep: ExportedProgram, input_shape: tuple[int, ...]) -> GraphModule:
-    """Functional ATen graph of ``ep`` with parameters as get_attr, without export's guards."""
-    gm = ep.run_decompositions({}).module()
+    """Functional ATen graph of ``ep`` with parameters as get_attr, without export's guards;
+    fp16/bf16 parameters and buffers become float32 (the graph then computes in float32)."""
+    gm = ep.run_decompositions({}).module().float()
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             gm.graph.erase_node(node)

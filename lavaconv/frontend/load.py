@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import pickle
@@ -97,7 +98,24 @@ def _read_pt2(path: Path, input_shape: tuple[int, ...]) -> tuple[ExportedProgram
     if exported != input_shape:
         raise LavaconvError(f"{path}: the program was exported for items of shape "
                             f"{exported}, not {input_shape}")
-    return ep, ep.module()
+    return ep, _reference(ep, placeholder.meta["val"].shape[0])
+
+
+def _reference(ep: ExportedProgram, batch: int | torch.SymInt) -> Callable:
+    """``ep``'s module in float32, taking any batch: a program exported for a fixed batch B
+    (or a dynamic one with a lower bound) runs on the items zero-padded to B, rows returned."""
+    module = copy.deepcopy(ep.module()).float()  # .float() in place would change ep too
+    if isinstance(batch, torch.SymInt):
+        bound = ep.range_constraints.get(batch.node.expr)
+        batch = max(int(bound.lower), 1) if bound is not None else 1
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        pad = x.new_zeros(max(batch - len(x), 0), *x.shape[1:])
+        y = module(torch.cat([x, pad]) if len(pad) else x)
+        y = y[0] if isinstance(y, (tuple, list)) and len(y) == 1 else y
+        return y[:len(x)]
+
+    return run
 
 
 def _read_torchscript(path: Path,
@@ -112,7 +130,7 @@ def _read_torchscript(path: Path,
         script = torch.jit.load(path, map_location="cpu")
     except Exception as e:  # damaged archive
         raise _unreadable(path, "a TorchScript archive", e) from None
-    script.eval()
+    script.eval().float()  # fp16/bf16 weights: the same canonical graph in float32
     try:
         ep = TS2EPConverter(script, (torch.zeros(1, *input_shape),)).convert()
     except Exception as e:  # wrong input shape or a construct the converter lacks

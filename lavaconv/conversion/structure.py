@@ -435,6 +435,7 @@ def convert(
     scales: dict[str, np.ndarray] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     t_ready: dict[str, int] = {}
+    clips: dict[str, float] = {}  # clipped-ReLU population -> its ceiling
     for item in items:
         if isinstance(item, tuple) and item[0] == "input":
             _, name, shape = item
@@ -458,9 +459,12 @@ def convert(
                 lam = _scale(stats.get(pop.name), NormSpec("max" if norm.method != "none"
                                                            else "none"), False)
             elif norm.per_neuron:
-                lam, theta = _neuron_thresholds(neuron_scales[pop.name], pop.shape)
+                lam, theta = _neuron_thresholds(_clipped(neuron_scales[pop.name], pop.clip),
+                                                pop.shape)
             else:
-                lam = _scale(stats.get(pop.name), norm, norm.per_channel)
+                lam = _clipped(_scale(stats.get(pop.name), norm, norm.per_channel), pop.clip)
+            if pop.clip is not None:
+                clips[pop.name] = pop.clip
             if not readout:  # K spikes of lambda / K: K-fold resolution, same clip (burst)
                 lam = lam / options.burst
             # first input: the earliest term's arrival, or with --align the latest, every
@@ -486,7 +490,15 @@ def convert(
             if progress:
                 progress(pop.name)
     meta = {**options.describe(), "input_shape": list(input_shape)}
+    if clips:
+        meta["clips"] = clips
     return Network(nodes, synapses, "float", meta)
+
+
+def _clipped(lam: np.ndarray, clip: float | None) -> np.ndarray:
+    """A clipped ReLU's scale: the rate saturates at lambda, so lambda never exceeds the clip
+    (and the IF neuron computes the clip itself)."""
+    return lam if clip is None else np.minimum(lam, clip)
 
 
 def _neuron_thresholds(lam: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -32,10 +32,10 @@ from lavaconv.frontend.fx import (
     attr,
     call,
     check_item_size,
-    op_name,
     is_assert,
     new_attr,
     nodes,
+    op_name,
     propagate_shapes,
     replace,
     shape,
@@ -110,9 +110,7 @@ def resolve_batch(gm: GraphModule) -> None:
                 is_assert(node.target) or not isinstance(node.meta.get("val"), torch.Tensor)):
             gm.graph.erase_node(node)
     for node in gm.graph.nodes:
-        if node.op == "call_function" and not isinstance(node.meta.get("val"), torch.Tensor) \
-                and node.target != operator.getitem and isinstance(node.target, torch._ops.OpOverload) \
-                and "sym" in op_name(node.target):
+        if node.op == "call_function" and op_name(node.target).startswith("aten.sym_"):
             raise unsupported(node, "the batch size is used other than as the first dimension "
                                     "of a view/reshape")
 
@@ -456,5 +454,6 @@ PASSES: tuple[Callable[[GraphModule], None], ...] = (
     strip_output_activation, to_relu, to_conv2d, to_linear, bias_add_into_linear, to_max_pool2d,
     to_avg_pool2d, to_flatten, to_channel_affine, affine_into_parts,
     fold_affine_into_producer, fold_affine_after_add, fold_affine_into_consumer, affine_to_conv,
-    activation_into_parts, relu_before_max_pool, drop_double_relu, relu_after_avg_pool, check_canonical, flat_attributes,
+    activation_into_parts, relu_before_max_pool, drop_double_relu, relu_after_avg_pool,
+    check_canonical, flat_attributes,
 )

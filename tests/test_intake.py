@@ -1,0 +1,235 @@
+"""Model intake: the architectures users bring (tests/archs.py), saved the usual ways, load to
+the batch-1 canonical graph, convert exactly (composed linear paths, concatenation, clipped
+ReLUs), quantize for Loihi 2 and run bit-exactly on Lava."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import archs
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lavaconv.ann.probe import activations, population_nodes
+from lavaconv.ann.stats import collect
+from lavaconv.conversion import ConvertOptions, convert
+from lavaconv.cost.profiles import load_profile
+from lavaconv.errors import LavaconvError
+from lavaconv.frontend import canonicalize, load_model
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.lava import run_lava
+from lavaconv.quantize.integer import quantize
+from lavaconv.sim.engine import encode_input, simulate
+
+SHAPE = archs.INPUT_SHAPE
+STEPS = 6  # Lava runs stay tiny
+# name -> (factory, whether Lava runs it); narrow widths keep the suite fast
+ARCHS = {
+    "resnet18": (lambda: archs.resnet18(8), False),
+    "resnet34": (lambda: archs.resnet34(4), False),
+    "resnet50": (lambda: archs.resnet50(4), False),
+    "vgg11_bn": (lambda: archs.vgg11_bn(8), True),
+    "vgg16_bn": (lambda: archs.vgg16_bn(4), False),
+    "resnet20": (lambda: archs.resnet20(4), True),
+    "mobilenet_v2": (lambda: archs.mobilenet_v2(8), True),
+    "densenet": (lambda: archs.densenet(4), True),
+}
+FORMS = ("pt2-batch4", "pt2-dynamic", "traced-batch2", "scripted")
+
+
+def save(model: nn.Module, form: str, path: Path) -> Path:
+    """``model`` saved the way users do."""
+    if form == "pt2-batch4":
+        torch.export.save(torch.export.export(model, (torch.zeros(4, *SHAPE),)), path)
+    elif form == "pt2-dynamic":
+        batch = torch.export.Dim("batch", min=1, max=256)
+        ep = torch.export.export(model, (torch.zeros(4, *SHAPE),), dynamic_shapes=({0: batch},))
+        torch.export.save(ep, path)
+    elif form == "traced-batch2":
+        torch.jit.save(torch.jit.trace(model, torch.zeros(2, *SHAPE)), path)
+    else:
+        torch.jit.save(torch.jit.script(model), path)
+    return path
+
+
+def signature(gm: torch.fx.GraphModule) -> list[str]:
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def inputs(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, tuple[nn.Module, torch.fx.GraphModule]]:
+    """Per architecture: the model and the canonical graph of its batch-1 fp32 export."""
+    out = {}
+    for name, (make, _) in ARCHS.items():
+        model = make()
+        out[name] = (model, canonicalize(model, SHAPE))
+    return out
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_form_loads_to_the_batch1_graph(reference, tmp_path, arch, form):
+    model, gm1 = reference[arch]
+    loaded = load_model(save(model, form, tmp_path / f"{arch}.{form}"), SHAPE)
+    assert signature(loaded.graph_module) == signature(gm1)
+    x = inputs(3)
+    with torch.no_grad():
+        want, got = model(x), loaded.graph_module(x)
+    assert torch.allclose(got, want, atol=1e-4 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_load_to_the_float32_graph(tmp_path, dtype):
+    model, gm1 = archs.resnet20(4), None
+    gm1 = canonicalize(model, SHAPE)
+    half = archs.resnet20(4).to(dtype)
+    path = tmp_path / "half.pt2"
+    torch.export.save(torch.export.export(half, (torch.zeros(4, *SHAPE, dtype=dtype),)), path)
+    gm = load_model(path, SHAPE).graph_module
+    assert signature(gm) == signature(gm1)
+    assert all(t.dtype == torch.float32 for t in gm.state_dict().values())
+    x = inputs(3)
+    with torch.no_grad():
+        want = model.float()(x)  # the same weights (randomize is seeded) before rounding
+        got = gm(x)
+    assert torch.allclose(got, want, rtol=0.1, atol=0.1 * float(want.abs().max()))
+
+
+def test_bundled_batch8_export_loads_to_the_batch1_graph():
+    root = Path(__file__).resolve().parents[1] / "examples"
+    one = load_model(root / "vgg_fmnist.pt2", (1, 28, 28)).graph_module
+    eight = load_model(root / "vgg_fmnist_b8.pt2", (1, 28, 28)).graph_module
+    assert signature(eight) == signature(one)
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(eight(x), one(x), atol=1e-5)
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def calibrated(gm: torch.fx.GraphModule, x: torch.Tensor):
+    names = population_nodes(gm)
+    by_node = collect(gm, [x], sorted(set(names.values())))
+    return {pop: by_node[node] for pop, node in names.items()}
+
+
+def _synapse(syn: Conv | Dense, s: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    w = torch.as_tensor(syn.weight, dtype=torch.float64)
+    if isinstance(syn, Dense):
+        return (s.flatten(1) @ w.T).reshape(len(s), *shape)
+    return F.conv2d(s, w, None, tuple(syn.stride), tuple(syn.padding), syn.groups)
+
+
+def _per_channel(a: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    a = torch.as_tensor(np.asarray(a), dtype=torch.float64)
+    return a.reshape(-1, *[1] * (len(shape) - 1)) if a.dim() == 1 and len(shape) > 1 else a
+
+
+def assert_layers_exact(net: Network, gm: torch.fx.GraphModule, x: torch.Tensor) -> None:
+    """Every population's normalised input, computed from the ANN activations of its sources
+    through the network's synapses, gives back the ANN's own activation: relu (clipped at a
+    clipped ReLU's ceiling) of it, times lambda, is that population's output in the ANN."""
+    act = {k: v.double() for k, v in next(activations(gm, x.numpy())).items()}
+    norm: dict[str, torch.Tensor] = {}
+    clips = net.meta.get("clips", {})
+    for name, node in net.nodes.items():
+        if isinstance(node, Input):
+            norm[name] = act[name] / node.scale
+            continue
+        if isinstance(node, MaxPool):
+            norm[name] = F.max_pool2d(norm[node.source], node.kernel, node.stride, node.padding)
+            continue
+        z = sum(_synapse(s, norm[s.source], node.shape) for s in net.inputs_of(name))
+        z = z + torch.as_tensor(np.asarray(node.bias), dtype=torch.float64)
+        lam = _per_channel(node.scale, node.shape)
+        value = z * lam
+        if isinstance(node, IF):
+            value = value.clamp(min=0, max=clips.get(name))
+            norm[name] = act[name] / lam
+        assert isinstance(node, (IF, Readout))
+        err = float((value - act[name]).abs().max())
+        assert err <= 1e-6 * max(1.0, float(act[name].abs().max())), (name, err)
+
+
+def _converted(model: nn.Module) -> tuple[Network, torch.fx.GraphModule, torch.Tensor, dict]:
+    gm = canonicalize(model, SHAPE)
+    x = inputs(8, seed=1)
+    stats = calibrated(gm, x)
+    return convert(gm, SHAPE, stats, ConvertOptions(v_init=0.5)), gm, x, stats
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_conversion_is_exact_quantizes_and_runs_bit_exactly(reference, arch):
+    model, gm = reference[arch]
+    x = inputs(8, seed=1)
+    stats = calibrated(gm, x)
+    net = convert(gm, SHAPE, stats, ConvertOptions(v_init=0.5))
+    assert_layers_exact(net, gm, x[:4])
+    q, _ = quantize(net, load_profile("loihi2").formats,
+                    input_max=float(stats[net.input_name].max(False)), timesteps=STEPS)
+    payload = encode_input(q, x[:1].numpy(), STEPS)
+    eng = simulate(q, payload)
+    assert sum(int(c.sum()) for c in eng.spike_counts.values()) > 0
+    if not ARCHS[arch][1]:
+        return
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    lava = run_lava(q, payload.numpy())
+    assert set(lava.spike_counts) == set(eng.spike_counts)
+    for name, counts in eng.spike_counts.items():
+        assert np.array_equal(counts.numpy(), lava.spike_counts[name]), name
+    assert np.array_equal(eng.readout[STEPS].numpy(), lava.readout)
+    assert time.perf_counter() - t0 < 120
+
+
+def test_clipped_relu_scale_never_exceeds_the_clip():
+    model = archs.mobilenet_v2(8)
+    net, *_ = _converted(model)
+    clips = net.meta["clips"]
+    assert clips and set(clips.values()) == {6.0}
+    assert all(np.all(net.nodes[n].scale <= c) for n, c in clips.items())
+    capped = convert(canonicalize(model, SHAPE), SHAPE, {}, ConvertOptions())  # norm 'none'
+    assert all(np.all(capped.nodes[n].scale <= 1.0) for n in clips)
+
+
+def test_concatenation_reads_channel_ranges_without_a_copy():
+    net, *_ = _converted(archs.densenet(4))
+    kinds = {type(v).__name__ for v in net.nodes.values()}
+    assert kinds == {"Input", "IF", "Readout"}  # no concatenating process
+    widths = {s.weight.shape[1] for s in net.synapses if isinstance(s, Conv)}
+    assert 4 in widths  # a consumer reads one growth-rate wide part of a concatenation
+
+
+def test_linear_bottlenecks_compose_into_synapses_from_each_source():
+    # MobileNetV2: the expand 1x1 after an identity-shortcut add reads every earlier
+    # projection's source population through one composed 1x1 conv each
+    net, *_ = _converted(archs.mobilenet_v2(8))
+    fan_in = max(len(net.inputs_of(n)) for n, v in net.nodes.items() if isinstance(v, IF))
+    assert fan_in >= 3
+
+
+def test_refusals_are_one_line_naming_op_place_file_and_what_to_do(tmp_path):
+    class Gelu(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.act = nn.GELU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.conv(x)).flatten(1)
+
+    path = save(Gelu().eval(), "pt2-batch4", tmp_path / "gelu.pt2")
+    with pytest.raises(LavaconvError) as info:
+        load_model(path, SHAPE)
+    message = str(info.value)
+    assert message.startswith(f"{path}: unsupported op aten.gelu")
+    assert "act (GELU)" in message and "instead" in message and "\n" not in message

@@ -297,8 +297,8 @@ def _synapse(term: _Term, src_shape: tuple[int, ...], target: str, where: str):
                 f"{' → '.join(kinds[:i])}, or make one of the two convolutions 1x1")
     w, stride, padding, groups = merged
     if groups == 0:  # a lone avg-pool: a depthwise convolution
-        w, groups = w.expand(channels, 1, *w.shape[2:]), channels
-    w, groups = _compact(w, groups)
+        w, groups = w.expand(channels, 1, *w.shape[2:]).clone(), channels
+    w, groups = _depthwise_if_diagonal(w, groups)
     return Conv(term.source, target, w, tuple(stride), tuple(padding), groups)
 
 
@@ -376,7 +376,7 @@ def _merge(a: ConvSpec, b: ConvSpec, ops: list[Op], src_shape: tuple[int, ...]) 
     return merged
 
 
-def _compact(w: torch.Tensor, groups: int) -> tuple[np.ndarray, int]:
+def _depthwise_if_diagonal(w: torch.Tensor, groups: int) -> tuple[np.ndarray, int]:
     """A merged full weight as a depthwise one where it is diagonal in the channels."""
     out_ch, in_ch = w.shape[:2]
     if groups == 1 and out_ch == in_ch and out_ch > 1:

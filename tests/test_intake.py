@@ -5,6 +5,7 @@ ReLUs), quantize for Loihi 2 and run bit-exactly on Lava."""
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from pathlib import Path
 
@@ -240,3 +241,27 @@ def test_refusals_are_one_line_naming_op_place_file_and_what_to_do(tmp_path):
     message = str(info.value)
     assert message.startswith(f"{path}: unsupported op aten.gelu")
     assert "act (GELU)" in message and "instead" in message and "\n" not in message
+
+
+def test_onnx_without_the_extra_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx2torch", None)  # the extra is not installed
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x08\x07")
+    with pytest.raises(LavaconvError) as info:
+        load_model(path, SHAPE)
+    message = str(info.value)
+    assert message.startswith(f"{path}: reading ONNX needs the optional extra 'onnx'")
+    assert "torch.export.save" in message and "\n" not in message
+
+
+def test_onnx_export_loads_to_the_batch1_graph(tmp_path):
+    pytest.importorskip("onnx2torch", reason="the optional extra 'onnx' is not installed")
+    model = ARCHS["resnet20"][0]()
+    gm1 = canonicalize(model, SHAPE)
+    path = tmp_path / "resnet20.onnx"
+    torch.onnx.export(model, (torch.zeros(1, *SHAPE),), path, dynamo=False)
+    gm = load_model(path, SHAPE).graph_module
+    assert signature(gm) == signature(gm1)
+    x = inputs(3)
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model(x), atol=1e-4)

@@ -110,6 +110,11 @@ def build(ep: ExportedProgram, original: Callable, input_shape: tuple[int, ...],
         gm = canonical_graph(ep, input_shape)
     except LavaconvError as e:
         raise LavaconvError(f"{label}: {e}") from None
+    except Exception as e:  # torch failing inside a pass on a construct no pass expected
+        raise LavaconvError(f"{label}: cannot bring the model to lavaconv's op set "
+                            f"({type(e).__name__}: {one_line(e, 200)}); instead export it "
+                            "with torch.export at batch 1 in float32, and please report "
+                            "this model") from None
     verify(original, gm, input_shape, atol, label)
     return gm
 

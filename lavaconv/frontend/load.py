@@ -32,7 +32,7 @@ class LoadedModel:
 
     graph_module: GraphModule
     input_shape: tuple[int, ...]
-    source: str  # "pt2" | "torchscript" | "pickle" | "state_dict"
+    source: str  # "pt2" | "torchscript" | "onnx" | "pickle" | "state_dict"
 
 
 def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | None = None,
@@ -55,6 +55,9 @@ def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | No
             ep, original = _read_pt2(path, input_shape)
         elif kind == "torchscript":
             ep, original = _read_torchscript(path, input_shape)
+        elif kind == "onnx":
+            original = _read_onnx(path)
+            ep = export_module(original, input_shape, str(path))
         else:
             original, kind = _read_pickle(path, arch, trust_pickle)
             ep = export_module(original, input_shape, str(path))
@@ -63,7 +66,10 @@ def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | No
 
 
 def _format(path: Path) -> str:
-    """"pt2", "torchscript" or "pickle" (torch.save, zip or legacy), from the file's content."""
+    """"pt2", "torchscript" or "pickle" (torch.save, zip or legacy), from the file's content;
+    "onnx" by the file name (an ONNX model is a bare protobuf)."""
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
     if not zipfile.is_zipfile(path):
         return "pickle"
     try:
@@ -138,6 +144,24 @@ def _read_torchscript(path: Path,
                             f"failed: {one_line(e)}; save the model with torch.export.save "
                             "(.pt2) or as a state_dict instead") from None
     return ep, script
+
+
+def _read_onnx(path: Path) -> torch.nn.Module:
+    """An ONNX model as a torch module, through onnx2torch (the optional extra ``onnx``)."""
+    try:
+        import onnx2torch
+    except ImportError:
+        raise LavaconvError(
+            f"{path}: reading ONNX needs the optional extra 'onnx' (pip install "
+            "'lavaconv[onnx]': onnx2torch, which imports torchvision; install the torchvision "
+            "built for lavaconv's torch, or pip would replace torch); instead export the "
+            "model with torch.export.save (.pt2)") from None
+    try:
+        return onnx2torch.convert(str(path)).eval()
+    except Exception as e:  # an op onnx2torch lacks, or a damaged file
+        raise LavaconvError(f"{path}: onnx2torch cannot convert this ONNX model: "
+                            f"{one_line(e)}; instead export the model with torch.export.save "
+                            "(.pt2)") from None
 
 
 def _read_pickle(path: Path, arch: str | None, trust: bool) -> tuple[torch.nn.Module, str]:

@@ -39,7 +39,7 @@ ARCHS = {
     "vgg11_bn": (lambda: archs.vgg11_bn(8), ALL_FORMS),
     "vgg16_bn": (lambda: archs.vgg16_bn(4), ("pt2-dynamic", "traced-batch2")),
     "resnet20": (lambda: archs.resnet20(4), ALL_FORMS),
-    "mobilenet_v2": (lambda: archs.mobilenet_v2(8), ("pt2-batch4", "pt2-dynamic")),
+    "mobilenet_v2": (lambda: archs.mobilenet_v2(4), ("pt2-batch4", "pt2-dynamic")),
     "densenet": (lambda: archs.densenet(4), ("pt2-batch4", "traced-batch2", "scripted")),
 }
 
@@ -89,9 +89,8 @@ def test_every_form_loads_to_the_batch1_graph(reference, tmp_path, arch, form):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_weights_load_to_the_float32_graph(tmp_path, dtype):
-    model = archs.resnet20(4)
-    gm1 = canonicalize(model, SHAPE)
+def test_half_precision_weights_load_to_the_float32_graph(reference, tmp_path, dtype):
+    model, gm1 = reference["resnet20"]
     half = copy.deepcopy(model).to(dtype)
     path = tmp_path / "half.pt2"
     torch.export.save(torch.export.export(half, (torch.zeros(4, *SHAPE, dtype=dtype),)), path)

@@ -105,7 +105,7 @@ def resolve_batch(gm: GraphModule) -> None:
         if (after.dim() and _same(after.shape[0], batch) and _same(before.shape[0], batch)
                 and all(isinstance(d, int) for d in after.shape[1:])):
             node.args = (node.args[0], [-1, *after.shape[1:]], *node.args[2:])
-    for node in reversed(gm.graph.nodes):
+    for node in reversed(list(gm.graph.nodes)):
         if node.op == "call_function" and not node.users and (
                 is_assert(node.target) or not isinstance(node.meta.get("val"), torch.Tensor)):
             gm.graph.erase_node(node)

@@ -22,23 +22,23 @@ sys.path.insert(0, str(ROOT))
 
 from lavaconv.ann.data import load_dataset  # noqa: E402
 from lavaconv.ann.stats import activation_stats  # noqa: E402
-from lavaconv.app.deploy import compare  # noqa: E402
 from lavaconv.conversion import ConvertOptions, NormSpec  # noqa: E402
 from lavaconv.conversion.build import build_network  # noqa: E402
 from lavaconv.cost.profiles import load_profile  # noqa: E402
 from lavaconv.frontend import load_model  # noqa: E402
 from lavaconv.ir.network import IF  # noqa: E402
-from lavaconv.lava import run_lava  # noqa: E402
+from lavaconv.lava import compare, run_lava  # noqa: E402
 from lavaconv.quantize.integer import quantize  # noqa: E402
 from lavaconv.sim.engine import encode_input, simulate  # noqa: E402
 
 MODELS = {"vgg": "examples/vgg_fmnist.pt2", "resnet": "examples/resnet_fmnist.pt2"}
 CASES = {
     "rmp, p99.9, analog": ConvertOptions(NormSpec.parse("p99.9"), "rmp", "analog", 0.5),
-    "if (hard reset), p99.9, analog": ConvertOptions(NormSpec.parse("p99.9"), "if", "analog"),
-    "rmp, max, Poisson": ConvertOptions(NormSpec.parse("max"), "rmp", "poisson"),
+    "if (hard reset), p99.9, analog": ConvertOptions(NormSpec.parse("p99.9"), "if", "analog",
+                                                     v_init=0.0),
+    "rmp, max, Poisson": ConvertOptions(NormSpec.parse("max"), "rmp", "poisson", v_init=0.0),
     "snm, neuron-wise max, count readout": ConvertOptions(NormSpec.parse("max:neuron"), "snm",
-                                                          "analog", readout="count"),
+                                                          "analog", readout="count", v_init=0.0),
     "rmp, p99.9, analog, burst 2": ConvertOptions(NormSpec.parse("p99.9"), "rmp", "analog", 0.5,
                                                   burst=2),
     "snm, p99.9, analog, burst 4": ConvertOptions(NormSpec.parse("p99.9"), "snm", "analog", 0.5,
@@ -63,8 +63,7 @@ def main() -> None:
         stats = activation_stats(gm, data.x_calib, progress=False)
         for case, options in CASES.items():
             net = build_network(gm, data.x_calib, stats, options)
-            net_int, _ = quantize(net, formats, input_max=float(stats[net.input_name].max(False)),
-                                  timesteps=args.timesteps)
+            net_int, _ = quantize(net, formats, timesteps=args.timesteps)
             payload = encode_input(net_int, data.x_eval, args.timesteps, seed=0)
             engine = simulate(net_int, payload)
             spikes = sum(int(c.sum()) for n, c in engine.spike_counts.items()

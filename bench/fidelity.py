@@ -67,7 +67,8 @@ class Config:
 
 
 def _opts(norm: str, neuron: str = "rmp", encoding: str = "analog", **kw) -> ConvertOptions:
-    return ConvertOptions(NormSpec.parse(norm), neuron, encoding, **kw)
+    """A row's options; v_init 0 (the seed papers') unless the row says otherwise."""
+    return ConvertOptions(NormSpec.parse(norm), neuron, encoding, **{"v_init": 0.0, **kw})
 
 
 BOTH = ("vgg", "resnet")
@@ -160,8 +161,7 @@ def run_config(cfg: Config, gm, data, stats, n_items: int) -> dict:
     formats = load_profile("loihi2").formats
 
     def to_int(net: Network) -> Network:
-        return quantize(net, formats, input_max=float(stats[net.input_name].max(False)),
-                        timesteps=STEPS[-1], weight_scale=cfg.weights)[0]
+        return quantize(net, formats, timesteps=STEPS[-1], weight_scale=cfg.weights)[0]
 
     start = time.perf_counter()
     net = build_network(gm, data.x_calib, stats, cfg.options, measure_on=to_int)
@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     json_path = out / "fidelity.json"
     results = (json.loads(json_path.read_text()) if args.resume and json_path.exists()
                else {"models": {}})

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lavaconv.app import cli, commands  # noqa: E402
-from lavaconv.cost.profiles import load_profile  # noqa: E402
+from lavaconv.app.session import prepare  # noqa: E402
 from lavaconv.sim.engine import encode_input, simulate  # noqa: E402
 
 SAMPLE_SECONDS = 0.2  # process-tree sampling period
@@ -220,8 +220,8 @@ def build_network(model: str, timesteps: int, items: int):
     """The integer network and ``items`` evaluation inputs, as ``lavaconv deploy`` builds them."""
     args = cli.parser().parse_args(["deploy", model, "--data", "fashion-mnist", "--quiet",
                                     "--samples", str(items), "--calib-samples", "2000"])
-    prep = commands.prepare(args)
-    net, _ = commands.integer_network(prep, load_profile(args.profile), timesteps)
+    prep = prepare(commands.run_config(args))
+    net, _ = prep.integer(args.profile, timesteps)
     return net, prep.dataset.x_eval[:items]
 
 

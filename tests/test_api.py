@@ -89,8 +89,8 @@ def test_notebook_runs_with_small_sizes(tmp_path):
 
 
 def test_every_method_reaches_the_network_and_lava():
-    from lavaconv.app.deploy import compare
     from lavaconv.ir.network import IF
+    from lavaconv.lava import compare
     from lavaconv.sim.engine import simulate
 
     snn = lavaconv.convert(ROOT / "examples/vgg_fmnist.pt2", data="fashion-mnist", samples=4,

@@ -149,7 +149,7 @@ def test_collect_matches_direct_computation():
     relu = next(n.name for n in gm.graph.nodes if n.target is torch.relu)
     x = torch.randn(50, 1, 6, 6)
     seen = []
-    stats = collect(gm, [x[:20], x[20:45], x[45:]], ["x", relu], progress=seen.append)
+    stats = collect(gm, [x[:20], x[20:45], x[45:]], ["x", relu], on_batch=seen.append)
     assert seen == [20, 25, 5]
     with torch.no_grad():
         direct = {"x": x, relu: torch.relu(model.conv(x))}

@@ -33,7 +33,7 @@ def test_norm_spec_parsing():
 def test_identity_shortcut_is_scaled_by_lambda_in_over_lambda_out(block):
     # S-ResNet eq. 6: the shortcut weight becomes max_in / max_out
     _, _, gm, stats = block
-    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec("max")))
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec("max"), v_init=0.0))
     pops = [n for n, v in net.nodes.items() if isinstance(v, IF)]
     stem, _, out1 = pops[0], pops[1], pops[2]
     identity = [s for s in net.inputs_of(out1) if s.source == stem]
@@ -45,7 +45,7 @@ def test_identity_shortcut_is_scaled_by_lambda_in_over_lambda_out(block):
 @pytest.mark.parametrize("spec", ["none", "max", "p99", "max:channel", "p99.9:channel"])
 def test_normalised_rates_approach_ann_activations(block, spec):
     model, x, gm, stats = block
-    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec.parse(spec)))
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec.parse(spec), v_init=0.0))
     lam = net.nodes["output"].scale
     with torch.no_grad():
         ann = model(x[:16]).numpy()
@@ -62,7 +62,7 @@ def test_normalised_rates_approach_ann_activations(block, spec):
 
 def test_max_norm_thresholds_bound_rates(block):
     _, x, gm, stats = block
-    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec("max")))
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec("max"), v_init=0.0))
     res = simulate(net, encode_input(net, x[:8].numpy(), 200))
     for name, node in net.nodes.items():
         if isinstance(node, IF):
@@ -84,7 +84,7 @@ def test_vgg_pieces_maxpool_gate_avgpool_dense():
 
     torch.manual_seed(1)
     gm, stats = calibrated(Net(), torch.rand(64, 1, 8, 8))
-    net = convert(gm, (1, 8, 8), stats)
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(v_init=0.0))
     kinds = [type(v).__name__ for v in net.nodes.values()]
     assert kinds == ["Input", "IF", "MaxPool", "Readout"]
     dense = net.inputs_of("output")
@@ -92,7 +92,7 @@ def test_vgg_pieces_maxpool_gate_avgpool_dense():
     pool = next(v for v in net.nodes.values() if isinstance(v, MaxPool))
     assert pool.kernel == (2, 2) and pool.shape == (3, 4, 4) and pool.mode == "gate"
     assert isinstance(net.synapses[0], Conv)
-    running = convert(gm, (1, 8, 8), stats, ConvertOptions(maxpool="running"))
+    running = convert(gm, (1, 8, 8), stats, ConvertOptions(maxpool="running", v_init=0.0))
     assert next(v for v in running.nodes.values() if isinstance(v, MaxPool)).mode == "running"
 
 
@@ -108,7 +108,7 @@ def test_two_padded_convs_without_relu_are_refused():
 def test_network_roundtrip(tmp_path, block):
     _, _, gm, stats = block
     net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec.parse("p99.9:channel"), "if",
-                                                       align=True))
+                                                       align=True, v_init=0.0))
     net.save(tmp_path)
     back = type(net).load(tmp_path)
     assert list(back.nodes) == list(net.nodes) and back.meta == net.meta
@@ -157,9 +157,9 @@ def test_align_delays_early_inputs_to_the_last_arrival(block):
                 ready[name] = node.t_start
         return found
 
-    plain_net = convert(gm, (1, 8, 8), stats, ConvertOptions())
+    plain_net = convert(gm, (1, 8, 8), stats, ConvertOptions(v_init=0.0))
     plain = arrivals(plain_net)
-    aligned = convert(gm, (1, 8, 8), stats, ConvertOptions(align=True))
+    aligned = convert(gm, (1, 8, 8), stats, ConvertOptions(align=True, v_init=0.0))
     assert not any(s.delay for s in plain_net.synapses)
     assert any(len(set(a)) > 1 for a in plain.values())  # the shortcut arrives a step early
     for name, steps in arrivals(aligned).items():
@@ -181,6 +181,6 @@ def test_binary_profile_refuses_burst_spikes(block):
     from lavaconv.quantize.integer import quantize
 
     _, x, gm, stats = block
-    net = convert(gm, (1, 8, 8), stats, ConvertOptions(burst=2))
+    net = convert(gm, (1, 8, 8), stats, ConvertOptions(burst=2, v_init=0.0))
     with pytest.raises(LavaconvError, match="layer .*binary spikes only"):
         quantize(net, load_profile("loihi1").formats, input_max=1.0, timesteps=32)

@@ -14,7 +14,6 @@ from lavaconv.cost.counting import LayerCount
 from lavaconv.cost.energy import (
     DEFAULT_ANN_PROFILES,
     DEFAULT_SNN_PROFILES,
-    measure,
     neuron_updates,
     population_counts,
     profiles_of,
@@ -22,6 +21,7 @@ from lavaconv.cost.energy import (
 )
 from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
 from lavaconv.sim.engine import encode_input, simulate
+from lavaconv.sim.evaluation import measure_activity
 
 CHECKPOINTS = [3, 7, 12]
 
@@ -53,7 +53,7 @@ def x() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def activity(net, x):
-    return measure(net, x, CHECKPOINTS, batch_size=2, progress=False)
+    return measure_activity(net, x, CHECKPOINTS, batch_size=2, progress=False)
 
 
 def _recount(syn, counts: np.ndarray) -> float:

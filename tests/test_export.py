@@ -166,7 +166,8 @@ def test_nir_of_a_converted_residual_model(tmp_path, neuron, align):
     torch.manual_seed(0)
     x = torch.rand(32, 1, 8, 8)
     gm, stats = calibrated(ResidualBlock(pool=True), x)
-    net = convert(gm, (1, 8, 8), stats, ConvertOptions(NormSpec("max"), neuron, align=align))
+    net = convert(gm, (1, 8, 8), stats,
+                  ConvertOptions(NormSpec("max"), neuron, align=align, v_init=0.0))
     assert any(s.delay for s in net.synapses) == align
     for syn in net.synapses:  # onto the dyadic grid, so that every float32 sum is exact
         syn.weight = np.round(syn.weight * 256) / 256

@@ -273,7 +273,7 @@ def test_running_maxpool_is_bit_exact(encoding, reset, burst):
 
 @pytest.mark.parametrize("mode", ["count", "softmax"])
 def test_spike_count_and_softmax_readouts_on_lava(mode):
-    from lavaconv.app.deploy import compare
+    from lavaconv.lava import compare
 
     net = graded(conv_net("analog", "subtract"), "snm")
     payload = encode_input(net, _inputs(net), STEPS, seed=3)

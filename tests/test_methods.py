@@ -12,13 +12,15 @@ from torch import nn
 from lavaconv.ann.probe import population_nodes
 from lavaconv.ann.stats import collect, neuron_scales
 from lavaconv.conversion import ConvertOptions, NormSpec, convert
-from lavaconv.conversion.balance import balance_thresholds, compensate, correct, search_zeta
+from lavaconv.conversion.balance import balance_thresholds
 from lavaconv.conversion.build import build_network
+from lavaconv.conversion.correction import correct
 from lavaconv.conversion.diagnostics import (
     clipped_ann_accuracy,
     information_loss,
     propagation_error,
 )
+from lavaconv.conversion.zeta import compensate, search_zeta
 from lavaconv.errors import LavaconvError
 from lavaconv.frontend import canonicalize
 from lavaconv.ir.fixedpoint import Formats
@@ -245,7 +247,8 @@ def test_neuron_wise_thresholds_and_payloads(small):
 
 def test_quantized_graded_spikes_subtract_what_they_send(small):
     _, x, gm, stats = small
-    net = build_network(gm, x.numpy(), stats, ConvertOptions(NormSpec.parse("max:neuron")))
+    net = build_network(gm, x.numpy(), stats,
+                        ConvertOptions(NormSpec.parse("max:neuron"), v_init=0.0))
     formats = Formats()
     q, _ = quantize(net, formats, input_max=float(x.max()), timesteps=64)
     grid = 2 ** (formats.input_payload_bits - 1) - 1
@@ -276,8 +279,9 @@ def test_shortcut_without_normalisation_keeps_weight_one():
 
     torch.manual_seed(2)
     gm, stats = calibrated(Res(), torch.rand(32, 1, 4, 4))
-    on = convert(gm, (1, 4, 4), stats, ConvertOptions(NormSpec("max")))
-    off = convert(gm, (1, 4, 4), stats, ConvertOptions(NormSpec("max"), shortcut_norm=False))
+    on = convert(gm, (1, 4, 4), stats, ConvertOptions(NormSpec("max"), v_init=0.0))
+    off = convert(gm, (1, 4, 4), stats,
+                  ConvertOptions(NormSpec("max"), shortcut_norm=False, v_init=0.0))
     pops = [n for n, v in on.nodes.items() if isinstance(v, IF)]
     identity = [i for i, s in enumerate(on.synapses) if s.source == pops[0]
                 and s.target == pops[1] and s.weight.shape[2:] == (1, 1)]
@@ -292,8 +296,8 @@ def test_shortcut_without_normalisation_keeps_weight_one():
 
 def test_zeta_multiplies_every_weight(small):
     _, _, gm, stats = small
-    base = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec("max")))
-    scaled = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec("max"), zeta=1.25))
+    base = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec("max"), v_init=0.0))
+    scaled = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec("max"), zeta=1.25, v_init=0.0))
     compensate(base, 1.25)  # S-ResNet eq. 14
     for a, b in zip(base.synapses, scaled.synapses, strict=True):
         np.testing.assert_allclose(a.weight, b.weight)
@@ -313,7 +317,7 @@ def test_propagation_error_closed_form(steps):
     # max-norm makes the normalised activation 1; the neuron fires every step from t = 1
     # (one step of synaptic delay), so r(T) = (T - 1) / T and E = 1 / T (S-ResNet eq. 9)
     gm, stats = one_layer(0.7)
-    net = convert(gm, (1,), stats, ConvertOptions(NormSpec("max")))
+    net = convert(gm, (1,), stats, ConvertOptions(NormSpec("max"), v_init=0.0))
     err = propagation_error(net, gm, np.ones((3, 1), dtype=np.float32), steps)
     assert err.layers[0].at_max == pytest.approx(1 / steps)
     assert err.total_abs == pytest.approx(1 / steps)
@@ -331,8 +335,8 @@ def test_clipped_ann_clips_each_relu_at_its_rate_ceiling(small):
     # by hand: Small with each ReLU clipped at its p50 scale (burst 2: half the scale, two
     # spikes a step, the same ceiling); the unclipped model's argmax differs on some items
     model, x, gm, stats = small
-    one = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec.parse("p50")))
-    two = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec.parse("p50"), burst=2))
+    one = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec.parse("p50"), v_init=0.0))
+    two = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec.parse("p50"), burst=2, v_init=0.0))
     lam1, lam2 = (float(v.scale) for v in one.nodes.values() if isinstance(v, IF))
     with torch.no_grad():
         h = torch.relu(model.c2(torch.relu(model.c1(x)).clamp(max=lam1))).clamp(max=lam2)
@@ -348,7 +352,7 @@ def test_rmp_balancing_sets_the_first_threshold_to_alpha_max_input(small):
     # RMP sec. 4.1: with analog input, the first layer's input is constant, so V_in^max is
     # the largest ANN pre-activation
     model, x, gm, stats = small
-    net = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec("max")))
+    net = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec("max"), v_init=0.0))
     factors = balance_thresholds(net, x.numpy(), 0.6, 16)
     first = next(n for n, v in net.nodes.items() if isinstance(v, IF))
     pre = model.c1(x).detach().max().item()
@@ -358,7 +362,7 @@ def test_rmp_balancing_sets_the_first_threshold_to_alpha_max_input(small):
 
 def test_corrections_shrink_the_mean_gap(small):
     _, x, gm, stats = small
-    net = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec("p99")))
+    net = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec("p99"), v_init=0.0))
     for kind in ("bias", "potential"):
         trial = copy.deepcopy(net)
         before = correct(trial, gm, x.numpy(), 16, kind)
@@ -371,7 +375,7 @@ def test_correction_targets_only_the_reachable_rate():
     # send at most one spike per step; it fires at every step it integrates, so the clipped
     # gap is 0 and nothing moves (the unclipped one would be 1 and raise the bias)
     gm, stats = one_layer(0.7)
-    net = convert(gm, (1,), stats, ConvertOptions(NormSpec("max")))
+    net = convert(gm, (1,), stats, ConvertOptions(NormSpec("max"), v_init=0.0))
     pop = next(n for n, v in net.nodes.items() if isinstance(v, IF))
     for kind in ("bias", "potential"):
         trial = copy.deepcopy(net)
@@ -386,7 +390,7 @@ def test_correction_measured_on_the_quantized_network(small, norm):
     # the gap counted on the integer copy is in the float network's rate units (graded
     # payloads included), close to the float gap, and correcting shrinks it there too
     _, x, gm, stats = small
-    net = build_network(gm, x.numpy(), stats, ConvertOptions(NormSpec.parse(norm)))
+    net = build_network(gm, x.numpy(), stats, ConvertOptions(NormSpec.parse(norm), v_init=0.0))
 
     def to_int(n: Network) -> Network:
         return quantize(n, Formats(), input_max=float(x.max()), timesteps=32)[0]
@@ -402,7 +406,7 @@ def test_correction_measured_on_the_quantized_network(small, norm):
 
 def test_zeta_search_keeps_the_best_candidate(small):
     _, x, gm, stats = small
-    net = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec("max")))
+    net = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec("max"), v_init=0.0))
     found = search_zeta(net, gm, x[:16].numpy(), 24)
     assert found.objective[1.0] == pytest.approx(found.error.total_abs)
     assert found.zeta == min(found.objective, key=found.objective.get)
@@ -412,7 +416,7 @@ def test_zeta_search_keeps_the_best_candidate(small):
 def test_build_network_records_what_it_found(small):
     _, x, gm, stats = small
     opts = ConvertOptions(NormSpec("max"), balance=1.0, zeta="auto", correction="bias",
-                          calib_steps=16, calib_items=16)
+                          calib_steps=16, calib_items=16, v_init=0.0)
     net = build_network(gm, x.numpy(), stats, opts)
     found = net.meta["calibration"]
     assert set(found) == {"balance_factors", "bias_correction", "zeta"}
@@ -422,15 +426,15 @@ def test_build_network_records_what_it_found(small):
 def test_convert_asks_for_neuron_statistics(small):
     _, _, gm, stats = small
     with pytest.raises(LavaconvError, match="neuron-wise"):
-        convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec.parse("max:neuron")))
+        convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec.parse("max:neuron"), v_init=0.0))
     with pytest.raises(LavaconvError, match="--neuron"):
-        ConvertOptions(neuron="lif")
+        ConvertOptions(neuron="lif", v_init=0.0)
 
 
 def test_roundtrip_new_fields_and_old_files(tmp_path, small):
     _, x, gm, stats = small
     net = build_network(gm, x.numpy(), stats, ConvertOptions(
-        NormSpec.parse("max:neuron"), "snm", readout="count"))
+        NormSpec.parse("max:neuron"), "snm", readout="count", v_init=0.0))
     net.save(tmp_path)
     back = Network.load(tmp_path)
     for name, node in net.nodes.items():
@@ -484,7 +488,7 @@ def test_per_channel_weight_scale_fills_the_grid_for_every_channel(small):
     # one threshold mantissa per output channel: every channel's largest incoming weight sits
     # at the top of the 8-bit grid (254), and the weights' rounding error shrinks
     model, x, gm, stats = small
-    net = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec.parse("p99.9")))
+    net = convert(gm, (1, 6, 6), stats, ConvertOptions(NormSpec.parse("p99.9"), v_init=0.0))
     q = {m: quantize(net, Formats(), input_max=float(x.max()), timesteps=32, weight_scale=m)
          for m in ("layer", "channel")}
     for name, node in q["channel"][0].nodes.items():

@@ -18,6 +18,7 @@ from lavaconv.app import cli, commands
 from lavaconv.app.deploy import build_report
 from lavaconv.app.outputs import write_json
 from lavaconv.app.report import deploy_html, deploy_markdown, deploy_summary, joules
+from lavaconv.app.session import prepare
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "report_screenshot.py"
 IMAGES = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)">')
@@ -48,7 +49,7 @@ def report(tmp_path_factory) -> dict:
     args = cli.parser().parse_args(["deploy", str(root / "small.pt2"), "--data",
                                     str(root / "data.npz"), "--timesteps", "16", "--samples",
                                     "8", "--profile", "loihi1", "--quiet"])
-    out, _ = build_report(args, commands.prepare(args))
+    out, _ = build_report(prepare(commands.run_config(args)), commands.deploy_config(args))
     out["lava"] = {"target": "sim", "status": "not run in this test"}
     return out
 

@@ -188,11 +188,11 @@ def collect(
     graph_module: torch.fx.GraphModule,
     batches: Iterable[torch.Tensor],
     names: Sequence[str],
-    progress: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, ActivationStats]:
     """Statistics of the named fx nodes' outputs over all ``batches`` (one batch in memory).
 
-    A placeholder's name records the input. ``progress`` is called with each batch's size.
+    A placeholder's name records the input. ``on_batch`` is called with each batch's size.
     """
     known = {n.name for n in graph_module.graph.nodes}
     unknown = [n for n in names if n not in known]
@@ -216,8 +216,8 @@ def collect(
     with torch.no_grad():
         for batch in batches:
             probe.run(batch)
-            if progress is not None:
-                progress(len(batch))
+            if on_batch is not None:
+                on_batch(len(batch))
     return stats
 
 
@@ -306,6 +306,6 @@ def activation_stats(gm: torch.fx.GraphModule, x_calib: np.ndarray, batch_size: 
                leave=False)
     batches = (b for _, b in distributed.batches(x_calib, batch_size, device))
     by_node = _merged(collect(gm.to(device), batches, sorted(set(names.values())),
-                              progress=lambda n: bar.update(n)))
+                              on_batch=bar.update))
     bar.close()
     return {pop: by_node[node] for pop, node in names.items()}

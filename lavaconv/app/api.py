@@ -20,20 +20,13 @@ from typing import Any
 import numpy as np
 import torch.fx
 
-from lavaconv.ann import probe
-from lavaconv.ann.data import Dataset, load_dataset
+from lavaconv.ann.data import Dataset
 from lavaconv.ann.stats import ActivationStats
-from lavaconv.conversion import ConvertOptions, NormSpec, build
+from lavaconv.app.session import RunConfig, prepare
+from lavaconv.conversion import ConvertOptions, NormSpec
 from lavaconv.cost.counting import ann_macs
-from lavaconv.cost.energy import (
-    DEFAULT_ANN_PROFILES,
-    DEFAULT_SNN_PROFILES,
-    measure,
-    profiles_of,
-    summarize,
-)
+from lavaconv.cost.energy import DEFAULT_ANN_PROFILES, DEFAULT_SNN_PROFILES, profiles_of, summarize
 from lavaconv.cost.profiles import load_profile
-from lavaconv.frontend import load_model
 from lavaconv.ir.network import Network
 from lavaconv.quantize.integer import LayerQuant, quantize
 from lavaconv.sim import evaluation
@@ -66,9 +59,8 @@ class Converted:
         """The integer network on ``profile``'s fixed-point formats (a new object);
         ``weight_scale='channel'``: one weight scale (threshold) per output channel."""
         prof = load_profile(profile)
-        net, report = quantize(self.network, prof.formats,
-                               input_max=float(self.stats[self.network.input_name].max(False)),
-                               timesteps=timesteps, weight_scale=weight_scale)
+        net, report = quantize(self.network, prof.formats, timesteps=timesteps,
+                               weight_scale=weight_scale)
         return Converted(net, self.model, self.dataset, self.stats, self.ann_accuracy, report)
 
     def payload(self, items: int, timesteps: int, seed: int = 0) -> np.ndarray:
@@ -98,8 +90,9 @@ class Converted:
         ``items`` evaluation items at each T) on named or YAML profiles; the dict of
         ``lavaconv energy --json`` (``per_profile``, ``ratios``, ``assumptions``, counts)."""
         shape = tuple(self.network.nodes[self.network.input_name].shape)
-        activity = measure(self.network, self.dataset.x_eval[:items], list(timesteps), seed=seed,
-                           device=device, progress=False)
+        activity = evaluation.measure_activity(self.network, self.dataset.x_eval[:items],
+                                               list(timesteps), seed=seed, device=device,
+                                               progress=False)
         out = summarize(ann_macs(self.model, shape), profiles_of(ann_profiles, "ann"),
                         self.network, activity, profiles_of(snn_profiles, "neuromorphic"))
         self.results["energy"] = out
@@ -123,20 +116,20 @@ class Converted:
         self.network.save(directory)
 
 
-def convert(model: str | Path, *, data: str, norm: str = "p99.9", neuron: str = "rmp",
-            input: str = "analog", v_init: float = 0.5, samples: int | None = 2000,
-            calib_samples: int = 2000, arch: str | None = None, trust_pickle: bool = False,
-            seed: int = 0, **methods: Any) -> Converted:
-    """Load ``model``, calibrate on ``data``'s calibration items and convert (float).
+def convert(model: str | Path, *, data: str, norm: str | None = None,
+            samples: int | None = 2000, calib_samples: int = 2000, arch: str | None = None,
+            trust_pickle: bool = False, seed: int = 0, device: str = "cpu",
+            **methods: Any) -> Converted:
+    """Load ``model``, compute activation statistics on ``data``'s calibration items and
+    convert (float).
 
-    ``methods`` are the other fields of :class:`~lavaconv.conversion.ConvertOptions`, as on the
-    command line: ``readout``, ``shortcut_norm``, ``balance``, ``zeta``, ``correction``,
-    ``calib_steps``, ``calib_items``, ``burst``, ``maxpool``, ``align``."""
-    dataset = load_dataset(data, n_eval=samples, n_calib=calib_samples, seed=seed)
-    loaded = load_model(model, tuple(dataset.x_eval.shape[1:]), arch=arch,
-                        trust_pickle=trust_pickle)
-    options = ConvertOptions(NormSpec.parse(norm), neuron, input, v_init, **methods)
-    ann = probe.accuracy(loaded.graph_module, dataset.x_eval, dataset.y_eval)
-    net, stats = build(loaded.graph_module, dataset, options, progress=False)
-    net.meta.update(model=str(model), data=data, ann_accuracy=ann)
-    return Converted(net, loaded.graph_module, dataset, stats, ann)
+    ``norm`` is a ``--norm`` spelling (default p99.9); ``methods`` are the other fields of
+    :class:`~lavaconv.conversion.ConvertOptions` with their defaults, as on the command line:
+    ``neuron``, ``input``, ``v_init``, ``readout``, ``shortcut_norm``, ``balance``, ``zeta``,
+    ``correction``, ``calib_steps``, ``calib_items``, ``burst``, ``maxpool``, ``align``."""
+    options = ConvertOptions(NormSpec.parse(norm) if norm else NormSpec(), **methods)
+    prep = prepare(RunConfig(model, data, options, arch=arch, trust_pickle=trust_pickle,
+                             samples=samples, calib_samples=calib_samples, seed=seed,
+                             device=device, progress=False))
+    return Converted(prep.net, prep.model.graph_module, prep.dataset, prep.stats,
+                     prep.ann_accuracy)

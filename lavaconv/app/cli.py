@@ -8,7 +8,13 @@ import sys
 import traceback
 from pathlib import Path
 
+from lavaconv.app.deploy import TARGETS, DeployConfig
+from lavaconv.app.session import DEVICES, RunConfig
+from lavaconv.conversion import ConvertOptions
+from lavaconv.conversion.structure import CORRECTIONS, NEURONS
 from lavaconv.errors import LavaconvError
+from lavaconv.ir.network import ENCODINGS, POOLS, READOUTS
+from lavaconv.quantize.integer import WEIGHT_SCALES
 
 DEFAULT_TIMESTEPS = "8,16,32,64,128,256"
 
@@ -39,7 +45,7 @@ def _names(text: str) -> list[str]:
 
 
 def _weights_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", choices=["layer", "channel"], default="layer",
+    p.add_argument("--weights", choices=WEIGHT_SCALES, default=DeployConfig.weights,
                    help="integer weight scale: one per layer (default) or one per output channel "
                    "(each channel's weights span the whole grid; one threshold per channel)")
 
@@ -54,23 +60,25 @@ def _zeta(text: str) -> float | str:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of a conversion run: defaults and choices from RunConfig and ConvertOptions."""
+    opt, run = ConvertOptions(), RunConfig("", "")
     p.add_argument("model", help="model file: .pt2 (torch.export), TorchScript, state_dict "
                    "(with --arch) or pickled nn.Module (with --trust-pickle)")
     p.add_argument("--data", required=True, help="digits | fashion-mnist[:DIR] | FILE.npz")
     p.add_argument("--arch", help="module:callable building the model for a state_dict")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling a full nn.Module (runs code from the file)")
-    p.add_argument("--norm", default="p99.9",
+    p.add_argument("--norm", default=str(opt.norm),
                    help="activation scale: none | max | pQ, optionally :channel or :neuron "
-                   "(neuron-wise, SNM eq. 14) (default p99.9)")
-    p.add_argument("--neuron", choices=["rmp", "if", "snm"], default="rmp",
+                   f"(neuron-wise, SNM eq. 14) (default {opt.norm})")
+    p.add_argument("--neuron", choices=tuple(NEURONS), default=opt.neuron,
                    help="rmp: reset by subtraction (default); if: reset to zero; snm: signed "
                    "neuron with memory (SNM eq. 7-11)")
-    p.add_argument("--input", choices=["analog", "poisson"], default="analog")
-    p.add_argument("--v-init", type=float, default=0.5,
-                   help="initial membrane potential in thresholds (default 0.5: Bu et al. 2022; "
-                   "0 is the seed papers' choice)")
-    p.add_argument("--readout", choices=["potential", "count", "softmax"], default="potential",
+    p.add_argument("--input", choices=ENCODINGS, default=opt.input)
+    p.add_argument("--v-init", type=float, default=opt.v_init,
+                   help=f"initial membrane potential in thresholds (default {opt.v_init}: Bu et "
+                   "al. 2022; 0 is the seed papers' choice)")
+    p.add_argument("--readout", choices=READOUTS, default=opt.readout,
                    help="class = argmax of the output potential (default), of its spike count, "
                    "or of a spiking softmax (Rueckauer sec. 3.5)")
     p.add_argument("--no-shortcut-norm", action="store_true",
@@ -78,31 +86,32 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--balance", type=float, metavar="ALPHA",
                    help="RMP threshold balancing from SNN statistics, threshold = ALPHA * max "
                    "input (RMP sec. 4.1)")
-    p.add_argument("--zeta", type=_zeta, default=1.0,
+    p.add_argument("--zeta", type=_zeta, default=opt.zeta,
                    help="S-ResNet weight factor (eq. 14), or 'auto' to search it (default 1)")
-    p.add_argument("--correction", choices=["none", "bias", "potential"], default="none",
+    p.add_argument("--correction", choices=CORRECTIONS, default=opt.correction,
                    help="per-channel correction of the bias or of the initial potential from "
                    "SNN statistics (Li et al. 2021) (default none)")
-    p.add_argument("--burst", type=int, default=1, metavar="K",
+    p.add_argument("--burst", type=int, default=opt.burst, metavar="K",
                    help="burst spikes: threshold lambda / K and up to K spikes a step, sent as "
                    "one graded message (Li & Zeng 2022; needs graded spikes, e.g. Loihi 2) "
                    "(default 1)")
-    p.add_argument("--maxpool", choices=["gate", "running"], default="gate",
+    p.add_argument("--maxpool", choices=POOLS, default=opt.maxpool,
                    help="spiking max-pool: gate passes the input with the largest running sum "
                    "(Rueckauer sec. 3.6, default); running sends the increase of the window's "
                    "largest running sum (what it sent equals the largest input's total)")
     p.add_argument("--align", action="store_true",
                    help="delay the early inputs of a population (a shortcut) so that all its "
                    "inputs, and its bias, start at the same step (Delay processes in Lava)")
-    p.add_argument("--calib-steps", type=int, default=64,
+    p.add_argument("--calib-steps", type=int, default=opt.calib_steps,
                    help="timesteps of the calibration runs of --balance/--zeta auto/"
-                   "--correction (default 64)")
-    p.add_argument("--calib-items", type=int, default=256,
-                   help="calibration items those runs use (default 256)")
-    p.add_argument("--samples", type=int, default=2000, help="evaluation items")
-    p.add_argument("--calib-samples", type=int, default=2000, help="calibration items")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                   f"--correction (default {opt.calib_steps})")
+    p.add_argument("--calib-items", type=int, default=opt.calib_items,
+                   help=f"calibration items those runs use (default {opt.calib_items})")
+    p.add_argument("--samples", type=int, default=run.samples, help="evaluation items")
+    p.add_argument("--calib-samples", type=int, default=run.calib_samples,
+                   help="calibration items")
+    p.add_argument("--seed", type=int, default=run.seed)
+    p.add_argument("--device", choices=DEVICES, default=run.device,
                    help="where calibration and the fast engine run (default cpu)")
 
 
@@ -131,12 +140,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", parents=[common],
                        help="quantize, run on Lava, verify bit-exactness, report")
     _model_args(p)
-    p.add_argument("--target", choices=["sim", "loihi2"], default="sim")
-    p.add_argument("--timesteps", type=int, default=64)
-    p.add_argument("--profile", default="loihi2", help="profile name or YAML path")
+    p.add_argument("--target", choices=TARGETS, default=DeployConfig.target)
+    p.add_argument("--timesteps", type=int, default=DeployConfig.timesteps)
+    p.add_argument("--profile", default=DeployConfig.profile, help="profile name or YAML path")
     _weights_arg(p)
-    p.add_argument("--lava-samples", type=int, default=2, help="items run through Lava")
-    p.add_argument("--out", default="out/deploy", help="output directory")
+    p.add_argument("--lava-samples", type=int, default=DeployConfig.lava_samples,
+                   help="items run through Lava")
+    p.add_argument("--out", default=DeployConfig.out, help="output directory")
 
     p = sub.add_parser("export", parents=[common], help="write a converted network as NIR or netx")
     p.add_argument("network", help="directory written by convert or deploy (network.json)")
@@ -160,7 +170,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=_timesteps, default=_timesteps("32,64,128"))
     p.add_argument("--samples", type=int, default=500, help="evaluation items measured")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+    p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="where the fast engine runs (default cpu)")
     p.add_argument("--ann-profiles", type=_names, default=None, help="ANN profiles, names or "
                    "YAML paths (default stratix10tx-fpga,horowitz-45nm)")

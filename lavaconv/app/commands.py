@@ -3,49 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lavaconv import distributed
-from lavaconv.ann import probe
-from lavaconv.ann.data import Dataset, load_dataset
-from lavaconv.ann.stats import ActivationStats
+from lavaconv.ann.data import load_dataset
+from lavaconv.app.deploy import DeployConfig, run_deploy
 from lavaconv.app.outputs import atomic_dir, write_json
-from lavaconv.conversion import ConvertOptions, NormSpec, build
+from lavaconv.app.session import RunConfig, prepare
+from lavaconv.conversion import ConvertOptions, NormSpec
 from lavaconv.cost.profiles import list_profiles, load_profile
 from lavaconv.errors import LavaconvError
-from lavaconv.frontend import LoadedModel, load_model
+from lavaconv.frontend import load_model
 from lavaconv.ir.network import Network
-from lavaconv.quantize.integer import quantize
 from lavaconv.sim import evaluation
-
-
-@dataclass
-class Prepared:
-    dataset: Dataset
-    model: LoadedModel
-    options: ConvertOptions
-    net: Network
-    stats: dict[str, ActivationStats]
-    ann_accuracy: float
-
-
-def prepare(args: argparse.Namespace) -> Prepared:
-    """Load data and model, measure the ANN, calibrate and convert."""
-    options = convert_options(args)
-    dataset = load_dataset(args.data, n_eval=args.samples, n_calib=args.calib_samples,
-                           seed=args.seed)
-    model = load_model(args.model, tuple(dataset.x_eval.shape[1:]), arch=args.arch,
-                       trust_pickle=args.trust_pickle)
-    device = distributed.device(args.device)
-    ann = probe.accuracy(model.graph_module, dataset.x_eval, dataset.y_eval,
-                                device=device)
-    net, stats = build(model.graph_module, dataset, options, progress=_progress(args),
-                                device=device)
-    net.meta.update(model=str(args.model), data=args.data, ann_accuracy=ann)
-    return Prepared(dataset, model, options, net, stats, ann)
 
 
 def convert_options(args: argparse.Namespace) -> ConvertOptions:
@@ -58,19 +30,21 @@ def convert_options(args: argparse.Namespace) -> ConvertOptions:
         align=args.align)
 
 
-def _progress(args: argparse.Namespace) -> bool:
-    return not args.quiet and distributed.is_main()
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The run the command line asked for."""
+    return RunConfig(args.model, args.data, convert_options(args), arch=args.arch,
+                     trust_pickle=args.trust_pickle, samples=args.samples,
+                     calib_samples=args.calib_samples, seed=args.seed, device=args.device,
+                     progress=not args.quiet)
 
 
-def integer_network(prep: Prepared, profile, timesteps: int, weight_scale: str = "layer"):
-    """Quantize ``prep.net`` to ``profile``'s formats (analog gain from calibration)."""
-    input_max = float(prep.stats[prep.net.input_name].max(False))
-    return quantize(prep.net, profile.formats, input_max=input_max,
-                    timesteps=timesteps, weight_scale=weight_scale)
+def deploy_config(args: argparse.Namespace) -> DeployConfig:
+    return DeployConfig(args.target, args.timesteps, args.profile, args.weights,
+                        args.lava_samples, args.out)
 
 
 def convert(args: argparse.Namespace) -> int:
-    prep = prepare(args)
+    prep = prepare(run_config(args))
     if not distributed.is_main():
         return 0
     with atomic_dir(args.out) as tmp:
@@ -96,16 +70,16 @@ def _table(ann: float, runs: dict[str, evaluation.SnnEval]) -> str:
 
 
 def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
-    prep = prepare(args)
+    prep = prepare(run_config(args))
     data = prep.dataset
     device = distributed.device(args.device)
+    progress = prep.config.progress and distributed.is_main()
     runs = {"float": evaluation.evaluate(prep.net, data.x_eval, data.y_eval, args.timesteps,
-                                       seed=args.seed, progress=_progress(args), device=device)}
+                                         seed=args.seed, progress=progress, device=device)}
     if args.profile:
-        net_int, _ = integer_network(prep, load_profile(args.profile), max(args.timesteps),
-                                     args.weights)
+        net_int, _ = prep.integer(args.profile, max(args.timesteps), args.weights)
         runs["int"] = evaluation.evaluate(net_int, data.x_eval, data.y_eval, args.timesteps,
-                                        seed=args.seed, progress=_progress(args), device=device)
+                                          seed=args.seed, progress=progress, device=device)
     if not distributed.is_main():
         return 0
     print(_table(prep.ann_accuracy, runs))
@@ -155,12 +129,11 @@ def profiles(args: argparse.Namespace) -> int:
 
 
 def deploy(args: argparse.Namespace) -> int:
-    from lavaconv.app.deploy import run_deploy
-
     if distributed.world()[1] > 1:
         raise LavaconvError("deploy runs in one process (Lava starts its own); use torchrun "
                             "for eval and convert")
-    return run_deploy(args, prepare(args))
+    config = deploy_config(args)  # checked before the long work
+    return run_deploy(prepare(run_config(args)), config)
 
 
 def energy(args: argparse.Namespace) -> int:
@@ -173,7 +146,6 @@ def energy(args: argparse.Namespace) -> int:
     from lavaconv.cost.energy import (
         DEFAULT_ANN_PROFILES,
         DEFAULT_SNN_PROFILES,
-        measure,
         profiles_of,
         summarize,
     )
@@ -197,8 +169,9 @@ def energy(args: argparse.Namespace) -> int:
         if tuple(data.x_eval.shape[1:]) != shape:
             raise LavaconvError(f"--data {args.data}: items of shape {data.x_eval.shape[1:]}, "
                                 f"but {target} takes {shape}")
-        activity = measure(net, data.x_eval, args.timesteps, seed=args.seed,
-                           device=distributed.device(args.device), progress=not args.quiet)
+        activity = evaluation.measure_activity(net, data.x_eval, args.timesteps,
+                                               seed=args.seed, progress=not args.quiet,
+                                               device=distributed.device(args.device))
         summary = summarize(ann_macs(model.graph_module, shape), ann_profiles, net, activity,
                             profiles_of(args.snn_profiles or DEFAULT_SNN_PROFILES,
                                         "neuromorphic"))

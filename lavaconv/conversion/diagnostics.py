@@ -40,19 +40,6 @@ def neuron_lambda(node: IF) -> np.ndarray:
     return np.broadcast_to(scale * node.v_threshold, node.shape)
 
 
-def layer_information_loss(net: Network, gm: torch.fx.GraphModule, x: np.ndarray,
-                           alpha: float, steps: int) -> dict[str, float]:
-    """:func:`information_loss` of every IF population of ``net`` on items ``x``."""
-    pops = [n for n, node in net.nodes.items() if isinstance(node, IF)]
-    totals = dict.fromkeys(pops, 0.0)
-    for acts in activations(gm, x):
-        for name in pops:
-            loss = information_loss(acts[name].numpy(), neuron_lambda(net.nodes[name]), alpha,
-                                    steps)
-            totals[name] += loss * len(acts[name])
-    return {name: total / max(len(x), 1) for name, total in totals.items()}
-
-
 @dataclass
 class LayerError:
     """Propagation error of one IF population (units of its threshold)."""

@@ -9,7 +9,6 @@ so the residual shortcut rule of S-ResNet eq. 3-6 needs no special case.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,8 +18,10 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from lavaconv.ann.stats import ActivationStats, NormSpec
+from lavaconv.conversion.align import align
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.network import (
+    ENCODINGS,
     IF,
     MAX_BURST,
     POOLS,
@@ -37,7 +38,8 @@ aten = torch.ops.aten
 MAX_COMPOSED_INPUTS = 1 << 16
 
 
-NEURONS = {"rmp": "subtract", "if": "zero", "snm": "snm"}
+NEURONS = {"rmp": "subtract", "if": "zero", "snm": "snm"}  # option -> IF.reset
+CORRECTIONS = ("none", "bias", "potential")
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,9 @@ class ConvertOptions:
     norm: NormSpec = field(default_factory=NormSpec)
     neuron: str = "rmp"  # rmp: reset by subtraction; if: reset to zero; snm: SNM eq. 7-11
     input: str = "analog"  # analog current (Rueckauer sec. 3.4) or signed Poisson (RMP sec. 3.1)
-    v_init: float = 0.0  # initial potential in thresholds; 0.5 halves the expected quantization
-    # error of the spike count (Bu et al., ICLR 2022, "Optimal ANN-SNN conversion", Theorem 2)
+    v_init: float = 0.5  # initial potential in thresholds; 0.5 halves the expected quantization
+    # error of the spike count (Bu et al., ICLR 2022, "Optimal ANN-SNN conversion", Theorem 2);
+    # 0 is the seed papers' choice
     readout: str = "potential"  # potential | count | softmax (Rueckauer sec. 3.5)
     shortcut_norm: bool = True  # S-ResNet eq. 3-6; False: identity shortcuts keep weight 1
     balance: float | None = None  # RMP sec. 4.1 threshold balancing, alpha (None: off)
@@ -65,10 +68,9 @@ class ConvertOptions:
     calib_items: int = 256  # calibration items those runs use
 
     def __post_init__(self) -> None:
-        checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input,
-                  ("analog", "poisson")), ("readout", self.readout, READOUTS),
-                  ("correction", self.correction, ("none", "bias", "potential")),
-                  ("maxpool", self.maxpool, POOLS)]
+        checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input, ENCODINGS),
+                  ("readout", self.readout, READOUTS),
+                  ("correction", self.correction, CORRECTIONS), ("maxpool", self.maxpool, POOLS)]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise LavaconvError(f"--{name} {value!r}: expected one of {', '.join(allowed)}")
@@ -416,7 +418,7 @@ def convert(
     input_shape: tuple[int, ...],
     stats: dict[str, ActivationStats],
     options: ConvertOptions = ConvertOptions(),
-    progress: Callable[[str], None] | None = None,
+    *,
     neuron_scales: dict[str, np.ndarray] | None = None,
 ) -> Network:
     """Build the float spiking network; ``stats`` is keyed by population name.
@@ -442,7 +444,8 @@ def convert(
             scale = 1.0
             if options.input == "poisson":
                 scale = float(np.maximum(stats[name].max(False), 1e-12)) if name in stats else 1.0
-            nodes[name] = Input(shape, options.input, scale)
+            x_max = float(stats[name].max(False)) if name in stats else None
+            nodes[name] = Input(shape, options.input, scale, x_max=x_max)
             scales[name], shapes[name], t_ready[name] = np.asarray(scale), shape, 0
         elif isinstance(item, tuple):
             _, name, shape, src, kernel, stride, padding = item
@@ -467,14 +470,10 @@ def convert(
                 clips[pop.name] = pop.clip
             if not readout:  # K spikes of lambda / K: K-fold resolution, same clip (burst)
                 lam = lam / options.burst
-            # first input: the earliest term's arrival, or with --align the latest, every
-            # earlier term delayed to arrive with it (and the bias flows from then on)
-            arrivals = [t_ready[t.source] for t in pop.terms]
-            t_start = (max(arrivals) if options.align else min(arrivals)) + 1
+            # first input: the earliest term's arrival (--align: the latest, see align.py)
+            t_start = min(t_ready[t.source] for t in pop.terms) + 1
             for term in pop.terms:
                 syn = _synapse(term, shapes[term.source], pop.name, pop.where)
-                if options.align:
-                    syn.delay = t_start - 1 - t_ready[term.source]
                 if term.ops or len(pop.terms) == 1 or options.shortcut_norm:
                     w_scale = _source_scale(syn, scales[term.source], shapes[term.source])
                     syn.weight = syn.weight * w_scale / _target_scale(lam, syn.weight)  # eq. 2
@@ -487,12 +486,11 @@ def convert(
                             v_init=options.v_init * theta, payload=theta, burst=options.burst))
             nodes[pop.name] = node
             scales[pop.name], shapes[pop.name], t_ready[pop.name] = lam, pop.shape, t_start
-            if progress:
-                progress(pop.name)
     meta = {**options.describe(), "input_shape": list(input_shape)}
     if clips:
         meta["clips"] = clips
-    return Network(nodes, synapses, "float", meta)
+    net = Network(nodes, synapses, "float", meta)
+    return align(net) if options.align else net
 
 
 def _clipped(lam: np.ndarray, clip: float | None) -> np.ndarray:

@@ -11,7 +11,6 @@ stands alone; a part a profile has no figure for is left out of its total and sh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,7 +18,7 @@ from lavaconv.cost.counting import LayerCount, snn_synops
 from lavaconv.cost.profiles import Profile, load_profile
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.network import IF, Input, Network, Readout
-from lavaconv.sim import evaluation
+from lavaconv.sim.evaluation import Activity
 
 CONVENTION = ("1 MAC = 1 op (as torchvision and syops-counter count); an FPGA datasheet counts "
               "2 FLOPs per MAC")
@@ -31,33 +30,6 @@ PARTS = {  # part of an SNN's cost -> the energy terms it is made of
     "neuron": ("neuron_update_active", "neuron_update_inactive"),
     "routing": ("spike_in_tile",),
 }
-
-
-@dataclass
-class Activity:
-    """Spikes of an SNN over the first T steps of each checkpoint T, summed over ``items``."""
-
-    items: int
-    spike_counts: dict[int, dict[str, np.ndarray]]  # T -> node -> spikes per neuron
-    input_events: dict[int, np.ndarray]  # T -> non-zero payloads sent per input neuron
-
-
-def measure(net: Network, x: np.ndarray, checkpoints: Sequence[int], *, seed: int = 0,
-            batch_size: int | None = None, device: str = "cpu",
-            progress: bool = True) -> Activity:
-    """Run the engine on ``x`` (batches and seeds of :func:`lavaconv.sim.evaluate.evaluate`, so
-    Poisson input draws the same spikes) and keep every neuron's spike count at each
-    checkpoint, from one run to the last checkpoint (the engine is causal)."""
-    if min(checkpoints) < 1:
-        raise LavaconvError(f"timesteps must be >= 1, got {min(checkpoints)}")
-    return activity(evaluation.evaluate(net, x, None, checkpoints, seed=seed,
-                                      batch_size=batch_size, device=device,
-                                      progress=progress, per_neuron=True))
-
-
-def activity(ev: evaluation.SnnEval) -> Activity:
-    """The per-neuron activity an evaluation with ``per_neuron=True`` kept."""
-    return Activity(ev.items, ev.neuron_counts, ev.input_events)
 
 
 def neuron_updates(net: Network, timesteps: int) -> dict[str, tuple[float, float]]:

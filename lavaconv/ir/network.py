@@ -13,7 +13,7 @@ the exact update equations of both.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import numpy as np
 Shape = tuple[int, ...]
 RESETS = ("subtract", "zero", "snm")
 READOUTS = ("potential", "count", "softmax")
+ENCODINGS = ("analog", "poisson")
 MAX_BURST = 16
 POOLS = ("gate", "running")
 
@@ -46,6 +47,7 @@ class Input:
     scale: float = 1.0  # lambda_in: input value carried by a unit spike
     payload_bits: int = 0  # int mode, analog: graded payload is round(x * gain), |.| < 2**(bits-1)
     gain: float = 1.0  # int mode, analog: payload per unit of x / scale
+    x_max: float | None = None  # max |x| over the calibration items (the analog gain's range)
 
     is_signed = True  # analog values and Poisson spikes both carry a sign
 
@@ -256,6 +258,10 @@ class Network:
     def output_name(self) -> str:
         return next(n for n, v in self.nodes.items() if isinstance(v, Readout))
 
+    def populations(self) -> list[str]:
+        """The spiking populations (IF nodes), in order."""
+        return [n for n, v in self.nodes.items() if isinstance(v, IF)]
+
     def inputs_of(self, name: str) -> list[Synapse]:
         return [s for s in self.synapses if s.target == name]
 
@@ -344,7 +350,3 @@ class Network:
             meta=doc["meta"],
         )
 
-
-def to_dict(obj) -> dict:
-    """Plain-dict view of a node or synapse (arrays kept), for reports and exports."""
-    return asdict(obj)

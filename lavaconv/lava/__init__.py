@@ -11,6 +11,7 @@ install()
 from lavaconv.lava.graph import LavaGraph, build  # noqa: E402
 from lavaconv.lava.hardware import loihi2_available, missing_hw_models  # noqa: E402
 from lavaconv.lava.run import LavaResult, run_lava  # noqa: E402
+from lavaconv.lava.verify import check, compare  # noqa: E402
 
-__all__ = ["LavaGraph", "LavaResult", "build", "install", "loihi2_available",
+__all__ = ["LavaGraph", "LavaResult", "build", "check", "compare", "install", "loihi2_available",
            "missing_hw_models", "run_lava"]

@@ -52,16 +52,16 @@ def quantize(
     net: Network,
     formats: Formats,
     *,
-    input_max: float,
     timesteps: int,
+    input_max: float | None = None,
     headroom_bits: int = 3,
     weight_scale: str = "layer",
 ) -> tuple[Network, list[LayerQuant]]:
-    """Integer copy of ``net``; ``input_max`` is max |x| over calibration data (analog gain),
-    ``timesteps`` bounds the readout's accumulated state. ``weight_scale='channel'`` gives
-    every output channel of a spiking population its own threshold mantissa, so that each
-    channel's incoming weights span the whole weight grid (per-channel weight quantization;
-    a readout keeps one scale, which its argmax needs)."""
+    """Integer copy of ``net``; ``timesteps`` bounds the readout's accumulated state,
+    ``input_max`` is max |x| over calibration data (the analog gain; default the input node's
+    ``x_max``). ``weight_scale='channel'`` gives every output channel of a spiking population
+    its own threshold mantissa, so that each channel's incoming weights span the whole weight
+    grid (per-channel weight quantization; a readout keeps one scale, which its argmax needs)."""
     if weight_scale not in WEIGHT_SCALES:
         raise LavaconvError(f"--weights {weight_scale!r}: expected one of "
                             f"{', '.join(WEIGHT_SCALES)}")
@@ -72,6 +72,10 @@ def quantize(
     inp = out.nodes[out.input_name]
     unit = {name: 1.0 for name in out.nodes}
     if inp.encoding == "analog":
+        input_max = inp.x_max if input_max is None else input_max
+        if input_max is None:
+            raise LavaconvError("the network's input has no calibration maximum (x_max): "
+                                "convert it again, or give input_max")
         inp.payload_bits = formats.input_payload_bits
         inp.gain = (2 ** (formats.input_payload_bits - 1) - 1) / max(input_max / inp.scale, 1e-12)
         unit[out.input_name] = 1.0 / inp.gain

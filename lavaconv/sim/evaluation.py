@@ -19,6 +19,12 @@ from lavaconv.sim.engine import encode_input, simulate
 MEMORY_BUDGET = 2 << 30  # bytes of spike trains the engine may hold at once
 
 
+def chunks(x: np.ndarray, size: int):
+    """``(start, x[start:start + size])`` over all of ``x`` (in this process, not sharded)."""
+    for start in range(0, len(x), size):
+        yield start, x[start:start + size]
+
+
 def auto_batch(net: Network, timesteps: int) -> int:
     """Items per engine batch so that the spike trains fit in MEMORY_BUDGET."""
     widest = max(int(np.prod(n.shape)) for n in net.nodes.values())
@@ -28,6 +34,15 @@ def auto_batch(net: Network, timesteps: int) -> int:
                             f"trains (widest layer {widest} neurons), over the engine's memory "
                             f"budget of {MEMORY_BUDGET / 2**30:.1f} GiB: use fewer timesteps")
     return int(min(1024, MEMORY_BUDGET // per_item))
+
+
+@dataclass
+class Activity:
+    """Spikes of an SNN over the first T steps of each checkpoint T, summed over ``items``."""
+
+    items: int
+    spike_counts: dict[int, dict[str, np.ndarray]]  # T -> node -> spikes per neuron
+    input_events: dict[int, np.ndarray]  # T -> non-zero payloads sent per input neuron
 
 
 @dataclass
@@ -43,6 +58,13 @@ class SnnEval:
     # T -> non-zero input payloads per input neuron (what energy estimates count)
     neuron_counts: dict[int, dict[str, np.ndarray]] | None = None
     input_events: dict[int, np.ndarray] | None = None
+
+    @property
+    def activity(self) -> Activity:
+        """The per-neuron activity an evaluation with ``per_neuron=True`` kept."""
+        if self.neuron_counts is None:
+            raise ValueError("evaluate(..., per_neuron=True) keeps the activity")
+        return Activity(self.items, self.neuron_counts, self.input_events)
 
 
 def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Sequence[int], *,
@@ -106,3 +128,14 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Seque
         input_events={t: totals[("i", t)] for t in checkpoints} if per_neuron else None,
     )
 
+
+def measure_activity(net: Network, x: np.ndarray, checkpoints: Sequence[int], *, seed: int = 0,
+                     batch_size: int | None = None, device: str = "cpu",
+                     progress: bool = True) -> Activity:
+    """Run the engine on ``x`` (batches and seeds of :func:`evaluate`, so Poisson input draws
+    the same spikes) and keep every neuron's spike count at each checkpoint, from one run to
+    the last checkpoint (the engine is causal)."""
+    if min(checkpoints) < 1:
+        raise LavaconvError(f"timesteps must be >= 1, got {min(checkpoints)}")
+    return evaluate(net, x, None, checkpoints, seed=seed, batch_size=batch_size, device=device,
+                    progress=progress, per_neuron=True).activity

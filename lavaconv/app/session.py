@@ -1,0 +1,79 @@
+"""A conversion session: the settings of a run (:class:`RunConfig`) and what preparing it gives
+(:class:`Prepared`: data, the ANN's canonical graph and accuracy, its activation statistics and
+the float spiking network), shared by the commands, deploy and the Python API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lavaconv import distributed
+from lavaconv.ann import probe
+from lavaconv.ann.data import Dataset, load_dataset
+from lavaconv.ann.stats import ActivationStats
+from lavaconv.conversion import ConvertOptions, build
+from lavaconv.cost.profiles import Profile, load_profile
+from lavaconv.errors import LavaconvError
+from lavaconv.frontend import LoadedModel, load_model
+from lavaconv.ir.network import Network
+from lavaconv.quantize.integer import LayerQuant, quantize
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What converting a model takes: the model file, the data, the conversion methods, and
+    how the run goes (items, seed, device, progress bars)."""
+
+    model: str | Path
+    data: str
+    options: ConvertOptions = field(default_factory=ConvertOptions)
+    arch: str | None = None  # "module:callable" building the model of a state_dict
+    trust_pickle: bool = False  # allow unpickling a whole nn.Module (runs code from the file)
+    samples: int | None = 2000  # evaluation items (None: all)
+    calib_samples: int = 2000  # calibration items (never evaluation items)
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | auto
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise LavaconvError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
+
+
+@dataclass
+class Prepared:
+    """A prepared run: the data, the loaded ANN, its accuracy and statistics, the float SNN."""
+
+    config: RunConfig
+    dataset: Dataset
+    model: LoadedModel
+    net: Network
+    stats: dict[str, ActivationStats]
+    ann_accuracy: float
+
+    @property
+    def options(self) -> ConvertOptions:
+        return self.config.options
+
+    def integer(self, profile: str | Profile, timesteps: int, weight_scale: str = "layer"
+                ) -> tuple[Network, list[LayerQuant]]:
+        """The integer network on ``profile``'s formats (and what quantization cost)."""
+        prof = profile if isinstance(profile, Profile) else load_profile(profile)
+        return quantize(self.net, prof.formats, timesteps=timesteps, weight_scale=weight_scale)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load data and model, measure the ANN, compute activation statistics and convert."""
+    dataset = load_dataset(config.data, n_eval=config.samples, n_calib=config.calib_samples,
+                           seed=config.seed)
+    model = load_model(config.model, tuple(dataset.x_eval.shape[1:]), arch=config.arch,
+                       trust_pickle=config.trust_pickle)
+    device = distributed.device(config.device)
+    ann = probe.accuracy(model.graph_module, dataset.x_eval, dataset.y_eval, device=device)
+    progress = config.progress and distributed.is_main()
+    net, stats = build(model.graph_module, dataset, config.options, progress=progress,
+                       device=device)
+    net.meta.update(model=str(config.model), data=config.data, ann_accuracy=ann)
+    return Prepared(config, dataset, model, net, stats, ann)

@@ -264,3 +264,47 @@ def test_onnx_export_loads_to_the_batch1_graph(tmp_path):
     x = inputs(3)
     with torch.no_grad():
         assert torch.allclose(gm(x), model(x), atol=1e-4)
+
+
+class LinearPaths(nn.Module):
+    """conv -> add -> conv without ReLUs between: a projection shortcut (1x1, stride 2) summed
+    with a 3x3 stride-2 main path, then a 1x1 conv; then a 1x1 -> 3x3 chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.main = nn.Conv2d(6, 6, 3, 2, 1)
+        self.short = nn.Conv2d(6, 6, 1, 2)
+        self.mix = nn.Conv2d(6, 6, 1)
+        self.squeeze = nn.Conv2d(6, 4, 1, 2)
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.relu(self.stem(x))
+        z = torch.relu(self.mix(self.main(p) + self.short(p)))
+        w = torch.relu(self.conv(self.squeeze(z)))
+        return self.fc(w.mean((2, 3)))
+
+
+def test_linear_paths_through_adds_compose_exactly_and_run_on_lava():
+    torch.manual_seed(0)
+    model = LinearPaths().eval()
+    shape = (3, 8, 8)
+    gm = canonicalize(model, shape)
+    x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(2))
+    stats = calibrated(gm, x)
+    net = convert(gm, shape, stats, ConvertOptions(v_init=0.5))
+    into = {n: net.inputs_of(n) for n, v in net.nodes.items() if isinstance(v, IF)}
+    z, w = list(into)[1:]
+    assert [s.source for s in into[z]] == [list(into)[0]] * 2  # main and shortcut, composed
+    assert into[w][0].weight.shape[2:] == (5, 5)  # 3x3 after a stride-2 1x1: kernel dilated
+    assert_layers_exact(net, gm, x[:4])
+    q, _ = quantize(net, load_profile("loihi2").formats,
+                    input_max=float(stats[net.input_name].max(False)), timesteps=STEPS)
+    payload = encode_input(q, x[:1].numpy(), STEPS)
+    eng = simulate(q, payload)
+    lava = run_lava(q, payload.numpy(), fast=False)  # Lava's stock process models
+    for name, counts in eng.spike_counts.items():
+        assert np.array_equal(counts.numpy(), lava.spike_counts[name]), name
+    assert np.array_equal(eng.readout[STEPS].numpy(), lava.readout)

@@ -9,6 +9,7 @@ so the residual shortcut rule of S-ResNet eq. 3-6 needs no special case.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,8 +82,14 @@ class ConvertOptions:
         if self.burst > 1 and self.neuron == "if":
             raise LavaconvError("--burst > 1 needs reset by subtraction (--neuron rmp or snm): "
                                 "a hard reset would drop the spikes of a burst")
-        if self.zeta != "auto" and not (isinstance(self.zeta, (int, float)) and self.zeta > 0):
+        if self.zeta != "auto" and not (isinstance(self.zeta, (int, float)) and
+                                        0 < self.zeta < math.inf):
             raise LavaconvError(f"--zeta {self.zeta!r}: expected a positive factor or 'auto'")
+        if not 0 <= self.v_init <= 1:  # also refuses NaN
+            raise LavaconvError(f"--v-init {self.v_init!r}: expected a number in [0, 1]")
+        for name, value in (("calib-steps", self.calib_steps), ("calib-items", self.calib_items)):
+            if not (isinstance(value, int) and value >= 1):
+                raise LavaconvError(f"--{name} {value!r}: expected an integer >= 1")
 
     @property
     def needs_data(self) -> bool:

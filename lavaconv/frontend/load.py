@@ -19,6 +19,7 @@ from torch.export.graph_signature import InputKind
 from torch.fx import GraphModule
 
 from lavaconv.errors import LavaconvError
+from lavaconv.frontend.archive import check_pt2
 from lavaconv.frontend.canon import build, export_module, one_line, quiet
 from lavaconv.frontend.fx import check_item_size
 
@@ -52,6 +53,7 @@ def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | No
         raise LavaconvError(f"{path}: --arch is for state_dict files; this is a {kind} archive")
     with quiet():
         if kind == "pt2":
+            check_pt2(path, trust_pickle)
             ep, original = _read_pt2(path, input_shape)
         elif kind == "torchscript":
             ep, original = _read_torchscript(path, input_shape)

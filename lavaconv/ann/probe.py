@@ -38,7 +38,7 @@ def population_nodes(gm: torch.fx.GraphModule) -> dict[str, str]:
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             names[node.name] = node.name
-        elif node.target == aten.relu.default:
+        elif node.target in (aten.relu.default, aten.hardtanh.default):  # ReLU, clipped ReLU
             names[node.name] = node.name
         elif node.op == "output":
             arg = node.args[0]

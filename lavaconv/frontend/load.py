@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import pickle
@@ -21,6 +22,7 @@ from lavaconv.errors import LavaconvError
 from lavaconv.frontend.archive import check_pt2
 from lavaconv.frontend.canon import build, export_module, one_line, quiet
 from lavaconv.frontend.fx import check_item_size
+from lavaconv.frontend.onnx import read_onnx
 
 SAFE_FORMATS = ("a torch.export archive (.pt2), a TorchScript archive (torch.jit.save), "
                 "or a state_dict with --arch module.path:callable")
@@ -32,7 +34,7 @@ class LoadedModel:
 
     graph_module: GraphModule
     input_shape: tuple[int, ...]
-    source: str  # "pt2" | "torchscript" | "pickle" | "state_dict"
+    source: str  # "pt2" | "torchscript" | "onnx" | "pickle" | "state_dict"
 
 
 def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | None = None,
@@ -56,6 +58,9 @@ def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | No
             ep, original = _read_pt2(path, input_shape)
         elif kind == "torchscript":
             ep, original = _read_torchscript(path, input_shape)
+        elif kind == "onnx":
+            original = read_onnx(path)
+            ep = export_module(original, input_shape, str(path))
         else:
             original, kind = _read_pickle(path, arch, trust_pickle)
             ep = export_module(original, input_shape, str(path))
@@ -64,7 +69,10 @@ def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | No
 
 
 def _format(path: Path) -> str:
-    """"pt2", "torchscript" or "pickle" (torch.save, zip or legacy), from the file's content."""
+    """"pt2", "torchscript" or "pickle" (torch.save, zip or legacy), from the file's content;
+    "onnx" by the file name (an ONNX model is a bare protobuf)."""
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
     if not zipfile.is_zipfile(path):
         return "pickle"
     try:
@@ -99,7 +107,24 @@ def _read_pt2(path: Path, input_shape: tuple[int, ...]) -> tuple[ExportedProgram
     if exported != input_shape:
         raise LavaconvError(f"{path}: the program was exported for items of shape "
                             f"{exported}, not {input_shape}")
-    return ep, ep.module()
+    return ep, _reference(ep, placeholder.meta["val"].shape[0])
+
+
+def _reference(ep: ExportedProgram, batch: int | torch.SymInt) -> Callable:
+    """``ep``'s module in float32, taking any batch: a program exported for a fixed batch B
+    (or a dynamic one with a lower bound) runs on the items zero-padded to B, rows returned."""
+    module = copy.deepcopy(ep.module()).float()  # .float() in place would change ep too
+    if isinstance(batch, torch.SymInt):
+        bound = ep.range_constraints.get(batch.node.expr)
+        batch = max(int(bound.lower), 1) if bound is not None else 1
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        pad = x.new_zeros(max(batch - len(x), 0), *x.shape[1:])
+        y = module(torch.cat([x, pad]) if len(pad) else x)
+        y = y[0] if isinstance(y, (tuple, list)) and len(y) == 1 else y
+        return y[:len(x)]
+
+    return run
 
 
 def _read_torchscript(path: Path,
@@ -114,7 +139,7 @@ def _read_torchscript(path: Path,
         script = torch.jit.load(path, map_location="cpu")
     except Exception as e:  # damaged archive
         raise _unreadable(path, "a TorchScript archive", e) from None
-    script.eval()
+    script.eval().float()  # fp16/bf16 weights: the same canonical graph in float32
     try:
         ep = TS2EPConverter(script, (torch.zeros(1, *input_shape),)).convert()
     except Exception as e:  # wrong input shape or a construct the converter lacks

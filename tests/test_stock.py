@@ -205,3 +205,11 @@ def test_loihi2_deploy_without_lava_loihi_runs_the_stock_graph_on_cpu(tmp_path, 
     assert report["graph"] == "stock" and report["lava"]["bit_exact"]
     assert all(c.startswith("lava.proc.") for c in report["lava"]["process_classes"])
     assert not report["hardware"]["ready"] and "lava-loihi" in report["hardware"]["missing"][0]
+
+
+def test_stock_network_saves_and_loads(tmp_path):
+    net = stock_net()
+    net.save(tmp_path)
+    back = Network.load(tmp_path)
+    assert back.nodes["output"].lif and back.nodes["a"].reset == "lif"
+    assert np.array_equal(back.nodes["r"].bias, net.nodes["r"].bias)

@@ -373,6 +373,10 @@ class _Reader:
             if not isinstance(raw, str):
                 raise self.fail(where, f"expected a string, got {shown(raw)}")
             return raw
+        if kind == "bool":
+            if not isinstance(raw, bool):
+                raise self.fail(where, f"expected true or false, got {shown(raw)}")
+            return raw
         if kind == "float":
             ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw)
             if not ok or (name in POSITIVE and raw <= 0):

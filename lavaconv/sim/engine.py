@@ -43,6 +43,8 @@ class SimResult:
     readout_input: torch.Tensor | None = None  # (T, B, n_out): what the readout adds each step
     counts_at: dict[int, dict[str, torch.Tensor]] | None = None  # t -> node -> per-neuron
     # events in steps [0, t) (only when simulate is asked for them)
+    input_counts: dict[int, torch.Tensor] | None = None  # sigma-delta: t -> the Delta
+    # encoder's messages per input neuron and item in steps [0, t)
 
     def predictions(self, t: int) -> torch.Tensor:
         return self.readout[t].argmax(dim=1)
@@ -65,7 +67,7 @@ def encode_input(
     node = net.nodes[net.input_name]
     x = torch.as_tensor(np.asarray(x), dtype=torch.float64, device=_device(device))
     int_mode = net.numeric == "int"
-    if node.encoding == "analog":
+    if node.encoding in ("analog", "delta"):  # delta: what the Delta encoder receives
         if int_mode:
             limit = 2 ** (node.payload_bits - 1) - 1
             p = torch.clamp(torch.round(x * node.gain), -limit, limit).to(torch.int64)
@@ -380,6 +382,9 @@ def simulate(
     and payload train; ``stop_after`` ends the run after that node (no readout scores then);
     ``counts_at`` keeps every neuron's spike events up to each checkpoint.
     """
+    if net.is_sigma_delta:
+        from lavaconv.sim import sigma_delta
+        return sigma_delta.simulate(net, payload, checkpoints, counts_at=counts_at)
     steps = payload.shape[0]
     checkpoints = sorted(set(checkpoints or [steps]))
     if checkpoints[-1] > steps or checkpoints[0] < 1:

@@ -1,0 +1,128 @@
+"""Float sigma-delta network -> integer network on a profile's formats (docs/sigma-delta.md).
+
+Every node P gets a state scale ``A_P`` (state units per unit of its lambda) and sends messages
+in units of ``M_P = A_P / 2**state_exp`` (the input: its payload units). A synapse S -> P gets
+``W_int = W * A_P / M_S`` (Conv: even integers in [-256, 254], Lava's Conv has no exponent;
+Dense: ``W * A_P / M_S * 2**k`` on the same grid with ``weight_exp = -k``, so that the avg-pooled
+readout keeps 8-bit weights). ``A_P`` is the largest power of two that keeps the largest
+|sigma| seen on calibration items ``headroom_bits`` below the state bound and every Conv weight
+on the grid; ``state_exp`` is Lava's largest (7, its 3-bit field), the coarsest message grid
+and so the largest weights. Thresholds ``vth = round(theta * A_P / 2**st) << st`` (Lava's
+``vth << (spike_exp + state_exp)`` with spike_exp 0), bias pulses ``round(b * A_P)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+
+from lavaconv.errors import LavaconvError
+from lavaconv.ir.fixedpoint import Formats
+from lavaconv.ir.network import Conv, Dense, Input, Network, Readout, SigmaDelta
+from lavaconv.quantize.integer import LayerQuant, _rel_error
+from lavaconv.sim import sigma_delta as engine
+from lavaconv.sim.engine import encode_input
+
+STATE_EXP_MAX = 7  # Lava's SigmaDelta state_exp is a 3-bit field
+WEIGHT_MAX = 254  # Lava's 8-bit mixed-sign grid: even values in [-256, 254]
+DENSE_HEADROOM_BITS = 30  # int32 dense sums: keep (pre-activation * A * 2**k) below 2**30
+
+
+def measure_ranges(net: Network, x: np.ndarray, steps: int, batch: int = 64
+                   ) -> dict[str, dict[str, float]]:
+    """Largest |sigma|, |synaptic sum| and |message| per node over items ``x``."""
+    out: dict[str, dict[str, float]] = {}
+    for start in range(0, len(x), batch):
+        r: dict[str, dict[str, float]] = {}
+        engine.simulate(net, encode_input(net, x[start:start + batch], steps), ranges=r)
+        for name, v in r.items():
+            old = out.setdefault(name, dict.fromkeys(v, 0.0))
+            for k, val in v.items():
+                old[k] = max(old[k], val)
+    return out
+
+
+def _pow2_floor(x: float) -> float:
+    return 2.0 ** math.floor(math.log2(x))
+
+
+def _grid(w: np.ndarray) -> np.ndarray:
+    return np.clip(2 * np.round(w / 2), -256, WEIGHT_MAX)
+
+
+def quantize_sigma_delta(net: Network, formats: Formats, x_calib: np.ndarray, *,
+                         items: int = 256, headroom_bits: int = 1
+                         ) -> tuple[Network, list[LayerQuant]]:
+    """Integer copy of float sigma-delta network ``net``; ranges measured on ``x_calib``."""
+    if net.numeric != "float" or not net.is_sigma_delta:
+        raise LavaconvError("quantize_sigma_delta takes a float sigma-delta network")
+    steps = net.meta.get("depth", net.depth()) + 2
+    ranges = measure_ranges(net, x_calib[:items], steps)
+    q = copy.deepcopy(net)
+    q.numeric = "int"
+    inp = q.nodes[q.input_name]
+    x_max = inp.x_max if inp.x_max is not None else float(np.abs(x_calib).max())
+    inp.payload_bits = formats.input_payload_bits
+    inp.gain = (2 ** (formats.input_payload_bits - 1) - 1) / max(x_max / inp.scale, 1e-12)
+    inp.state_exp, inp.v_threshold = 0, 1.0  # every change of the payload is sent: exact
+    cap = 2.0 ** (formats.state_bits - 1 - headroom_bits)
+    scale: dict[str, float] = {q.input_name: inp.gain * inp.scale}  # A_P
+    unit: dict[str, float] = {q.input_name: inp.gain * inp.scale}  # M_P
+    for name, node in q.nodes.items():
+        if isinstance(node, Input):
+            continue
+        a = _pow2_floor(cap / max(ranges[name]["state"], 1e-9))
+        for syn in q.inputs_of(name):
+            w = float(np.abs(syn.weight).max())
+            if isinstance(syn, Conv) and w > 0:
+                a = min(a, _pow2_floor(WEIGHT_MAX * unit[syn.source] / w))
+        scale[name] = a
+        if isinstance(node, SigmaDelta):
+            node.state_exp = STATE_EXP_MAX
+            unit[name] = a / 2**STATE_EXP_MAX
+    report = []
+    max_k = DENSE_HEADROOM_BITS - (formats.state_bits - 1 - headroom_bits)
+    for syn in q.synapses:
+        w = syn.weight * scale[syn.target] / unit[syn.source]
+        if isinstance(syn, Dense):
+            top = float(np.abs(w).max())
+            k = math.floor(math.log2(WEIGHT_MAX / top)) if top > 0 else 0
+            k = int(np.clip(k, -formats.weight_exp_max, min(-formats.weight_exp_min, max_k)))
+            syn.weight_exp = -k
+            w = w * 2.0**k
+        syn.weight = _grid(w)
+    for name, node in q.nodes.items():
+        if isinstance(node, Input):
+            continue
+        a = scale[name]
+        bias = np.asarray(node.bias, dtype=np.float64)
+        node.bias = np.round(bias * a)
+        weights = [s for s in q.synapses if s.target == name]
+        floats = [s for s in net.synapses if s.target == name]
+        exact = np.concatenate([f.weight.ravel() * scale[name] / unit[f.source] for f in floats])
+        approx = np.concatenate([s.weight.ravel() * 2.0 ** getattr(s, "weight_exp", 0)
+                                 for s in weights])
+        vth = 0
+        if isinstance(node, SigmaDelta):
+            shift = node.state_exp + node.spike_exp
+            vth = max(round(node.v_threshold * a / 2**shift), 1) << shift
+            node.v_threshold = float(vth)
+            node.state_bits = formats.state_bits
+            need = ranges[name]["message"] * unit[name] * 2 + 1  # twice the calibration peak
+            node.message_bits = int(min(formats.graded_payload_bits,
+                                        max(math.ceil(math.log2(need)) + 1, 2)))
+        elif isinstance(node, Readout):
+            node.state_bits = formats.state_bits
+        report.append(LayerQuant(name, vth, getattr(node, "state_exp", 0),
+                                 _rel_error(exact, approx), _rel_error(bias * a, node.bias),
+                                 0))
+    checked: dict[str, dict[str, float]] = {}
+    engine.simulate(q, encode_input(q, x_calib[:items], steps), ranges=checked)
+    bad = set(engine.within_bounds(q, checked))
+    for lq in report:
+        lq.saturated = 1.0 if lq.name in bad else 0.0
+    q.meta.update(profile_formats={"state_exp": STATE_EXP_MAX, "headroom_bits": headroom_bits},
+                  sd_scales={k: v for k, v in scale.items()})
+    return q, report

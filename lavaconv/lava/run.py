@@ -126,6 +126,12 @@ def run_lava(net: Network, payload: np.ndarray, *, tag: str = "fixed_pt", target
 
     ``fast`` (default: for ``target='sim'`` with ``fixed_pt``) runs the same process graph with
     the fused CPU model, bit-exact with Lava's stock models; ``fast=False`` uses those."""
+    if net.is_sigma_delta:  # Lava's stock processes only (lavaconv.lava.sdn)
+        if (target, tag) != ("sim", "fixed_pt") or fast:
+            raise LavaconvError("sigma-delta networks run on Lava's stock fixed_pt models "
+                                "(--target sim); the fused model covers IF networks only")
+        from lavaconv.lava import sdn
+        return sdn.run(net, payload, progress=progress)
     fast = (target, tag) == ("sim", "fixed_pt") if fast is None else fast
     graph = build(net, payload)
     cfg = run_config(graph, tag, target, fast)

@@ -52,6 +52,54 @@ def _grid(w: np.ndarray) -> np.ndarray:
     return np.clip(2 * np.round(w / 2), -256, WEIGHT_MAX)
 
 
+def _balanced_scales(net: Network, ranges: dict[str, dict[str, float]], cap: float,
+                     input_unit: float) -> dict[str, int]:
+    """log2 A_P per node: every Conv weight on the grid (``|W| A_P / M_S <= 254``), every state
+    below ``cap``, and among those the scales whose Conv weights use the grid best (maximin:
+    the worst-used synapse first, then the next; greedy steps of one bit). A residual join
+    needs this: its sources' scales pull against each other, and the plain per-layer maximum
+    leaves one of its synapses a few levels."""
+    names = [n for n, v in net.nodes.items() if not isinstance(v, Input)]
+    top = {n: math.floor(math.log2(cap / max(ranges[n]["state"], 1e-9))) for n in names}
+    convs = [(s.source, s.target, math.log2(float(np.abs(s.weight).max())))
+             for s in net.synapses if isinstance(s, Conv) and np.abs(s.weight).max() > 0]
+    limit = math.log2(WEIGHT_MAX)
+
+    def use(a: dict[str, int]) -> list[float] | None:
+        out = []
+        for src, dst, w in convs:
+            m = math.log2(input_unit) if src == net.input_name else a[src] - STATE_EXP_MAX
+            u = w + a[dst] - m
+            if u > limit + 1e-9:
+                return None
+            out.append(u)
+        return sorted(out)
+
+    a = dict(top)
+    while use(a) is None:  # the plain choice: largest scales, lowered where a weight overflows
+        for s, d, w in convs:
+            m = math.log2(input_unit) if s == net.input_name else a[s] - STATE_EXP_MAX
+            if w + a[d] - m > limit + 1e-9:
+                a[d] -= 1
+    best = use(a)
+    for _ in range(400):
+        moves = [(n, d) for n in names for d in (-1, 1) if a[n] + d <= top[n]]
+        found = None
+        for n, d in moves:
+            a[n] += d
+            u = use(a)
+            if u is not None and u > best:
+                found, best_u = (n, d), u
+            a[n] -= d
+            if found:
+                break
+        if not found:
+            break
+        a[found[0]] += found[1]
+        best = best_u
+    return a
+
+
 def quantize_sigma_delta(net: Network, formats: Formats, x_calib: np.ndarray, *,
                          items: int = 256, headroom_bits: int = 1
                          ) -> tuple[Network, list[LayerQuant]]:
@@ -64,24 +112,22 @@ def quantize_sigma_delta(net: Network, formats: Formats, x_calib: np.ndarray, *,
     q.numeric = "int"
     inp = q.nodes[q.input_name]
     x_max = inp.x_max if inp.x_max is not None else float(np.abs(x_calib).max())
-    inp.payload_bits = formats.input_payload_bits
-    inp.gain = (2 ** (formats.input_payload_bits - 1) - 1) / max(x_max / inp.scale, 1e-12)
+    # non-negative input (pixels): the unsigned grid, one level per 8-bit pixel value
+    unsigned = bool(np.min(x_calib[:items]) >= 0)
+    inp.payload_bits = formats.input_payload_bits + unsigned
+    inp.gain = (2 ** (inp.payload_bits - 1) - 1) / max(x_max / inp.scale, 1e-12)
     inp.state_exp, inp.v_threshold = 0, 1.0  # every change of the payload is sent: exact
     cap = 2.0 ** (formats.state_bits - 1 - headroom_bits)
     scale: dict[str, float] = {q.input_name: inp.gain * inp.scale}  # A_P
     unit: dict[str, float] = {q.input_name: inp.gain * inp.scale}  # M_P
+    levels = _balanced_scales(q, ranges, cap, inp.gain * inp.scale)
     for name, node in q.nodes.items():
         if isinstance(node, Input):
             continue
-        a = _pow2_floor(cap / max(ranges[name]["state"], 1e-9))
-        for syn in q.inputs_of(name):
-            w = float(np.abs(syn.weight).max())
-            if isinstance(syn, Conv) and w > 0:
-                a = min(a, _pow2_floor(WEIGHT_MAX * unit[syn.source] / w))
-        scale[name] = a
+        scale[name] = 2.0 ** levels[name]
         if isinstance(node, SigmaDelta):
             node.state_exp = STATE_EXP_MAX
-            unit[name] = a / 2**STATE_EXP_MAX
+            unit[name] = scale[name] / 2**STATE_EXP_MAX
     report = []
     max_k = DENSE_HEADROOM_BITS - (formats.state_bits - 1 - headroom_bits)
     for syn in q.synapses:

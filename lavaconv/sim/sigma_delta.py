@@ -46,36 +46,35 @@ def apply_synapse(syn: Synapse, m: torch.Tensor, numeric: str) -> torch.Tensor:
     return _wrap(a, CONV_WRAP_BITS) if numeric == "int" else a
 
 
-def _last_active(train: torch.Tensor) -> int:
-    """Number of leading steps up to and including the last one with any non-zero entry."""
-    active = torch.nonzero(train.flatten(1).abs().sum(dim=1))
-    return int(active.max()) + 1 if len(active) else 0
-
-
-def _input(net: Network, syn: Synapse, trains: dict[str, torch.Tensor], steps: int,
+def _input(net: Network, syn: Synapse, trains: dict[str, torch.Tensor], length: int,
            total: torch.Tensor | None) -> tuple[torch.Tensor, float]:
-    """Add ``syn``'s contribution (one step of delay) to ``total``; also the largest |sum|
-    before wrapping/shifting (what the 24-bit and int32 bounds are checked against)."""
+    """Add ``syn``'s contribution (one step of delay) to ``total`` (``length`` steps); also the
+    largest |sum| before wrapping/shifting (what the 24-bit and int32 bounds are checked
+    against). Trains hold the steps up to their last message (zeros after)."""
     m = trains[syn.source]
-    n = min(_last_active(m), steps - 1)
+    n = min(len(m), length - 1)
     batch = m.shape[1]
+    steps = length
     if total is None:
-        w_shape = apply_synapse(syn, m[:1].reshape(-1, *m.shape[2:])[:1], net.numeric).shape
-        total = m.new_zeros((steps, batch, *w_shape[1:]))
-    if n == 0:
+        w_shape = apply_synapse(syn, m.new_zeros((1, *m.shape[2:])), net.numeric).shape
+        total = m.new_zeros((length, batch, *w_shape[1:]))
+    if n <= 0:
         return total, 0.0
     flat = m[:n].reshape(-1, *m.shape[2:])
+    rows = torch.nonzero(flat.flatten(1).abs().sum(dim=1)).flatten()  # (step, item) that send
     w = torch.as_tensor(np.asarray(syn.weight), dtype=m.dtype)
-    raw = (flat.flatten(1) @ w.T if isinstance(syn, Dense) else
-           F.conv2d(flat, w, stride=tuple(syn.stride), padding=tuple(syn.padding),
+    sent = flat[rows]
+    raw = (sent.flatten(1) @ w.T if isinstance(syn, Dense) else
+           F.conv2d(sent, w, stride=tuple(syn.stride), padding=tuple(syn.padding),
                     groups=syn.groups))
-    peak = float(raw.abs().max())
+    peak = float(raw.abs().max()) if len(rows) else 0.0
     if net.numeric == "int":
         if isinstance(syn, Dense):
             raw = torch.floor(raw * 2.0 ** syn.weight_exp) if syn.weight_exp else raw
         else:
             raw = _wrap(raw, CONV_WRAP_BITS)
-    total[1:n + 1] += raw.reshape(n, batch, *raw.shape[1:])
+    target = total.view(steps * batch, *total.shape[2:])
+    target.index_add_(0, rows + batch, raw)  # one step later
     return total, peak
 
 
@@ -89,6 +88,8 @@ def delta_input(net: Network, payload: torch.Tensor) -> torch.Tensor:
     prev = torch.zeros_like(act[0])
     res = torch.zeros_like(act[0])
     for t in range(len(act)):
+        if t > 1 and torch.equal(act[t], act[t - 1]) and not torch.any(out[t - 1]):
+            return out[:t]  # constant payload, nothing sent last step: quiet from here on
         delta = act[t] - prev + res
         s = torch.where(delta.abs() >= node.v_threshold, delta, 0.0)
         res = delta - s
@@ -98,8 +99,8 @@ def delta_input(net: Network, payload: torch.Tensor) -> torch.Tensor:
 
 
 def sigma_delta(node: SigmaDelta, a: torch.Tensor, int_mode: bool) -> tuple[torch.Tensor, float]:
-    """Messages of a population for its synaptic input ``a`` (T, B, *shape); also the largest
-    |sigma| reached."""
+    """Messages of a population for its synaptic input ``a`` (L, B, *shape): ``L`` steps, the
+    last input at most at step L - 1, so nothing is sent after; also the largest |sigma|."""
     steps = len(a)
     bias = torch.as_tensor(np.broadcast_to(np.asarray(node.bias), node.shape).copy(),
                            dtype=a.dtype)
@@ -107,9 +108,8 @@ def sigma_delta(node: SigmaDelta, a: torch.Tensor, int_mode: bool) -> tuple[torc
     act = torch.zeros_like(sigma)
     res = torch.zeros_like(sigma)
     out = torch.zeros_like(a)
-    quiet = max(_last_active(a), node.t_start + 1 if node.t_start < steps else 0)
     peak = 0.0
-    for t in range(min(steps, quiet + 1)):  # after `quiet` nothing changes: |r| < threshold
+    for t in range(steps):  # after the last input nothing changes: |r| < threshold
         sigma += a[t]
         if t == node.t_start:
             sigma += bias
@@ -124,17 +124,16 @@ def sigma_delta(node: SigmaDelta, a: torch.Tensor, int_mode: bool) -> tuple[torc
 
 
 def _count(result: SimResult, name: str, train: torch.Tensor, checkpoints: Sequence[int],
-           int_mode: bool) -> torch.Tensor:
+           int_mode: bool) -> None:
     events = train.ne(0)
     per_step = events.flatten(1).sum(dim=1).cumsum(0)
-    for t in checkpoints:
-        result.spikes_at[t][name] = float(per_step[t - 1])
     dtype = torch.int64 if int_mode else torch.float32
-    if result.counts_at is not None:
-        for t in checkpoints:
-            result.counts_at[t][name] = events[:t].sum(dim=0).to(dtype)
+    for t in checkpoints:
+        n = min(t, len(train))
+        result.spikes_at[t][name] = float(per_step[n - 1]) if n else 0.0
+        if result.counts_at is not None:
+            result.counts_at[t][name] = events[:n].sum(dim=0).to(dtype)
     result.spike_counts[name] = events.sum(dim=0).to(dtype)
-    return events
 
 
 def simulate(net: Network, payload: torch.Tensor, checkpoints: Sequence[int] | None = None, *,
@@ -155,22 +154,27 @@ def simulate(net: Network, payload: torch.Tensor, checkpoints: Sequence[int] | N
     trains = {net.input_name: delta_input(net, payload)}
     events = trains[net.input_name].ne(0)
     result.input_counts = {t: events[:t].sum(dim=0).to(torch.int64) for t in checkpoints}
+    batch = payload.shape[1]
     state_limit = 2.0 ** (23 if not int_mode else max(
         n.state_bits for n in net.nodes.values() if isinstance(n, SigmaDelta | Readout)) - 1)
     for name, node in net.nodes.items():
         if isinstance(node, Input):
             continue
+        syns = net.inputs_of(name)
+        length = min(steps, max([len(trains[s.source]) + 1 for s in syns] + [node.t_start + 1]))
         total, peak = None, 0.0
-        for syn in net.inputs_of(name):
-            total, p = _input(net, syn, trains, steps, total)
+        for syn in syns:
+            total, p = _input(net, syn, trains, length, total)
             peak = max(peak, p)
+        if total is None:
+            total = payload.new_zeros((length, batch, *node.shape), dtype=_dtype(net))
         if isinstance(node, Readout):
             bias = torch.as_tensor(np.broadcast_to(np.asarray(node.bias), node.shape).copy(),
                                    dtype=total.dtype)
             if node.t_start < steps:
                 total[node.t_start] += bias
             v = total.cumsum(0)
-            result.readout = {t: v[t - 1] for t in checkpoints}
+            result.readout = {t: v[min(t, length) - 1] for t in checkpoints}
             result.readout_input = total
             state = float(v.abs().max())
             result.saturated[name] = int((v.abs() > state_limit).sum()) if int_mode else 0

@@ -131,7 +131,7 @@ def run_lava(net: Network, payload: np.ndarray, *, tag: str = "fixed_pt", target
             raise LavaconvError("sigma-delta networks run on Lava's stock fixed_pt models "
                                 "(--target sim); the fused model covers IF networks only")
         from lavaconv.lava import sdn
-        return sdn.run(net, payload, progress=progress)
+        return LavaResult(*sdn.run(net, payload, progress=progress))
     fast = (target, tag) == ("sim", "fixed_pt") if fast is None else fast
     graph = build(net, payload)
     cfg = run_config(graph, tag, target, fast)

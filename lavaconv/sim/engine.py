@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,29 +24,12 @@ import torch.nn.functional as F
 
 from lavaconv.ir.fixedpoint import THRESHOLD_SHIFT
 from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Synapse
+from lavaconv.sim.result import SimResult  # noqa: F401 - re-exported
 
 #: ``probe(name, current, train)`` after each IF population: ``current`` (T, B, *shape) is
 #: what the population adds to v at each step (synaptic input, gain and bias), ``train`` the
 #: payload it sent (T, B, *shape).
 Probe = Callable[[str, torch.Tensor, torch.Tensor], None]
-
-
-@dataclass
-class SimResult:
-    """What one simulation produced for a batch of items."""
-
-    readout: dict[int, torch.Tensor]  # checkpoint t -> score (B, n_out) of Readout.mode
-    spike_counts: dict[str, torch.Tensor]  # node -> spike events per neuron over all T
-    spikes_at: dict[int, dict[str, float]] = field(default_factory=dict)  # t -> node -> events
-    saturated: dict[str, int] = field(default_factory=dict)  # int mode: neuron-steps clipped
-    readout_input: torch.Tensor | None = None  # (T, B, n_out): what the readout adds each step
-    counts_at: dict[int, dict[str, torch.Tensor]] | None = None  # t -> node -> per-neuron
-    # events in steps [0, t) (only when simulate is asked for them)
-    input_counts: dict[int, torch.Tensor] | None = None  # sigma-delta: t -> the Delta
-    # encoder's messages per input neuron and item in steps [0, t)
-
-    def predictions(self, t: int) -> torch.Tensor:
-        return self.readout[t].argmax(dim=1)
 
 
 def _device(device: str | torch.device | None) -> torch.device:

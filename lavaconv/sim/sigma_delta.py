@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lavaconv.ir.network import Conv, Dense, Input, Network, Readout, SigmaDelta, Synapse
-from lavaconv.sim.engine import SimResult
+from lavaconv.sim.result import SimResult
 
 CONV_WRAP_BITS = 24  # Lava's Conv wraps its output to 24 bits
 DENSE_BITS = 32  # Lava's Dense sums in int32

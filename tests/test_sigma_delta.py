@@ -163,3 +163,23 @@ def test_only_2x2_max_pools():
     net.nodes["p"] = MaxPool((3, 2, 2), "c1", (3, 3), (3, 3))
     with pytest.raises(LavaconvError, match="2x2"):
         sigma_delta_network(net, 0.02)
+
+
+def test_cli_deploy_vgg_sigma_delta(tmp_path, capsys):
+    """``deploy --neuron sigma-delta`` on the bundled VGG (two exact max-pools): Lava's stock
+    models agree with the engine on every message, and the report says so."""
+    import json
+    from pathlib import Path
+
+    from lavaconv.app.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((60, 1, 28, 28), np.float32),
+             y=np.arange(60) % 10)
+    code = main(["deploy", str(root / "examples" / "vgg_fmnist.pt2"), "--data",
+                 str(tmp_path / "d.npz"), "--neuron", "sigma-delta", "--timesteps", "14",
+                 "--lava-samples", "1", "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["lava"]["bit_exact"] is True

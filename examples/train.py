@@ -1,8 +1,11 @@
 """Train the bundled examples on Fashion-MNIST and export them.
 
     .venv/bin/python -m examples.train [--epochs 4] [--only vgg|resnet]
+    .venv/bin/python -m examples.train --export-batch 8 --only vgg
 
-Writes examples/{vgg,resnet}_fmnist.pt2 (torch.export) and *_state_dict.pt (for --arch).
+Writes examples/{vgg,resnet}_fmnist.pt2 (torch.export) and *_state_dict.pt (for --arch);
+``--export-batch B`` only re-exports the saved state_dicts for batch size B, as
+``*_fmnist_bB.pt2`` (test data: a program whose view/reshape carry the batch).
 """
 
 import argparse
@@ -28,17 +31,16 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return correct / len(y)
 
 
-def export(model: nn.Module, path: Path, x: np.ndarray) -> None:
-    """Save ``model`` (eval mode) with torch.export and check the reloaded copy agrees on ``x``.
-
-    The program is exported for batch size 1, so the check feeds it one item at a time.
-    """
+def export(model: nn.Module, path: Path, x: np.ndarray, batch: int = 1) -> None:
+    """Save ``model`` (eval mode) with torch.export for ``batch`` items and check the reloaded
+    copy agrees on ``x`` (``len(x)`` a multiple of ``batch``), fed ``batch`` items at a time."""
     model.eval()
-    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 28, 28),)), path)
+    torch.export.save(torch.export.export(model, (torch.zeros(batch, 1, 28, 28),)), path)
     program = torch.export.load(path).module()
     with torch.no_grad():
         want = model(torch.from_numpy(x))
-        got = torch.cat([program(torch.from_numpy(x[i:i + 1])) for i in range(len(x))])
+        got = torch.cat([program(torch.from_numpy(x[i:i + batch]))
+                         for i in range(0, len(x), batch)])
     diff = float((want - got).abs().max())
     if diff > 1e-4:
         raise RuntimeError(f"{path}: reloaded program differs from the model by {diff}")
@@ -76,8 +78,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--only", choices=list(MODELS))
+    ap.add_argument("--export-batch", type=int, help="only re-export the state_dicts")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.export_batch:
+        x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)).numpy()
+        for name in [args.only] if args.only else list(MODELS):
+            model = MODELS[name]()
+            model.load_state_dict(torch.load(HERE / f"{name}_state_dict.pt", weights_only=True))
+            export(model, HERE / f"{name}_fmnist_b{args.export_batch}.pt2", x,
+                   args.export_batch)
+        return
     data = load_dataset("fashion-mnist")  # calibration part = the 60k training images
     for name in [args.only] if args.only else list(MODELS):
         train(name, args.epochs, data)

@@ -1,5 +1,5 @@
-"""Holding back the signals that end a run (Ctrl-C, SIGTERM, the ``--max-seconds`` alarm)
-while a step that must not be cut in half runs."""
+"""Holding back the signals that end a run (Ctrl-C, SIGTERM, SIGHUP, the ``--max-seconds``
+alarm) while a step that must not be cut in half runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-STOPPING = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM}
+STOPPING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM}
 
 
 @contextmanager

@@ -96,11 +96,12 @@ def test_vgg_pieces_maxpool_gate_avgpool_dense():
     assert next(v for v in running.nodes.values() if isinstance(v, MaxPool)).mode == "running"
 
 
-def test_two_linear_layers_without_relu_are_refused():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(8, 2))
+def test_two_padded_convs_without_relu_are_refused():
+    # the zero padding between them makes the pair no single convolution
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(72, 2))
     gm, stats = calibrated(model, torch.rand(64, 1, 6, 6))
-    with pytest.raises(LavaconvError, match="cannot be one synapse"):
+    with pytest.raises(LavaconvError, match="no single convolution.*put a ReLU"):
         convert(gm, (1, 6, 6), stats)
 
 

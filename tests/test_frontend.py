@@ -218,11 +218,13 @@ class AllOps(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(2, 4, 3, padding="same")
         self.conv2 = nn.Conv2d(4, 4, 1)
-        self.fc = nn.Linear(4 * 2 * 2, 3)
+        self.conv3 = nn.Conv2d(4, 2, 1)
+        self.fc = nn.Linear(6 * 2 * 2, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(self.conv(x), 2).clamp(min=0)
         x = x + F.relu(self.conv2(F.avg_pool2d(x, 1)))
+        x = torch.cat([x, F.relu6(self.conv3(x))], 1)
         x = F.adaptive_avg_pool2d(x, 2)
         return F.log_softmax(self.fc(torch.flatten(x, 1)), dim=1)
 
@@ -438,16 +440,16 @@ class Functional(nn.Module):
     (nn.Sigmoid(), "aten.sigmoid", "1 (Sigmoid)"),
     (nn.Tanh(), "aten.tanh", "1 (Tanh)"),
     (Functional(lambda x: x * x), "aten.mul", "1 (Functional)"),
-    (Functional(lambda x: torch.cat([x, x], 1)), "aten.cat", "1 (Functional)"),
+    (Functional(lambda x: torch.cat([x, x], 2)), "aten.cat", "1 (Functional)"),
     (nn.ConvTranspose2d(3, 3, 2), "aten.conv_transpose2d", "1 (ConvTranspose2d)"),
     (nn.LeakyReLU(), "aten.leaky_relu", "1 (LeakyReLU)"),
     (nn.Upsample(scale_factor=2), "aten.upsample_nearest2d", "1 (Upsample)"),
     (nn.GELU(), "aten.gelu", "1 (GELU)"),
-    (nn.ReLU6(), "aten.hardtanh", "1 (ReLU6)"),
+    (nn.Hardtanh(), "aten.hardtanh", "1 (Hardtanh)"),
     (Functional(lambda x: F.relu(x.reshape(-1, 12, 4, 4))), "aten.view", "1 (Functional)"),
     (nn.AdaptiveAvgPool2d(5), "aten.adaptive_avg_pool2d", "1 (AdaptiveAvgPool2d)"),
     (nn.Softmax(dim=1), "aten.softmax", "1 (Softmax)"),
-    (Functional(lambda x: x.clamp(0, 6)), "aten.clamp", "1 (Functional)"),
+    (Functional(lambda x: x.clamp(-1, 6)), "aten.clamp", "1 (Functional)"),
 ])
 def test_unsupported_op_is_named_with_its_place(layer, op, place):
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), layer, nn.Flatten(), nn.LazyLinear(2))
@@ -457,6 +459,7 @@ def test_unsupported_op_is_named_with_its_place(layer, op, place):
     message = str(info.value)
     assert message.startswith(f"Sequential: unsupported op {op}")
     assert f"at {place}" in message and "supported: Conv2d" in message and "\n" not in message
+    assert "instead" in message
 
 
 class PreActivation(nn.Module):
@@ -480,10 +483,13 @@ def test_bn_after_a_shared_conv_folds_into_a_copy():
     assert_same(model, gm)
 
 
-def test_bn_that_cannot_be_folded_is_refused():
+def test_bn_with_nothing_to_fold_into_becomes_a_depthwise_conv():
+    # after a ReLU, before the output: an exact depthwise 1x1 conv carrying scale and shift
     model = randomise(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.BatchNorm2d(3)))
-    with pytest.raises(LavaconvError, match=r"BatchNorm at 2 \(BatchNorm2d\) cannot be folded"):
-        canonicalize(model, SHAPE)
+    gm = canonicalize(model, SHAPE)
+    convs = [n for n in gm.graph.nodes if n.target == aten.conv2d.default]
+    assert len(convs) == 2 and convs[1].args[-1] == 3
+    assert_same(model, gm)
 
 
 def test_unsupported_op_from_a_file_names_the_file(tmp_path):

@@ -113,7 +113,7 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                                 "rolls"),
         "T below depth": (["eval", str(good), *data, "--timesteps", "1"], "depth"),
         "huge activations": (["convert", str(tmp / "huge.pt2"), *data, *out],
-                             "(1, 2, 200008, 200008) needs 298 GiB per item, over lavaconv's"),
+                             "(2, 200008, 200008) needs 298 GiB per item, over lavaconv's"),
         "huge --input-shape": (["energy", str(ROOT / "examples" / "resnet_state_dict.pt"),
                                 "--arch", f"{ROOT / 'examples' / 'models.py'}:ResNetStyle",
                                 "--input-shape", "3,100000,100000"],

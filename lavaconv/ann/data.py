@@ -9,9 +9,6 @@ items stay the same whatever calibration subset ``seed`` draws.
 from __future__ import annotations
 
 import gzip
-import math
-import os
-import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,9 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from lavaconv.errors import LavaconvError
+from lavaconv.ir.npz import read_npz
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SPLIT_SEED = 0
+MAX_LABEL = 2**31 - 1
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _INSTALL_HINT = "install Debian's dataset-fashion-mnist or give fashion-mnist:DIR"
 
@@ -85,6 +84,11 @@ def _check(where: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
         raise LavaconvError(f"{where}: images contain NaN or inf")
     if not _real(y) or not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
         raise LavaconvError(f"{where}: labels are not integers")
+    outside = (y < 0) | (y > MAX_LABEL)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise LavaconvError(f"{where}: label {y[i]} of item {i} is not a class index in "
+                            f"[0, {MAX_LABEL}]")
     return x, y.astype(np.int64)
 
 
@@ -124,38 +128,8 @@ def _fashion(directory: Path) -> tuple[np.ndarray, ...]:
     return tuple(parts)
 
 
-def _check_sizes(npz: np.lib.npyio.NpzFile) -> None:
-    """Refuse, before numpy allocates it, an array whose header claims more bytes than its
-    archive member holds, or a member larger than this machine's memory."""
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                   (2, 0): np.lib.format.read_array_header_2_0}
-    for info in npz.zip.infolist():
-        with npz.zip.open(info) as member:
-            version = np.lib.format.read_magic(member)
-            if version not in read_header:
-                continue  # numpy's own reader checks the rarer versions
-            shape, _, dtype = read_header[version](member)
-            held = info.file_size - member.tell()
-        need = math.prod(shape) * dtype.itemsize
-        if need > held or info.file_size > memory:
-            raise ValueError(f"{info.filename} claims shape {shape} of {dtype} "
-                             f"({need / 2**30:.3g} GiB) and holds {held / 2**30:.3g} GiB; "
-                             f"this machine has {memory / 2**30:.3g} GiB")
-
-
 def _npz(path: Path) -> tuple[np.ndarray, ...]:
-    if not path.is_file():
-        raise LavaconvError(f"{path}: no such file")
-    try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an npz archive")
-        with npz:
-            _check_sizes(npz)
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise LavaconvError(f"{path}: cannot read npz ({err})") from None
+    arrays = read_npz(path)
     for key in ("x", "y"):
         if key not in arrays:
             raise LavaconvError(f"{path}: missing key {key!r} (needs x, y; optional x_calib, "

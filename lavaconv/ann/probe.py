@@ -11,6 +11,7 @@ import torch
 import torch.fx
 
 from lavaconv import distributed
+from lavaconv.errors import LavaconvError
 
 aten = torch.ops.aten
 Hook = Callable[[torch.fx.Node, Any], Any]
@@ -37,7 +38,7 @@ def population_nodes(gm: torch.fx.GraphModule) -> dict[str, str]:
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             names[node.name] = node.name
-        elif node.target == aten.relu.default:
+        elif node.target in (aten.relu.default, aten.hardtanh.default):  # ReLU, clipped ReLU
             names[node.name] = node.name
         elif node.op == "output":
             arg = node.args[0]
@@ -75,8 +76,20 @@ def accuracy(gm: torch.fx.GraphModule | Probe, x: np.ndarray, y: np.ndarray,
     run = gm.to(device) if isinstance(gm, torch.fx.GraphModule) else gm.run
     correct = 0
     with torch.no_grad():
-        for start, xb in distributed.batches(x, batch_size, device):
+        for i, (start, xb) in enumerate(distributed.batches(x, batch_size, device)):
             out = run(xb)
             out = out[0] if isinstance(out, (tuple, list)) else out
+            if i == 0:
+                check_labels(y, out.shape[1])
             correct += int((out.argmax(1).cpu().numpy() == y[start:start + len(xb)]).sum())
     return distributed.all_sum({"c": correct})["c"] / max(len(x), 1)
+
+
+def check_labels(y: np.ndarray, classes: int) -> None:
+    """Refuse labels that are no class of a model with ``classes`` outputs (an accuracy
+    measured against them would be meaningless)."""
+    outside = (y < 0) | (y >= classes)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise LavaconvError(f"label {y[i]} (item {i} of the evaluation set) is not one of the "
+                            f"model's {classes} classes 0..{classes - 1}")

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import signal
 import sys
 import traceback
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from lavaconv.app.deploy import TARGETS, DeployConfig
 from lavaconv.app.session import DEVICES, RunConfig
 from lavaconv.conversion import ConvertOptions
 from lavaconv.conversion.structure import CORRECTIONS, NEURONS
-from lavaconv.errors import LavaconvError
-from lavaconv.ir.network import ENCODINGS, POOLS, READOUTS
+from lavaconv.errors import LavaconvError, shown
+from lavaconv.ir.network import ENCODINGS, MAX_BURST, POOLS, READOUTS
 from lavaconv.quantize.integer import WEIGHT_SCALES
 
 DEFAULT_TIMESTEPS = "8,16,32,64,128,256"
@@ -40,6 +45,43 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _number(kind: type, lo: float | None = None, hi: float | None = None, *,
+            above: bool = False) -> Callable[[str], int | float]:
+    """An argparse type: a finite ``kind`` (int or float) in [lo, hi], or (lo, hi] with
+    ``above``; a missing bound is unbounded."""
+    form = str if kind is int else "{:g}".format
+    span = f"{'(' if above else '['}{'-inf' if lo is None else form(lo)}, " \
+           f"{'inf' if hi is None else form(hi)}]"
+    name = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {shown(text)}") from None
+        low_ok = lo is None or (value > lo if above else value >= lo)
+        if not (math.isfinite(value) and low_ok and (hi is None or value <= hi)):
+            raise argparse.ArgumentTypeError(f"expected {name} in {span}, got {shown(text)}")
+        return value
+
+    return parse
+
+
+COUNT = _number(int, 1)
+SEED = _number(int, 0, 2**32 - 1)
+
+
+def _out_dir(text: str) -> str:
+    """An ``--out`` that lavaconv may write (checked again when written)."""
+    from lavaconv.app.outputs import check_out_dir
+
+    try:
+        check_out_dir(text)
+    except LavaconvError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
@@ -53,10 +95,7 @@ def _weights_arg(p: argparse.ArgumentParser) -> None:
 def _zeta(text: str) -> float | str:
     if text == "auto":
         return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    return _number(float, 0, above=True)(text)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -79,7 +118,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="sigma-delta: delta threshold in units of each layer's scale, the "
                    f"accuracy/traffic knob (default {opt.sd_threshold})")
     p.add_argument("--input", choices=ENCODINGS, default=opt.input)
-    p.add_argument("--v-init", type=float, default=opt.v_init,
+    p.add_argument("--v-init", type=_number(float, 0, 1), default=opt.v_init,
                    help=f"initial membrane potential in thresholds (default {opt.v_init}: Bu et "
                    "al. 2022; 0 is the seed papers' choice)")
     p.add_argument("--readout", choices=READOUTS, default=opt.readout,
@@ -87,7 +126,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    "or of a spiking softmax (Rueckauer sec. 3.5)")
     p.add_argument("--no-shortcut-norm", action="store_true",
                    help="leave identity shortcuts unnormalised (S-ResNet Table 2 baseline)")
-    p.add_argument("--balance", type=float, metavar="ALPHA",
+    p.add_argument("--balance", type=_number(float, 0, 4, above=True), metavar="ALPHA",
                    help="RMP threshold balancing from SNN statistics, threshold = ALPHA * max "
                    "input (RMP sec. 4.1)")
     p.add_argument("--zeta", type=_zeta, default=opt.zeta,
@@ -95,7 +134,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--correction", choices=CORRECTIONS, default=opt.correction,
                    help="per-channel correction of the bias or of the initial potential from "
                    "SNN statistics (Li et al. 2021) (default none)")
-    p.add_argument("--burst", type=int, default=opt.burst, metavar="K",
+    p.add_argument("--burst", type=_number(int, 1, MAX_BURST), default=opt.burst, metavar="K",
                    help="burst spikes: threshold lambda / K and up to K spikes a step, sent as "
                    "one graded message (Li & Zeng 2022; needs graded spikes, e.g. Loihi 2) "
                    "(default 1)")
@@ -106,32 +145,43 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--align", action="store_true",
                    help="delay the early inputs of a population (a shortcut) so that all its "
                    "inputs, and its bias, start at the same step (Delay processes in Lava)")
-    p.add_argument("--calib-steps", type=int, default=opt.calib_steps,
+    p.add_argument("--calib-steps", type=COUNT, default=opt.calib_steps,
                    help="timesteps of the calibration runs of --balance/--zeta auto/"
                    f"--correction (default {opt.calib_steps})")
-    p.add_argument("--calib-items", type=int, default=opt.calib_items,
+    p.add_argument("--calib-items", type=COUNT, default=opt.calib_items,
                    help=f"calibration items those runs use (default {opt.calib_items})")
-    p.add_argument("--samples", type=int, default=run.samples, help="evaluation items")
-    p.add_argument("--calib-samples", type=int, default=run.calib_samples,
+    p.add_argument("--samples", type=COUNT, default=run.samples, help="evaluation items")
+    p.add_argument("--calib-samples", type=COUNT, default=run.calib_samples,
                    help="calibration items")
-    p.add_argument("--seed", type=int, default=run.seed)
+    p.add_argument("--seed", type=SEED, default=run.seed)
     p.add_argument("--device", choices=DEVICES, default=run.device,
                    help="where calibration and the fast engine run (default cpu)")
 
 
+class UsageError(LavaconvError):
+    """The command line does not parse."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block), raised, not exited."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="full tracebacks on internal errors")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
-    common.add_argument("--max-seconds", type=float, default=None,
+    common.add_argument("--max-seconds", type=_number(float, 0, 1e8, above=True), default=None,
                         help="stop (exit 2, nothing written) after this many seconds")
-    ap = argparse.ArgumentParser(prog="lavaconv", description=__doc__)
+    ap = _Parser(prog="lavaconv", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", parents=[common],
                        help="convert a model to a float spiking network")
     _model_args(p)
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, type=_out_dir, help="output directory")
 
     p = sub.add_parser("eval", parents=[common],
                        help="accuracy of the ANN and the SNN against timesteps")
@@ -145,12 +195,12 @@ def parser() -> argparse.ArgumentParser:
                        help="quantize, run on Lava, verify bit-exactness, report")
     _model_args(p)
     p.add_argument("--target", choices=TARGETS, default=DeployConfig.target)
-    p.add_argument("--timesteps", type=int, default=DeployConfig.timesteps)
+    p.add_argument("--timesteps", type=COUNT, default=DeployConfig.timesteps)
     p.add_argument("--profile", default=DeployConfig.profile, help="profile name or YAML path")
     _weights_arg(p)
-    p.add_argument("--lava-samples", type=int, default=DeployConfig.lava_samples,
+    p.add_argument("--lava-samples", type=COUNT, default=DeployConfig.lava_samples,
                    help="items run through Lava")
-    p.add_argument("--out", default=DeployConfig.out, help="output directory")
+    p.add_argument("--out", default=DeployConfig.out, type=_out_dir, help="output directory")
 
     p = sub.add_parser("export", parents=[common], help="write a converted network as NIR or netx")
     p.add_argument("network", help="directory written by convert or deploy (network.json)")
@@ -172,8 +222,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling a full nn.Module (runs code from the file)")
     p.add_argument("--timesteps", type=_timesteps, default=_timesteps("32,64,128"))
-    p.add_argument("--samples", type=int, default=500, help="evaluation items measured")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=COUNT, default=500, help="evaluation items measured")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="where the fast engine runs (default cpu)")
     p.add_argument("--ann-profiles", type=_names, default=None, help="ANN profiles, names or "
@@ -195,7 +245,7 @@ class TimeLimit(LavaconvError):
 def _on_signal(signum, frame) -> None:
     if signum == signal.SIGALRM:
         raise TimeLimit("--max-seconds reached: stopped, nothing written")
-    raise KeyboardInterrupt  # SIGTERM: unwind like Ctrl-C so every finally block cleans up
+    raise KeyboardInterrupt  # SIGTERM, SIGHUP: unwind like Ctrl-C so every finally cleans up
 
 
 def _user_error(err: BaseException) -> LavaconvError | None:
@@ -209,19 +259,33 @@ def _user_error(err: BaseException) -> LavaconvError | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGALRM)}
-    if args.max_seconds:
-        signal.setitimer(signal.ITIMER_REAL, args.max_seconds)
     try:
+        args = parser().parse_args(argv)
+    except UsageError as err:
+        print(f"lavaconv: error: {err}", file=sys.stderr)
+        return 2
+    with warnings.catch_warnings():
+        if not args.debug:  # library warnings are nothing a user can act on
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch").setLevel(logging.ERROR)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command of ``args``; every error ends as one line and an exit code."""
+    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
+    previous = {s: signal.signal(s, _on_signal) for s in handled}
+    try:
+        if args.max_seconds:
+            signal.setitimer(signal.ITIMER_REAL, args.max_seconds)
         from lavaconv import distributed
         from lavaconv.app import commands
 
         distributed.init()
         return getattr(commands, args.command)(args)
     except KeyboardInterrupt:
-        for s in (signal.SIGINT, signal.SIGTERM):  # cleaned up: a repeat (a supervisor's
-            signal.signal(s, signal.SIG_IGN)  # second SIGTERM) must not break the exit
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # cleaned up: a repeat (a
+            signal.signal(s, signal.SIG_IGN)  # supervisor's second SIGTERM) must not break it
         print("lavaconv: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the one place errors are reported

@@ -10,11 +10,11 @@ import numpy as np
 from lavaconv import distributed
 from lavaconv.ann.data import load_dataset
 from lavaconv.app.deploy import DeployConfig, run_deploy
-from lavaconv.app.outputs import atomic_dir, write_json
+from lavaconv.app.outputs import atomic_dir, atomic_file, json_text, write_text
 from lavaconv.app.session import RunConfig, prepare
 from lavaconv.conversion import ConvertOptions, NormSpec
 from lavaconv.cost.profiles import list_profiles, load_profile
-from lavaconv.errors import LavaconvError
+from lavaconv.errors import LavaconvError, shown
 from lavaconv.frontend import load_model
 from lavaconv.ir.network import Network
 from lavaconv.sim import evaluation
@@ -47,7 +47,7 @@ def convert(args: argparse.Namespace) -> int:
     prep = prepare(run_config(args))
     if not distributed.is_main():
         return 0
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(args.out, inputs=(args.model, args.data)) as tmp:
         prep.net.save(tmp)
     print(f"ANN accuracy {100 * prep.ann_accuracy:.2f} % on {len(prep.dataset.y_eval)} items; "
           f"{len(prep.net.nodes) - 1} populations, {len(prep.net.synapses)} synapses "
@@ -84,13 +84,13 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
         return 0
     print(_table(prep.ann_accuracy, runs))
     if args.json:
-        write_json(args.json, {
+        write_text(args.json, json_text({
             "ann_accuracy": prep.ann_accuracy,
             "items": len(data.y_eval),
             "options": prep.net.meta,
             **{f"snn_{k}": {"accuracy": v.accuracy, "spike_rate": v.spike_rate,
                             "seconds_per_step": v.seconds_per_step} for k, v in runs.items()},
-        })
+        }), inputs=(args.model, args.data))
     return 0
 
 
@@ -103,16 +103,12 @@ def export(args: argparse.Namespace) -> int:
                             "or deploy)")
     net = Network.load(source)
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_file(out, inputs=(source / "network.json", source / "arrays.npz")) as tmp:
         if args.format == "nir":
             export_nir(net, tmp)
             notes = []
         else:
             notes = export_netx(net, tmp, approximate=args.approximate)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     for note in notes:
         print(f"approximation: {note}")
     print(f"wrote {out} ({args.format})")
@@ -164,7 +160,9 @@ def energy(args: argparse.Namespace) -> int:
     else:
         net, model_path = _network_dir(target, args)
         shape = tuple(net.nodes[net.input_name].shape)
-        model = load_model(model_path, shape, arch=args.arch, trust_pickle=args.trust_pickle)
+        # a path read from the directory is untrusted: --trust-pickle covers --model only
+        model = load_model(model_path, shape, arch=args.arch,
+                           trust_pickle=args.trust_pickle and args.model is not None)
         data = load_dataset(args.data, n_eval=args.samples, n_calib=1, seed=args.seed)
         if tuple(data.x_eval.shape[1:]) != shape:
             raise LavaconvError(f"--data {args.data}: items of shape {data.x_eval.shape[1:]}, "
@@ -176,7 +174,8 @@ def energy(args: argparse.Namespace) -> int:
                             profiles_of(args.snn_profiles or DEFAULT_SNN_PROFILES,
                                         "neuromorphic"))
     if args.html:
-        Path(args.html).write_text(energy_page(summary, f"lavaconv energy: {target}").html())
+        write_text(args.html, energy_page(summary, f"lavaconv energy: {target}").html(),
+                   inputs=(target,))
     print(json.dumps(summary, indent=2) if args.json else energy_text(summary))
     return 0
 
@@ -192,7 +191,7 @@ def _network_dir(directory: Path, args: argparse.Namespace) -> tuple[Network, st
         raise LavaconvError("--input-shape is for a model file; a network directory has its own")
     net = Network.load(directory)
     model = args.model or net.meta.get("model")
-    if not model or not Path(model).is_file():
-        raise LavaconvError(f"{directory}: its ANN {model!r} (recorded in network.json) is not a "
-                            "file here: give --model PATH")
+    if not isinstance(model, str) or not model or not Path(model).is_file():
+        raise LavaconvError(f"{directory}: its ANN {shown(model)} (recorded in network.json) is "
+                            "not a file here: give --model PATH")
     return net, model

@@ -14,7 +14,7 @@ from lavaconv.cost import energy
 from lavaconv.cost.counting import ann_macs
 from lavaconv.cost.profiles import Profile, load_profile
 from lavaconv.cost.resources import estimate
-from lavaconv.errors import LavaconvError
+from lavaconv.errors import LavaconvError, check_int
 from lavaconv.ir.network import Network
 from lavaconv.quantize.integer import WEIGHT_SCALES
 from lavaconv.sim import evaluation
@@ -41,6 +41,8 @@ class DeployConfig:
         if self.weights not in WEIGHT_SCALES:
             raise LavaconvError(f"weights {self.weights!r}: expected one of "
                                 f"{', '.join(WEIGHT_SCALES)}")
+        check_int("timesteps", self.timesteps, 1)
+        check_int("lava_samples", self.lava_samples, 1)
 
 
 def _loihi2_available() -> bool:
@@ -108,7 +110,7 @@ def run_deploy(prep: Prepared, config: DeployConfig) -> int:
     report, net_int = build_report(prep, config)
     data, out = prep.dataset, config.out
     hardware_missing = config.target == "loihi2" and not _loihi2_available()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, inputs=(prep.config.model, prep.config.data)) as tmp:
         (tmp / "network").mkdir()
         net_int.save(tmp / "network")
         (tmp / "network_float").mkdir()

@@ -13,7 +13,7 @@ from lavaconv.ann.data import Dataset, load_dataset
 from lavaconv.ann.stats import ActivationStats
 from lavaconv.conversion import ConvertOptions, build
 from lavaconv.cost.profiles import Profile, load_profile
-from lavaconv.errors import LavaconvError
+from lavaconv.errors import LavaconvError, check_int
 from lavaconv.frontend import LoadedModel, load_model
 from lavaconv.ir.network import Network
 from lavaconv.quantize.integer import LayerQuant, quantize
@@ -41,6 +41,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise LavaconvError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
+        if self.samples is not None:
+            check_int("samples", self.samples, 1)
+        check_int("calib_samples", self.calib_samples, 1)
+        check_int("seed", self.seed, 0, 2**32 - 1)
 
 
 @dataclass
@@ -77,6 +81,6 @@ def prepare(config: RunConfig) -> Prepared:
     ann = probe.accuracy(model.graph_module, dataset.x_eval, dataset.y_eval, device=device)
     progress = config.progress and distributed.is_main()
     net, stats = build(model.graph_module, dataset, config.options, progress=progress,
-                       device=device)
+                       device=device, seed=config.seed)
     net.meta.update(model=str(config.model), data=config.data, ann_accuracy=ann)
     return Prepared(config, dataset, model, net, stats, ann)

@@ -50,6 +50,11 @@ def balance_thresholds(net: Network, x: np.ndarray, alpha: float, steps: int, *,
                      probe=probe, stop_after=name)
         node = net.nodes[name]
         if peak > 0:
-            factors[name] = alpha * peak / float(np.max(node.v_threshold))  # RMP: V_th = a*V_in
+            factor = alpha * peak / float(np.max(node.v_threshold))  # RMP: V_th = a*V_in
+            clip = net.meta.get("clips", {}).get(name)
+            if clip is not None:  # a clipped ReLU's scale never exceeds its clip
+                factor = min(factor, clip / float(np.max(node.scale * node.v_threshold)
+                                              * node.burst))
+            factors[name] = factor
             rescale(net, name, factors[name])
     return factors

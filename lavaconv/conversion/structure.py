@@ -9,6 +9,7 @@ so the residual shortcut rule of S-ResNet eq. 3-6 needs no special case.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,7 +84,8 @@ class ConvertOptions:
         if self.burst > 1 and self.neuron == "if":
             raise LavaconvError("--burst > 1 needs reset by subtraction (--neuron rmp or snm): "
                                 "a hard reset would drop the spikes of a burst")
-        if self.zeta != "auto" and not (isinstance(self.zeta, (int, float)) and self.zeta > 0):
+        if self.zeta != "auto" and not (isinstance(self.zeta, (int, float)) and
+                                        0 < self.zeta < math.inf):
             raise LavaconvError(f"--zeta {self.zeta!r}: expected a positive factor or 'auto'")
         if not (isinstance(self.sd_threshold, (int, float)) and 0 < self.sd_threshold <= 1):
             raise LavaconvError(f"--sd-threshold {self.sd_threshold!r}: expected a value in "
@@ -99,6 +101,11 @@ class ConvertOptions:
             if clash:
                 raise LavaconvError(f"--neuron sigma-delta does not combine with {clash[0]} "
                                     "(a sigma-delta unit sends its activation's change)")
+        if not 0 <= self.v_init <= 1:  # also refuses NaN
+            raise LavaconvError(f"--v-init {self.v_init!r}: expected a number in [0, 1]")
+        for name, value in (("calib-steps", self.calib_steps), ("calib-items", self.calib_items)):
+            if not (isinstance(value, int) and value >= 1):
+                raise LavaconvError(f"--{name} {value!r}: expected an integer >= 1")
 
     @property
     def needs_data(self) -> bool:
@@ -141,6 +148,7 @@ class _Population:
     terms: list[_Term]
     bias: torch.Tensor | None
     where: str
+    clip: float | None = None  # a clipped ReLU's ceiling (ReLU6: 6)
 
 
 def _apply(op: Op, x: torch.Tensor) -> torch.Tensor:
@@ -175,8 +183,9 @@ def trace(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> list:
     def shape(node: torch.fx.Node) -> tuple[int, ...]:
         return tuple(node.meta["tensor_meta"].shape[1:])
 
-    def linear_op(node: torch.fx.Node, op: Op, bias: torch.Tensor | None) -> _Form:
-        src = form(node.args[0])
+    def linear_op(node: torch.fx.Node, op: Op, bias: torch.Tensor | None,
+                  src: _Form | None = None) -> _Form:
+        src = form(node.args[0]) if src is None else src
         base = _apply(op, src.bias.unsqueeze(0))[0] if src.bias is not None else None
         if bias is not None:
             bias = bias.reshape(-1, *([1] * (len(shape(node)) - 1))).expand(shape(node))
@@ -194,9 +203,11 @@ def trace(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> list:
             arg = arg[0] if isinstance(arg, (tuple, list)) else arg
             f = form(arg)
             out.append(_Population("output", "readout", shape(arg), f.terms, f.bias, _where(arg)))
-        elif node.target == aten.relu.default:
+        elif node.target in (aten.relu.default, aten.hardtanh.default):
             f = form(node.args[0])
-            out.append(_Population(node.name, "if", shape(node), f.terms, f.bias, _where(node)))
+            clip = float(node.args[2]) if node.target == aten.hardtanh.default else None
+            out.append(_Population(node.name, "if", shape(node), f.terms, f.bias, _where(node),
+                                   clip))
             values[node.name] = node.name
         elif node.target == aten.max_pool2d.default:
             src = values[node.args[0].name]
@@ -226,6 +237,20 @@ def trace(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> list:
             values[node.name] = linear_op(node, ("avgpool", *node.args[1:]), None)
         elif node.target == aten.flatten.using_ints:
             values[node.name] = linear_op(node, ("flatten",), None)
+        elif node.target == aten.cat.default:  # each part embedded in its channel range
+            total, lo, terms, bias = shape(node)[0], 0, [], torch.zeros(shape(node))
+            for part in node.args[0]:
+                n = shape(part)[0]
+                embed = torch.zeros(total, n)
+                embed[lo:lo + n] = torch.eye(n)
+                op = (("linear", embed) if len(shape(node)) == 1
+                      else ("conv", embed[:, :, None, None], (1, 1), (0, 0), (1, 1), 1))
+                f = linear_op(node, op, None, form(part))
+                terms += f.terms
+                if f.bias is not None:
+                    bias = bias + f.bias
+                lo += n
+            values[node.name] = _Form(terms, bias)
         elif node.target == aten.add.Tensor:
             a, b = (form(x) for x in node.args)
             bias = a.bias if b.bias is None else b.bias if a.bias is None else a.bias + b.bias
@@ -257,7 +282,12 @@ def _scale(stats: ActivationStats | None, spec: NormSpec, per_channel: bool) -> 
 
 
 def _synapse(term: _Term, src_shape: tuple[int, ...], target: str, where: str):
-    """One synapse that computes the term's linear path (weights still un-normalised)."""
+    """One synapse that computes the term's linear path (weights still un-normalised).
+
+    A path of convolutions and avg-pools becomes one Conv where that is exact (a pointwise
+    conv on either side of the other op, see :func:`_merge`); a path through flatten/linear
+    becomes one Dense by pushing an identity basis through it.
+    """
     ops = term.ops
     kinds = [op[0] for op in ops]
     if kinds == ["conv"]:
@@ -265,13 +295,14 @@ def _synapse(term: _Term, src_shape: tuple[int, ...], target: str, where: str):
         if dilation != (1, 1):
             raise LavaconvError(f"{where}: dilated convolution is not supported")
         return Conv(term.source, target, w.numpy().astype(np.float64), stride, padding, groups)
-    if kinds and kinds[-1] == "linear" and set(kinds[:-1]) <= {"avgpool", "flatten"}:
+    if kinds == ["linear"] or kinds == ["flatten", "linear"]:
+        return Dense(term.source, target, ops[-1][1].numpy().astype(np.float64))
+    if "linear" in kinds or "flatten" in kinds:
         n_in = int(np.prod(src_shape))
-        if kinds == ["linear"] or kinds == ["flatten", "linear"]:
-            return Dense(term.source, target, ops[-1][1].numpy().astype(np.float64))
         if n_in > MAX_COMPOSED_INPUTS:
-            raise LavaconvError(f"{where}: pooling before a linear layer with {n_in} inputs is too "
-                                f"large to compose (limit {MAX_COMPOSED_INPUTS})")
+            raise LavaconvError(f"{where}: the path {' → '.join(kinds)} into a linear layer has "
+                                f"{n_in} inputs, too many to compose into one synapse (limit "
+                                f"{MAX_COMPOSED_INPUTS}); pool to a smaller map first")
         basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *src_shape)
         for op in ops:
             basis = _apply(_double(op), basis)
@@ -281,18 +312,105 @@ def _synapse(term: _Term, src_shape: tuple[int, ...], target: str, where: str):
         if len(src_shape) == 1:
             return Dense(term.source, target, np.eye(channels))
         return Conv(term.source, target, np.ones((channels, 1, 1, 1)), groups=channels)
-    if kinds == ["avgpool"]:
-        _, kernel, stride, padding, ceil_mode, count_pad, divisor = (list(ops[0]) + [None] * 7)[:7]
-        kernel, stride = _pair(kernel), _pair(stride or kernel)
-        padding = _pair(padding or 0)
-        if ceil_mode or (padding != (0, 0) and count_pad is False):
-            raise LavaconvError(f"{where}: avg-pool with ceil_mode or count_include_pad=False "
-                                "is not a fixed convolution")
-        area = divisor or kernel[0] * kernel[1]
-        w = np.full((channels, 1, *kernel), 1.0 / area)
-        return Conv(term.source, target, w, stride, padding, channels)
-    raise LavaconvError(f"{where}: the path {' → '.join(kinds)} between two ReLUs cannot be one "
-                        "synapse; put a ReLU between the two linear layers")
+    convs = [_as_conv(op, where) for op in ops]
+    merged = convs[0]
+    for i, conv in enumerate(convs[1:], 1):
+        merged = _merge(merged, conv, ops[:i + 1], src_shape)
+        if merged is None:
+            raise LavaconvError(
+                f"{where}: the linear path {' → '.join(kinds)} between two ReLUs is no single "
+                "convolution (zero padding inside it); put a ReLU after "
+                f"{' → '.join(kinds[:i])}, or make one of the two convolutions 1x1")
+    w, stride, padding, groups = merged
+    if groups == 0:  # a lone avg-pool: a depthwise convolution
+        w, groups = w.expand(channels, 1, *w.shape[2:]).clone(), channels
+    w, groups = _depthwise_if_diagonal(w, groups)
+    return Conv(term.source, target, w, tuple(stride), tuple(padding), groups)
+
+
+ConvSpec = tuple  # (weight (O, I/groups, kh, kw) float64, stride, padding, groups)
+
+
+def _as_conv(op: Op, where: str) -> ConvSpec:
+    """A conv or avg-pool op as (weight, stride, padding, groups), float64, dilation 1."""
+    if op[0] == "conv":
+        _, w, stride, padding, dilation, groups = op
+        if dilation != (1, 1):
+            raise LavaconvError(f"{where}: dilated convolution is not supported")
+        return w.double(), stride, padding, groups
+    _, kernel, stride, padding, ceil_mode, count_pad, divisor = (list(op) + [None] * 7)[:7]
+    kernel, stride, padding = _pair(kernel), _pair(stride or kernel), _pair(padding or 0)
+    if ceil_mode or (padding != (0, 0) and count_pad is False):
+        raise LavaconvError(f"{where}: avg-pool with ceil_mode or count_include_pad=False "
+                            "is not a fixed convolution")
+    area = divisor or kernel[0] * kernel[1]
+    return torch.full((1, 1, *kernel), 1.0 / area, dtype=torch.float64), stride, padding, 0
+
+
+def _full(w: torch.Tensor, groups: int, channels: int) -> torch.Tensor:
+    """A grouped (or, with groups 0, channel-shared depthwise) weight as a full (O, I, kh, kw)."""
+    if groups == 0:  # an avg-pool: the same kernel on every channel
+        return torch.eye(channels, dtype=w.dtype)[:, :, None, None] * w
+    if groups == 1:
+        return w
+    out_ch, per_group = w.shape[:2]
+    full = torch.zeros(out_ch, per_group * groups, *w.shape[2:], dtype=w.dtype)
+    for o in range(out_ch):
+        g = o // (out_ch // groups)
+        full[o, g * per_group:(g + 1) * per_group] = w[o]
+    return full
+
+
+def _merge(a: ConvSpec, b: ConvSpec, ops: list[Op], src_shape: tuple[int, ...]) -> ConvSpec | None:
+    """One convolution equal to ``b`` after ``a``, or None if no single one is.
+
+    Exact when ``b`` is pointwise (1x1, stride 1, no padding: the channel mix moves into
+    ``a``), when ``a`` is 1x1 without padding (``b``'s kernel dilated by ``a``'s stride), or
+    when neither pads (the composed kernel from impulse responses); zero padding between two
+    larger kernels is no convolution.
+    Checked on a random input against the ops themselves.
+    """
+    (wa, sa, pa, ga), (wb, sb, pb, gb) = a, b
+    channels = src_shape[0]
+    wa = _full(wa, ga, channels)
+    wb = _full(wb, gb, wa.shape[0])
+    if wb.shape[2:] == (1, 1) and tuple(sb) == (1, 1) and tuple(pb) == (0, 0):
+        merged = (torch.einsum("oc,cikl->oikl", wb[:, :, 0, 0], wa), sa, pa, 1)
+    elif wa.shape[2:] == (1, 1) and tuple(pa) == (0, 0):
+        kh, kw = wb.shape[2:]
+        dilated = torch.zeros(*wb.shape[:2], (kh - 1) * sa[0] + 1, (kw - 1) * sa[1] + 1,
+                              dtype=wb.dtype)
+        dilated[:, :, ::sa[0], ::sa[1]] = wb
+        merged = (torch.einsum("ockl,ci->oikl", dilated, wa[:, :, 0, 0]),
+                  (sa[0] * sb[0], sa[1] * sb[1]), (pb[0] * sa[0], pb[1] * sa[1]), 1)
+    elif tuple(pa) == (0, 0) and tuple(pb) == (0, 0):  # no padding: impulse responses
+        kh = (wb.shape[2] - 1) * sa[0] + wa.shape[2]
+        kw = (wb.shape[3] - 1) * sa[1] + wa.shape[3]
+        impulses = torch.eye(channels * kh * kw, dtype=torch.float64).reshape(-1, channels, kh, kw)
+        out = F.conv2d(F.conv2d(impulses, wa, None, sa), wb, None, 1)[:, :, 0, 0]
+        merged = (out.T.reshape(-1, channels, kh, kw), (sa[0] * sb[0], sa[1] * sb[1]), (0, 0), 1)
+    else:
+        return None
+    x = torch.randn(2, *src_shape, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0))
+    want = x
+    for op in ops:
+        want = _apply(_double(op), want)
+    got = F.conv2d(x, merged[0], None, merged[1], merged[2])
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-9, atol=1e-9):
+        return None
+    return merged
+
+
+def _depthwise_if_diagonal(w: torch.Tensor, groups: int) -> tuple[np.ndarray, int]:
+    """A merged full weight as a depthwise one where it is diagonal in the channels."""
+    out_ch, in_ch = w.shape[:2]
+    if groups == 1 and out_ch == in_ch and out_ch > 1:
+        off = w.clone()
+        off[torch.arange(out_ch), torch.arange(out_ch)] = 0
+        if not off.any():
+            return w[torch.arange(out_ch), torch.arange(out_ch)][:, None].numpy(), out_ch
+    return w.numpy().copy(), groups
 
 
 def _double(op: Op) -> Op:
@@ -343,6 +461,7 @@ def convert(
     scales: dict[str, np.ndarray] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     t_ready: dict[str, int] = {}
+    clips: dict[str, float] = {}  # clipped-ReLU population -> its ceiling
     for item in items:
         if isinstance(item, tuple) and item[0] == "input":
             _, name, shape = item
@@ -367,9 +486,12 @@ def convert(
                 lam = _scale(stats.get(pop.name), NormSpec("max" if norm.method != "none"
                                                            else "none"), False)
             elif norm.per_neuron:
-                lam, theta = _neuron_thresholds(neuron_scales[pop.name], pop.shape)
+                lam, theta = _neuron_thresholds(_clipped(neuron_scales[pop.name], pop.clip),
+                                                pop.shape)
             else:
-                lam = _scale(stats.get(pop.name), norm, norm.per_channel)
+                lam = _clipped(_scale(stats.get(pop.name), norm, norm.per_channel), pop.clip)
+            if pop.clip is not None:
+                clips[pop.name] = pop.clip
             if not readout:  # K spikes of lambda / K: K-fold resolution, same clip (burst)
                 lam = lam / options.burst
             # first input: the earliest term's arrival (--align: the latest, see align.py)
@@ -389,8 +511,16 @@ def convert(
             nodes[pop.name] = node
             scales[pop.name], shapes[pop.name], t_ready[pop.name] = lam, pop.shape, t_start
     meta = {**options.describe(), "input_shape": list(input_shape)}
+    if clips:
+        meta["clips"] = clips
     net = Network(nodes, synapses, "float", meta)
     return align(net) if options.align else net
+
+
+def _clipped(lam: np.ndarray, clip: float | None) -> np.ndarray:
+    """A clipped ReLU's scale: the rate saturates at lambda, so lambda never exceeds the clip
+    (and the IF neuron computes the clip itself)."""
+    return lam if clip is None else np.minimum(lam, clip)
 
 
 def _neuron_thresholds(lam: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -28,11 +28,12 @@ class ZetaSearch:
 
 
 def search_zeta(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, steps: int,
-                candidates: int = 9) -> ZetaSearch:
+                candidates: int = 9, *, seed: int = 0) -> ZetaSearch:
     """S-ResNet sec. 3.3: fit E = p * q**l (eq. 12), then try ``candidates`` values of zeta
     stepping from 1 to 2q - 1 (centred on q), below tau_max = 1 / (largest spike rate of the
-    last IF layer); keep the one with the least sum of |E_i| (eq. 13)."""
-    base = propagation_error(net, gm, x, steps)
+    last IF layer); keep the one with the least sum of |E_i| (eq. 13). ``seed`` draws the
+    Poisson input of the SNN runs."""
+    base = propagation_error(net, gm, x, steps, seed=seed)
     tau_max = 1.0 / base.max_rate_last if base.max_rate_last > 0 else np.inf
     grid = [1.0]
     if np.isfinite(base.q) and base.q > 1:
@@ -41,6 +42,6 @@ def search_zeta(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, steps: in
     for zeta in grid[1:]:
         trial = copy.deepcopy(net)
         compensate(trial, zeta)
-        objective[float(zeta)] = propagation_error(trial, gm, x, steps).total_abs
+        objective[float(zeta)] = propagation_error(trial, gm, x, steps, seed=seed).total_abs
     best = min(objective, key=objective.get)
     return ZetaSearch(best, objective, base)

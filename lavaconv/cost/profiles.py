@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from lavaconv.errors import LavaconvError
+from lavaconv.errors import LavaconvError, cut, shown
 from lavaconv.ir.fixedpoint import Formats, quantity
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "hw_profiles"  # package data
@@ -114,7 +114,7 @@ class Profile:
     def energy(self, term: str) -> Quantity | None:
         """The figure for an energy term, or None where the profile has no number for it."""
         if term not in ENERGY_TERMS:
-            raise ValueError(f"unknown energy term {term!r}")
+            raise ValueError(f"unknown energy term {shown(term)}")
         q = self.quantities["energy"].get(term)
         return q if q is not None and q.value is not None else None
 
@@ -160,16 +160,16 @@ class _Checker:
         self.sources: dict[str, str] = {}
 
     def fail(self, where: str, message: str) -> LavaconvError:
-        return LavaconvError(f"{self.label}: {where}: {message}")
+        return LavaconvError(f"{cut(self.label)}: {cut(str(where), 80)}: {message}")
 
     def mapping(self, raw, where: str) -> dict:
         if not isinstance(raw, dict):
-            raise self.fail(where, f"expected a mapping, got {raw!r}")
+            raise self.fail(where, f"expected a mapping, got {shown(raw)}")
         return raw
 
     def text(self, raw, where: str) -> str:
         if not isinstance(raw, str) or not raw.strip():
-            raise self.fail(where, f"expected a non-empty string, got {raw!r}")
+            raise self.fail(where, f"expected a non-empty string, got {shown(raw)}")
         return raw
 
     def quantity(self, raw, where: str, units: tuple[str, ...],
@@ -177,11 +177,13 @@ class _Checker:
         """One ``{value, unit, source, kind[, scope][, note]}`` mapping; ``value_error(v)``
         returns what is wrong with the value, or None."""
         if not isinstance(raw, dict):
-            raise self.fail(where, f"expected a mapping {{value, unit, source, kind}}, got {raw!r}")
+            raise self.fail(where, "expected a mapping {value, unit, source, kind}, got "
+                            f"{shown(raw)}")
         allowed = ("value", "unit", "source", "kind", "note") + (("scope",) if energy else ())
         for key in raw:
             if key not in allowed:
-                raise self.fail(where, f"unknown field {key!r} (allowed: {', '.join(allowed)})")
+                raise self.fail(where, f"unknown field {shown(key)} (allowed: "
+                                f"{', '.join(allowed)})")
         if "value" not in raw:
             raise self.fail(f"{where}.value", "missing")
         problem = value_error(raw["value"])
@@ -196,14 +198,14 @@ class _Checker:
                                 "missing (required when value is null)")
         if raw["unit"] not in units:
             raise self.fail(f"{where}.unit", f"expected {' or '.join(map(repr, units))}, "
-                            f"got {raw['unit']!r}")
+                            f"got {shown(raw['unit'])}")
         if "source" in raw and self.text(raw["source"], f"{where}.source") not in self.sources:
-            raise self.fail(f"{where}.source", f"unknown source {raw['source']!r} (defined in "
-                            f"sources: {', '.join(self.sources) or 'none'})")
+            raise self.fail(f"{where}.source", f"unknown source {shown(raw['source'])} (defined "
+                            f"in sources: {', '.join(self.sources) or 'none'})")
         for key, choices in (("kind", KINDS), ("scope", SCOPES)):
             if key in raw and raw[key] not in choices:
                 raise self.fail(f"{where}.{key}", f"expected one of {', '.join(choices)}, "
-                                f"got {raw[key]!r}")
+                                f"got {shown(raw[key])}")
         note = self.text(raw["note"], f"{where}.note") if "note" in raw else None
         return Quantity(raw["value"], raw["unit"], raw.get("source"), raw.get("kind"),
                         raw.get("scope"), note)
@@ -227,7 +229,7 @@ class _Checker:
 
             def value_error(v, lo=lo, hi=hi) -> str | None:
                 ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-                return None if ok else f"expected int in [{lo}, {hi}], got {v!r}"
+                return None if ok else f"expected int in [{lo}, {hi}], got {shown(v)}"
 
             out[name] = self.quantity(raw[name], f"{section}.{name}", (spec.metadata["unit"],),
                                       value_error, energy=False)
@@ -249,7 +251,7 @@ class _Checker:
 
 def _energy_value_error(v) -> str | None:
     ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
-    return None if ok else f"expected a number > 0 (or null with a note), got {v!r}"
+    return None if ok else f"expected a number > 0 (or null with a note), got {shown(v)}"
 
 
 TOP_LEVEL = ("name", "kind", "description", "extends", "sources", "formats", "structure",
@@ -270,7 +272,7 @@ def parse_profile(doc, label: str, path: Path) -> Profile:
                                                                      "description")
     if doc["kind"] not in PROFILE_KINDS:
         raise check.fail("kind", f"expected one of {', '.join(PROFILE_KINDS)}, "
-                         f"got {doc['kind']!r}")
+                         f"got {shown(doc['kind'])}")
     sources = check.mapping(doc["sources"], "sources")
     check.sources = {str(k): check.text(v, f"sources.{k}") for k, v in sources.items()}
     quantities = {}
@@ -286,7 +288,7 @@ def parse_profile(doc, label: str, path: Path) -> Profile:
     quantities["energy"] = check.energy_section(doc["energy"])
     notes = doc.get("notes", [])
     if not isinstance(notes, list):
-        raise check.fail("notes", f"expected a list of strings, got {notes!r}")
+        raise check.fail("notes", f"expected a list of strings, got {shown(notes)}")
     notes = tuple(check.text(n, "notes") for n in notes)
     return Profile(name, doc["kind"], description, path, check.sources, quantities, notes)
 
@@ -300,24 +302,38 @@ def _has_formats(name: str) -> bool:
     return "formats" in _read(PROFILE_DIR / f"{name}.yaml", f"{name}.yaml")
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without anchors and aliases: a few hundred bytes of nested aliases
+    expand to gigabytes (a "billion laughs" document)."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&name, *name) "
+                                              "are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def _read(path: Path, label: str) -> dict:
-    """``yaml.safe_load`` of a file, errors as one line."""
+    """A YAML file loaded safely (no tags, anchors or aliases), errors as one line."""
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.load(path.read_bytes().decode("utf-8"), Loader=_PlainLoader)  # noqa: S506
     except OSError as err:
         raise LavaconvError(f"{label}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise LavaconvError(f"{label}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise LavaconvError(f"{label}: not a valid profile YAML{at}: {problem}") from None
+        raise LavaconvError(f"{label}: not a valid profile YAML{at}: {cut(problem)}") from None
     return doc if doc is not None else {}
 
 
 def _bundled(name: str) -> Path:
     path = PROFILE_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise LavaconvError(f"unknown profile {name!r}: choose one of "
+        raise LavaconvError(f"unknown profile {shown(name)}: choose one of "
                             f"{', '.join(list_profiles())} or give a path to a .yaml file")
     return path
 
@@ -327,7 +343,7 @@ def _extend(doc: dict, label: str) -> dict:
     base_name = doc.get("extends")
     if not isinstance(base_name, str) or base_name not in list_profiles():
         raise LavaconvError(f"{label}: extends: expected a bundled profile name "
-                            f"({', '.join(list_profiles())}), got {base_name!r}")
+                            f"({', '.join(list_profiles())}), got {shown(base_name)}")
     base = _read(_bundled(base_name), f"{base_name}.yaml")
     merged = {**base, **{k: v for k, v in doc.items() if k != "extends"}}
     merged["name"] = doc.get("name", Path(label).stem)

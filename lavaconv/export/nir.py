@@ -11,7 +11,10 @@ from 1.0.6 on it resets to ``v_reset`` (NIR PR #129). With NIR 1.0.8:
 - ``reset="subtract"`` cannot be an ``IF``; it is written exactly as the primitives it is made of:
   an integrator ``I`` (``u[t] = u[t-1] + a[t] - theta * s[t-1]``), a ``Threshold`` emitting
   ``s[t]`` and the feedback ``Scale(-theta)`` → ``Delay(1)`` → ``I``;
-- the readout: an integrator ``I`` with ``r = 1``.
+- graded spikes (a payload other than 1, ``--norm pQ:neuron``): a ``Scale(payload)`` after the
+  spikes, and the synapses read it;
+- the readout: an integrator ``I`` with ``r = 1`` (read as a potential: ``--readout count`` and
+  ``softmax`` are refused).
 
 NIR fires on ``v > v_threshold``, we fire on ``v >= threshold``; on float32 state the two agree when
 ``v_threshold`` is the largest float32 below our threshold, which is what the file holds.
@@ -51,6 +54,13 @@ def spike_node(name: str, net: Network) -> str:
     return f"{name}.spike" if isinstance(node, IF) and node.reset == "subtract" else name
 
 
+def message_node(name: str, net: Network) -> str:
+    """Name of the NIR node whose output the synapses leaving ``name`` receive: a graded
+    population's spikes times their payload (a ``Scale``), else its spikes."""
+    return f"{name}.payload" if net.is_graded(name) and name != net.input_name else \
+        spike_node(name, net)
+
+
 def output_node(net: Network) -> str:
     """Name of the NIR ``Output`` node (it carries the readout potential)."""
     return f"{net.output_name}.out"
@@ -73,6 +83,10 @@ def _check(net: Network) -> None:
                                 "(--burst > 1 or --neuron snm), which NIR's neurons cannot")
         if isinstance(node, IF) and not np.all(node.v_threshold > 0):
             raise LavaconvError(f"export --format nir: node {name} has a threshold <= 0")
+        if isinstance(node, Readout) and node.mode != "potential":
+            raise LavaconvError(f"export --format nir: the readout {name} reads its {node.mode} "
+                                "(--readout), which NIR cannot state; convert with --readout "
+                                "potential")
         if isinstance(node, IF) and np.any(node.v_init != 0):
             raise LavaconvError(f"export --format nir: node {name} starts at v_init != 0, which "
                                 "NIR cannot state; convert with --v-init 0")
@@ -94,10 +108,23 @@ def _delays(net: Network, target: str, syns: list[Synapse]) -> list[int]:
 
 
 def _neuron(name: str, node: IF | Readout) -> tuple[dict[str, nir.NIRNode], list[tuple]]:
-    """NIR nodes and internal edges of one population."""
-    ones = np.ones(node.shape, np.float32)
+    """NIR nodes and internal edges of one population (a graded one's spikes then pass a
+    ``Scale`` by their payload)."""
     if isinstance(node, Readout):
-        return {name: nir.I(r=ones, metadata={"lavaconv": "readout"})}, []
+        return {name: nir.I(r=np.ones(node.shape, np.float32),
+                            metadata={"lavaconv": "readout"})}, []
+    nodes, edges = _firing(name, node)
+    if node.is_graded:
+        payload = _f32(np.broadcast_to(node.per_channel(node.payload), node.shape))
+        nodes[f"{name}.payload"] = nir.Scale(scale=payload, metadata={
+            "lavaconv": "graded spikes: each spike carries its payload"})
+        edges.append((f"{name}.spike" if node.reset == "subtract" else name, f"{name}.payload"))
+    return nodes, edges
+
+
+def _firing(name: str, node: IF) -> tuple[dict[str, nir.NIRNode], list[tuple]]:
+    """The membrane and the spikes of an IF population."""
+    ones = np.ones(node.shape, np.float32)
     th = np.broadcast_to(node.v_threshold, node.shape)
     if node.reset == "zero":
         meta = {"lavaconv": "IF, reset to zero, fires on v >= threshold",
@@ -183,7 +210,7 @@ def nir_graph(net: Network) -> nir.NIRGraph:
         syns = net.inputs_of(name)
         delays = _delays(net, name, syns)
         for k, (syn, delay) in enumerate(zip(syns, delays, strict=True)):
-            src = spike_node(syn.source, net)
+            src = message_node(syn.source, net)
             src_shape = net.nodes[syn.source].shape
             if not isinstance(syn, Conv) and len(src_shape) > 1:
                 flat = f"{src}.flat"

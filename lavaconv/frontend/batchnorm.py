@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
-from lavaconv.errors import LavaconvError
 from lavaconv.frontend.fx import (
     arguments,
     attr,
@@ -204,7 +203,48 @@ def _fold_into_conv(gm: GraphModule, op: Node, x: Node, scale: torch.Tensor,
     return call(op, aten.add.Tensor, (conv, bias), where(op))
 
 
-def check_affine_folded(gm: GraphModule) -> None:
+def affine_into_parts(gm: GraphModule) -> None:
+    """BatchNorm after a channel concatenation: one affine per part (its channel range);
+    after an avg-pool without padding: before it (both per-channel linear maps commute)."""
+    changed = True
+    while changed:
+        changed = False
+        propagate_shapes(gm)
+        for node in nodes(gm, (channel_affine,)):
+            src = node.args[0]
+            scale, shift = _affine_params(gm, node)
+            if src.target == aten.cat.default and len(src.users) == 1:
+                parts, lo = [], 0
+                for part in src.args[0]:
+                    n = shape(part)[1]
+                    args = (part, new_attr(gm, src, f"{node.name}_scale", scale[lo:lo + n]),
+                            new_attr(gm, src, f"{node.name}_shift", shift[lo:lo + n]))
+                    parts.append(call(src, channel_affine, args, where(node)))
+                    lo += n
+                src.args = (parts, *src.args[1:])
+            elif (src.target == aten.avg_pool2d.default and len(src.users) == 1
+                  and not any(arguments(src)["padding"])):
+                inner = call(src, channel_affine, (src.args[0], *node.args[1:]), where(node))
+                src.args = (inner, *src.args[1:])
+            else:
+                continue
+            replace(node, src)
+            changed = True
+
+
+def affine_to_conv(gm: GraphModule) -> None:
+    """Any BatchNorm left (e.g. after a ReLU, or after a residual add that also feeds a
+    shortcut): a depthwise 1x1 conv2d (or a diagonal linear) carrying scale and shift, exact;
+    the converter composes it with the linear ops around it."""
+    propagate_shapes(gm)
     for node in nodes(gm, (channel_affine,)):
-        raise LavaconvError(f"BatchNorm at {where(node)} cannot be folded: it must follow a "
-                            "conv/linear or a residual add, or feed only convs/linears")
+        scale, shift = _affine_params(gm, node)
+        x = node.args[0]
+        bias = new_attr(gm, node, f"{node.name}_shift", shift.float())
+        if len(shape(x)) == 4:
+            w = new_attr(gm, node, f"{node.name}_scale", scale.float().view(-1, 1, 1, 1))
+            args = (x, w, bias, [1, 1], [0, 0], [1, 1], scale.numel())
+            replace(node, call(node, aten.conv2d.default, args, where(node)))
+        else:
+            w = new_attr(gm, node, f"{node.name}_scale", torch.diag(scale.float()))
+            replace(node, call(node, aten.linear.default, (x, w, bias), where(node)))

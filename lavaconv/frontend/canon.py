@@ -44,8 +44,9 @@ def export_module(model: torch.nn.Module, input_shape: tuple[int, ...],
 
 
 def prepare(ep: ExportedProgram, input_shape: tuple[int, ...]) -> GraphModule:
-    """Functional ATen graph of ``ep`` with parameters as get_attr, without export's guards."""
-    gm = ep.run_decompositions({}).module()
+    """Functional ATen graph of ``ep`` with parameters as get_attr, without export's guards;
+    fp16/bf16 parameters and buffers become float32 (the graph then computes in float32)."""
+    gm = ep.run_decompositions({}).module().float()
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             gm.graph.erase_node(node)
@@ -109,6 +110,11 @@ def build(ep: ExportedProgram, original: Callable, input_shape: tuple[int, ...],
         gm = canonical_graph(ep, input_shape)
     except LavaconvError as e:
         raise LavaconvError(f"{label}: {e}") from None
+    except Exception as e:  # torch failing inside a pass on a construct no pass expected
+        raise LavaconvError(f"{label}: cannot bring the model to lavaconv's op set "
+                            f"({type(e).__name__}: {one_line(e, 200)}); instead export it "
+                            "with torch.export at batch 1 in float32, and please report "
+                            "this model") from None
     verify(original, gm, input_shape, atol, label)
     return gm
 

@@ -15,8 +15,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from lavaconv.errors import LavaconvError
 
 MAX_ITEM_BYTES = 1 << 30  # one item's largest tensor (the input or an activation) lavaconv takes
-SUPPORTED = ("Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, mean over H,W, "
-             "BatchNorm, residual add, flatten, Dropout/Identity, softmax at the output")
+SUPPORTED = ("Conv2d, Linear, ReLU, ReLU6/Hardtanh(0, a), MaxPool2d, AvgPool2d, "
+             "AdaptiveAvgPool2d, mean over H,W, BatchNorm, residual add, torch.cat along "
+             "channels, flatten, Dropout/Identity, softmax at the output")
 
 
 def check_item_size(dims: Sequence[int], itemsize: int, what: str) -> None:
@@ -42,7 +43,8 @@ def where(node: Node) -> str:
 def unsupported(node: Node, detail: str = "") -> LavaconvError:
     detail = f" ({detail})" if detail else ""
     return LavaconvError(f"unsupported op {op_name(node.target)}{detail} at {where(node)}; "
-                         f"supported: {SUPPORTED}")
+                         f"supported: {SUPPORTED}; instead, rebuild that part from these "
+                         "(a ReLU for other activations) or leave it out of the exported model")
 
 
 def arguments(node: Node) -> dict[str, Any]:

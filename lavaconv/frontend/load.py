@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import pickle
@@ -18,6 +19,7 @@ from torch.export.graph_signature import InputKind
 from torch.fx import GraphModule
 
 from lavaconv.errors import LavaconvError
+from lavaconv.frontend.archive import check_pt2
 from lavaconv.frontend.canon import build, export_module, one_line, quiet
 from lavaconv.frontend.fx import check_item_size
 
@@ -31,7 +33,7 @@ class LoadedModel:
 
     graph_module: GraphModule
     input_shape: tuple[int, ...]
-    source: str  # "pt2" | "torchscript" | "pickle" | "state_dict"
+    source: str  # "pt2" | "torchscript" | "onnx" | "pickle" | "state_dict"
 
 
 def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | None = None,
@@ -51,9 +53,13 @@ def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | No
         raise LavaconvError(f"{path}: --arch is for state_dict files; this is a {kind} archive")
     with quiet():
         if kind == "pt2":
+            check_pt2(path, trust_pickle)
             ep, original = _read_pt2(path, input_shape)
         elif kind == "torchscript":
             ep, original = _read_torchscript(path, input_shape)
+        elif kind == "onnx":
+            original = _read_onnx(path)
+            ep = export_module(original, input_shape, str(path))
         else:
             original, kind = _read_pickle(path, arch, trust_pickle)
             ep = export_module(original, input_shape, str(path))
@@ -62,7 +68,10 @@ def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | No
 
 
 def _format(path: Path) -> str:
-    """"pt2", "torchscript" or "pickle" (torch.save, zip or legacy), from the file's content."""
+    """"pt2", "torchscript" or "pickle" (torch.save, zip or legacy), from the file's content;
+    "onnx" by the file name (an ONNX model is a bare protobuf)."""
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
     if not zipfile.is_zipfile(path):
         return "pickle"
     try:
@@ -97,7 +106,24 @@ def _read_pt2(path: Path, input_shape: tuple[int, ...]) -> tuple[ExportedProgram
     if exported != input_shape:
         raise LavaconvError(f"{path}: the program was exported for items of shape "
                             f"{exported}, not {input_shape}")
-    return ep, ep.module()
+    return ep, _reference(ep, placeholder.meta["val"].shape[0])
+
+
+def _reference(ep: ExportedProgram, batch: int | torch.SymInt) -> Callable:
+    """``ep``'s module in float32, taking any batch: a program exported for a fixed batch B
+    (or a dynamic one with a lower bound) runs on the items zero-padded to B, rows returned."""
+    module = copy.deepcopy(ep.module()).float()  # .float() in place would change ep too
+    if isinstance(batch, torch.SymInt):
+        bound = ep.range_constraints.get(batch.node.expr)
+        batch = max(int(bound.lower), 1) if bound is not None else 1
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        pad = x.new_zeros(max(batch - len(x), 0), *x.shape[1:])
+        y = module(torch.cat([x, pad]) if len(pad) else x)
+        y = y[0] if isinstance(y, (tuple, list)) and len(y) == 1 else y
+        return y[:len(x)]
+
+    return run
 
 
 def _read_torchscript(path: Path,
@@ -112,7 +138,7 @@ def _read_torchscript(path: Path,
         script = torch.jit.load(path, map_location="cpu")
     except Exception as e:  # damaged archive
         raise _unreadable(path, "a TorchScript archive", e) from None
-    script.eval()
+    script.eval().float()  # fp16/bf16 weights: the same canonical graph in float32
     try:
         ep = TS2EPConverter(script, (torch.zeros(1, *input_shape),)).convert()
     except Exception as e:  # wrong input shape or a construct the converter lacks
@@ -120,6 +146,24 @@ def _read_torchscript(path: Path,
                             f"failed: {one_line(e)}; save the model with torch.export.save "
                             "(.pt2) or as a state_dict instead") from None
     return ep, script
+
+
+def _read_onnx(path: Path) -> torch.nn.Module:
+    """An ONNX model as a torch module, through onnx2torch (the optional extra ``onnx``)."""
+    try:
+        import onnx2torch
+    except ImportError:
+        raise LavaconvError(
+            f"{path}: reading ONNX needs the optional extra 'onnx' (pip install "
+            "'lavaconv[onnx]': onnx2torch, which imports torchvision; install the torchvision "
+            "built for lavaconv's torch, or pip would replace torch); instead export the "
+            "model with torch.export.save (.pt2)") from None
+    try:
+        return onnx2torch.convert(str(path)).eval()
+    except Exception as e:  # an op onnx2torch lacks, or a damaged file
+        raise LavaconvError(f"{path}: onnx2torch cannot convert this ONNX model: "
+                            f"{one_line(e)}; instead export the model with torch.export.save "
+                            "(.pt2)") from None
 
 
 def _read_pickle(path: Path, arch: str | None, trust: bool) -> tuple[torch.nn.Module, str]:

@@ -20,7 +20,8 @@ from torch.fx import GraphModule, Node
 from lavaconv.errors import LavaconvError
 from lavaconv.frontend.batchnorm import (
     BATCH_NORMS,
-    check_affine_folded,
+    affine_into_parts,
+    affine_to_conv,
     fold_affine_after_add,
     fold_affine_into_consumer,
     fold_affine_into_producer,
@@ -34,6 +35,7 @@ from lavaconv.frontend.fx import (
     is_assert,
     new_attr,
     nodes,
+    op_name,
     propagate_shapes,
     replace,
     shape,
@@ -43,18 +45,23 @@ from lavaconv.frontend.fx import (
 
 aten = torch.ops.aten
 
-CANONICAL = {aten.conv2d.default, aten.linear.default, aten.relu.default, aten.max_pool2d.default,
-             aten.avg_pool2d.default, aten.add.Tensor, aten.flatten.using_ints}
+CLIPPED = aten.hardtanh.default  # hardtanh(x, 0, a): a ReLU clipped at a > 0 (ReLU6)
+ACTIVATIONS = (aten.relu.default, CLIPPED)  # each becomes one IF population
+CANONICAL = {aten.conv2d.default, aten.linear.default, aten.relu.default, CLIPPED,
+             aten.max_pool2d.default, aten.avg_pool2d.default, aten.add.Tensor,
+             aten.flatten.using_ints, aten.cat.default}
 _NOOPS = {aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default,
           aten.clone.default, aten.alias.default, aten.detach.default, aten.contiguous.default,
           aten.lift_fresh_copy.default}
 _RELUS = {aten.relu.default, aten.relu_.default, aten.clamp_min.default, aten.clamp.default,
-          aten.threshold.default}
+          aten.threshold.default, aten.hardtanh.default, aten.hardtanh_.default,
+          aten.clamp_max.default, aten.relu6.default}
 _LOG_SOFTMAX = {aten.log_softmax.int, aten._log_softmax.default}
 _SOFTMAX = {aten.softmax.int, aten._softmax.default}
 _RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
              aten.flatten.using_ints, aten.squeeze.default, aten.squeeze.dim, aten.squeeze.dims,
              aten.unsqueeze.default}
+_SHAPED = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 _CONVS = {aten.conv2d.default, aten.conv2d.padding, aten.convolution.default}
 _ADAPTIVE = {aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.default}
 _ACCEPTED = (CANONICAL | _NOOPS | _RELUS | _LOG_SOFTMAX | _SOFTMAX | _RESHAPES | BATCH_NORMS
@@ -86,13 +93,39 @@ def _describe(node: Node) -> str:
     return f"{short}.forward{line}" if line else f"graph node {node.name}"
 
 
+def resolve_batch(gm: GraphModule) -> None:
+    """Shape arguments that carry the batch (an exported batch of 8, a dynamic batch,
+    ``x.size(0)`` / ``x.shape[0]`` in TorchScript) -> ``-1``; the batch-size arithmetic and its
+    runtime asserts, then unused, are removed. Shapes come from export's fake tensors."""
+    batch = next(n for n in gm.graph.nodes if n.op == "placeholder").meta["val"].shape[0]
+    for node in nodes(gm, _SHAPED):
+        before, after = node.args[0].meta.get("val"), node.meta.get("val")
+        if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor):
+            continue
+        if (after.dim() and _same(after.shape[0], batch) and _same(before.shape[0], batch)
+                and all(isinstance(d, int) for d in after.shape[1:])):
+            node.args = (node.args[0], [-1, *after.shape[1:]], *node.args[2:])
+    for node in reversed(list(gm.graph.nodes)):
+        if node.op == "call_function" and not node.users and (
+                is_assert(node.target) or not isinstance(node.meta.get("val"), torch.Tensor)):
+            gm.graph.erase_node(node)
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and op_name(node.target).startswith("aten.sym_"):
+            raise unsupported(node, "the batch size is used other than as the first dimension "
+                                    "of a view/reshape")
+
+
+def _same(a: int | torch.SymInt, b: int | torch.SymInt) -> bool:
+    return str(a) == str(b)
+
+
 def check_sizes(gm: GraphModule) -> None:
     """Refuse, before any pass runs the graph, activations of one item that would not fit in
     memory (their shapes come from export's fake tensors, nothing is allocated)."""
     for node in gm.graph.nodes:
         val = node.meta.get("val")
         if node.op == "call_function" and isinstance(val, torch.Tensor):
-            dims = [d for d in val.shape if isinstance(d, int)]  # a dynamic batch is symbolic
+            dims = [d for d in val.shape[1:] if isinstance(d, int)]  # one item
             check_item_size(dims, val.element_size(), f"the output of {where(node)}")
 
 
@@ -165,13 +198,27 @@ def strip_output_activation(gm: GraphModule) -> None:
 # ---------------------------------------------------------------- op spellings
 
 def to_relu(gm: GraphModule) -> None:
-    """relu_, clamp_min(x, 0), clamp(x, min=0), threshold(x, 0, 0) -> relu."""
-    for node in nodes(gm, _RELUS - {aten.relu.default}):
+    """relu_, clamp_min(x, 0), clamp(x, min=0), threshold(x, 0, 0) -> relu; clamp(x, 0, a),
+    hardtanh(x, 0, a) (ReLU6), clamp_max(relu(x), a) -> hardtanh(x, 0, a), a > 0."""
+    for node in nodes(gm, _RELUS - {aten.relu.default, CLIPPED}) + nodes(gm, (CLIPPED,)):
         a = arguments(node)
         params = {k: v for k, v in a.items() if k != "self"}
-        if params not in ({}, {"min": 0}, {"min": 0, "max": None}, {"threshold": 0, "value": 0}):
-            raise unsupported(node, ", ".join(f"{k}={v}" for k, v in params.items()))
-        replace(node, call(node, aten.relu.default, (a["self"],), where(node)))
+        if node.target == aten.relu6.default:
+            params = {"min": 0, "max": 6}
+        if params in ({}, {"min": 0, "max": None}, {"min": 0}, {"threshold": 0, "value": 0}):
+            replace(node, call(node, aten.relu.default, (a["self"],), where(node)))
+            continue
+        low, high = params.get("min", params.get("min_val")), params.get("max", params.get(
+            "max_val"))
+        if node.target == aten.clamp_max.default:
+            low = 0 if a["self"].target in ACTIVATIONS else None
+        if low != 0 or not isinstance(high, (int, float)) or high <= 0:
+            raise unsupported(node, ", ".join(f"{k}={v}" for k, v in params.items())
+                              + "; only ReLU and ReLU clipped to [0, a] convert")
+        x = a["self"].args[0] if a["self"].target == aten.relu.default else a["self"]
+        if x.target == CLIPPED:  # clip of a clip
+            x, high = x.args[0], min(high, x.args[2])
+        replace(node, call(node, CLIPPED, (x, 0.0, float(high)), where(node)))
 
 
 def to_conv2d(gm: GraphModule) -> None:
@@ -307,16 +354,33 @@ def to_flatten(gm: GraphModule) -> None:
 
 # ---------------------------------------------------------------- ReLU and pooling order
 
-def relu_before_max_pool(gm: GraphModule) -> None:
-    """relu(max_pool2d(z)) -> max_pool2d(relu(z)) (max and ReLU commute)."""
+def activation_into_parts(gm: GraphModule) -> None:
+    """relu / clip / max-pool of a channel concatenation -> concatenation of each part's
+    (per-channel ops): the populations sit side by side, each consumer reads its range."""
     changed = True
     while changed:
         changed = False
-        for relu in nodes(gm, (aten.relu.default,)):
+        for node in nodes(gm, (*ACTIVATIONS, aten.max_pool2d.default)):
+            cat = node.args[0]
+            if cat.target != aten.cat.default or len(cat.users) != 1:
+                continue
+            parts = [call(cat, node.target, (p, *node.args[1:]), where(node))
+                     for p in cat.args[0]]
+            cat.args = (parts, *cat.args[1:])
+            replace(node, cat)
+            changed = True
+
+
+def relu_before_max_pool(gm: GraphModule) -> None:
+    """relu(max_pool2d(z)) -> max_pool2d(relu(z)) (max and a monotone ReLU or clip commute)."""
+    changed = True
+    while changed:
+        changed = False
+        for relu in nodes(gm, ACTIVATIONS):
             pool = relu.args[0]
             if pool.target != aten.max_pool2d.default:
                 continue
-            inner = call(pool, aten.relu.default, (pool.args[0],), where(relu))
+            inner = call(pool, relu.target, (pool.args[0], *relu.args[1:]), where(relu))
             replace(relu, call(pool, aten.max_pool2d.default, (inner, *pool.args[1:]),
                                  where(pool)))
             if not pool.users:
@@ -325,15 +389,17 @@ def relu_before_max_pool(gm: GraphModule) -> None:
 
 
 def drop_double_relu(gm: GraphModule) -> None:
-    """relu(relu(x)) -> relu(x)."""
+    """relu(relu(x)) -> relu(x); relu(clip(x)) -> clip(x)."""
     for relu in nodes(gm, (aten.relu.default,)):
-        if relu.args[0].target == aten.relu.default:
+        if relu.args[0].target in ACTIVATIONS:
             replace(relu, relu.args[0])
 
 
 def _non_negative(node: Node) -> bool:
-    if node.target == aten.relu.default:
+    if node.target in ACTIVATIONS:
         return True
+    if node.target == aten.cat.default:
+        return all(_non_negative(p) for p in node.args[0])
     return node.target in (aten.max_pool2d.default, aten.avg_pool2d.default) and _non_negative(
         node.args[0])
 
@@ -357,10 +423,16 @@ def relu_after_avg_pool(gm: GraphModule) -> None:
 
 def check_canonical(gm: GraphModule) -> None:
     """Only the canonical ops of design.md sec. 1 remain; add takes two tensors; conv and
-    linear parameters are get_attr constants."""
+    linear parameters are get_attr constants; cat joins along the channels."""
+    propagate_shapes(gm)
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target not in CANONICAL:
             raise unsupported(node)
+        if node.target == aten.cat.default:
+            dim = arguments(node)["dim"] % len(shape(node))
+            if dim != 1:
+                raise unsupported(node, f"concatenation along dim {dim}; only along the "
+                                        "channels (dim 1) converts")
         if node.target == aten.add.Tensor and (
                 node.kwargs or not all(isinstance(a, Node) for a in node.args)):
             raise unsupported(node, "add of a scalar or scaled add")
@@ -378,9 +450,10 @@ def flat_attributes(gm: GraphModule) -> None:
 
 
 PASSES: tuple[Callable[[GraphModule], None], ...] = (
-    name_places, check_sizes, fold_constants, check_supported, drop_noops,
+    name_places, resolve_batch, check_sizes, fold_constants, check_supported, drop_noops,
     strip_output_activation, to_relu, to_conv2d, to_linear, bias_add_into_linear, to_max_pool2d,
-    to_avg_pool2d, to_flatten, to_channel_affine, fold_affine_into_producer,
-    fold_affine_after_add, fold_affine_into_consumer, check_affine_folded, relu_before_max_pool,
-    drop_double_relu, relu_after_avg_pool, check_canonical, flat_attributes,
+    to_avg_pool2d, to_flatten, to_channel_affine, affine_into_parts,
+    fold_affine_into_producer, fold_affine_after_add, fold_affine_into_consumer, affine_to_conv,
+    activation_into_parts, relu_before_max_pool, drop_double_relu, relu_after_avg_pool,
+    check_canonical, flat_attributes,
 )

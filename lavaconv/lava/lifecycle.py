@@ -1,4 +1,4 @@
-"""Start, step and always stop Lava's OS processes, also after an error, Ctrl-C or SIGTERM.
+"""Start, step and always stop Lava's OS processes, also after an error, Ctrl-C, SIGTERM or SIGHUP.
 
 Lava forks one OS process per process model plus a runtime service and a shared-memory manager.
 Left alone they outlive their parent, or hang it, in four ways: SIGTERM kills the parent without
@@ -6,7 +6,8 @@ running its ``finally`` blocks; a Ctrl-C in a terminal reaches the whole process
 Lava's processes die mid-protocol; an exception that cuts a get or a run short leaves Lava's
 stop handshake waiting forever; and when one process model raises, Lava's own error path waits
 for processes that wait for the failed one's messages. :func:`running` handles all four: SIGTERM
-raises and is re-delivered afterwards, Lava's processes start with SIGINT and SIGTERM blocked,
+(and SIGHUP) raises and is re-delivered afterwards, Lava's processes start with SIGINT, SIGTERM
+and SIGHUP blocked,
 after any exception they are killed instead of asked to stop, and a run polls for a dead process
 instead of waiting on Lava (using lava-nc 0.10's runtime attributes where Lava has no API).
 ``--max-seconds`` (SIGALRM, :mod:`lavaconv.app.cli`) is one more exception: it cuts a run short
@@ -35,31 +36,42 @@ HEALTH_SECONDS = 0.02  # how often a running step checks that no Lava process ha
 FAILURE_SECONDS = 5.0  # how long a failed run waits for the failed process's traceback
 
 
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)  # end a process without its finally blocks
+
+
 class _Terminated(BaseException):
-    """SIGTERM arrived while Lava ran."""
+    """SIGTERM or SIGHUP arrived while Lava ran."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _raise_terminated(signum, frame) -> None:
-    raise _Terminated
+    raise _Terminated(signum)
 
 
 @contextmanager
 def _sigterm_stops_lava() -> Iterator[None]:
-    """In the main thread, SIGTERM raises (so the ``finally`` that stops Lava's processes runs,
-    as for Ctrl-C) and is then delivered again to the caller's own handling."""
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
+    """In the main thread, SIGTERM and SIGHUP raise (so the ``finally`` that stops Lava's
+    processes runs, as for Ctrl-C) and are then delivered again to the caller's own handling
+    (a signal the caller ignores is left alone)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {s: signal.getsignal(s) for s in TERMINATING}
+    for signum, handler in previous.items():
+        if handler != signal.SIG_IGN:
+            signal.signal(signum, _raise_terminated)
     try:
         yield
-    except _Terminated:
-        signal.signal(signal.SIGTERM, previous)
-        signal.raise_signal(signal.SIGTERM)  # by default: the process ends here
-        raise LavaconvError("Lava run stopped by SIGTERM") from None
+    except _Terminated as stop:
+        signal.signal(stop.signum, previous[stop.signum])
+        signal.raise_signal(stop.signum)  # by default: the process ends here
+        raise LavaconvError(f"Lava run stopped by {signal.Signals(stop.signum).name}") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager

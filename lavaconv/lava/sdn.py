@@ -80,7 +80,7 @@ def _node(name: str, node, steps: int) -> tuple[AbstractProcess, Source | None]:
     shape = lava_shape(node.shape)
     if isinstance(node, Input):
         shift = node.state_exp
-        return Delta(shape=shape, vth=_mantissa(node.v_threshold, shift, name), spike_exp=0,
+        return Delta(shape=shape, vth=_mantissa(node.delta_threshold, shift, name), spike_exp=0,
                      state_exp=shift), None
     if isinstance(node, SigmaDeltaNode):
         shift = node.state_exp + node.spike_exp

@@ -116,7 +116,7 @@ def quantize_sigma_delta(net: Network, formats: Formats, x_calib: np.ndarray, *,
     unsigned = bool(np.min(x_calib[:items]) >= 0)
     inp.payload_bits = formats.input_payload_bits + unsigned
     inp.gain = (2 ** (inp.payload_bits - 1) - 1) / max(x_max / inp.scale, 1e-12)
-    inp.state_exp, inp.v_threshold = 0, 1.0  # every change of the payload is sent: exact
+    inp.state_exp, inp.delta_threshold = 0, 1.0  # every change of the payload is sent: exact
     cap = 2.0 ** (formats.state_bits - 1 - headroom_bits)
     scale: dict[str, float] = {q.input_name: inp.gain * inp.scale}  # A_P
     unit: dict[str, float] = {q.input_name: inp.gain * inp.scale}  # M_P
@@ -144,7 +144,7 @@ def quantize_sigma_delta(net: Network, formats: Formats, x_calib: np.ndarray, *,
             continue
         a = scale[name]
         bias = np.asarray(node.bias, dtype=np.float64)
-        node.bias = np.round(bias * a)
+        node.bias = np.asarray(np.round(bias * a))
         weights = [s for s in q.synapses if s.target == name]
         floats = [s for s in net.synapses if s.target == name]
         exact = np.concatenate([f.weight.ravel() * scale[name] / unit[f.source] for f in floats])

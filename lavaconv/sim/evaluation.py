@@ -91,7 +91,7 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Seque
     start_time = time.perf_counter()
     for start, xb in distributed.batches(x, batch_size):
         payload = encode_input(net, xb, steps, seed=seed + start, device=device)
-        res = simulate(net, payload, checkpoints, counts_at=per_neuron)
+        res = simulate(net, payload, checkpoints, seed=seed + start, counts_at=per_neuron)
         for t in checkpoints:
             if y is not None:
                 yb = torch.as_tensor(y[start:start + len(xb)])

@@ -91,7 +91,7 @@ def delta_input(net: Network, payload: torch.Tensor) -> torch.Tensor:
         if t > 1 and torch.equal(act[t], act[t - 1]) and not torch.any(out[t - 1]):
             return out[:t]  # constant payload, nothing sent last step: quiet from here on
         delta = act[t] - prev + res
-        s = torch.where(delta.abs() >= node.v_threshold, delta, 0.0)
+        s = torch.where(delta.abs() >= node.delta_threshold, delta, 0.0)
         res = delta - s
         prev = act[t]
         out[t] = torch.floor(s * 2.0 ** -node.state_exp) if int_mode else s

@@ -183,3 +183,11 @@ def test_cli_deploy_vgg_sigma_delta(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["lava"]["bit_exact"] is True
+
+
+def test_exports_refuse_sigma_delta_in_one_line(integer_net, tmp_path):
+    from lavaconv.export.netx import export_netx
+
+    net, _, _ = integer_net
+    with pytest.raises(LavaconvError, match="sigma-delta"):
+        export_netx(net, tmp_path / "x.net")

@@ -5,8 +5,10 @@ ReLUs), quantize for Loihi 2 and run bit-exactly on Lava."""
 from __future__ import annotations
 
 import copy
+import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import archs
@@ -27,6 +29,7 @@ from lavaconv.lava import run_lava
 from lavaconv.quantize.integer import quantize
 from lavaconv.sim.engine import encode_input, simulate
 
+ROOT = Path(__file__).resolve().parents[1]
 SHAPE = archs.INPUT_SHAPE
 STEPS = 6  # Lava runs stay tiny
 # name -> (factory, the forms it is saved in); narrow widths keep the suite fast. TorchScript
@@ -243,27 +246,106 @@ def test_refusals_are_one_line_naming_op_place_file_and_what_to_do(tmp_path):
 
 
 def test_onnx_without_the_extra_is_refused_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnx2torch", None)  # the extra is not installed
+    monkeypatch.setitem(sys.modules, "onnx", None)  # the extra is not installed
     path = tmp_path / "m.onnx"
     path.write_bytes(b"\x08\x07")
     with pytest.raises(LavaconvError) as info:
         load_model(path, SHAPE)
     message = str(info.value)
     assert message.startswith(f"{path}: reading ONNX needs the optional extra 'onnx'")
-    assert "torch.export.save" in message and "\n" not in message
+    assert "pip install 'lavaconv[onnx]'" in message and "\n" not in message
 
 
-def test_onnx_export_loads_to_the_batch1_graph(tmp_path):
-    pytest.importorskip("onnx2torch", reason="the optional extra 'onnx' is not installed")
-    model = ARCHS["resnet20"][0]()
-    gm1 = canonicalize(model, SHAPE)
-    path = tmp_path / "resnet20.onnx"
-    torch.onnx.export(model, (torch.zeros(1, *SHAPE),), path, dynamo=False)
+def onnx_export(model: nn.Module, path: Path, batch: int = 1, **kwargs) -> Path:
+    """``model`` exported the way ``torch.onnx.export`` users do (TorchScript-based exporter;
+    the dynamo one needs onnxscript)."""
+    pytest.importorskip("onnx", reason="the optional extra 'onnx' is not installed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
+        torch.onnx.export(model, (torch.zeros(batch, *SHAPE),), path, dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"], **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet20", "mobilenet_v2", "densenet"])
+def test_onnx_export_loads_to_the_batch1_graph(tmp_path, name):
+    """VGG (BatchNorm, max-pool, Gemm, Dropout), ResNet-20 (adds, ReduceMean, Reshape),
+    MobileNetV2 (ReLU6 as Clip), DenseNet (Concat, BatchNormalization after a Concat); the
+    graph is the .pt2 one (compared for the cheap two: load_model verifies all four)."""
+    model = ARCHS[name][0]()
+    path = onnx_export(model, tmp_path / f"{name}.onnx")
     gm = load_model(path, SHAPE).graph_module
-    assert signature(gm) == signature(gm1)
+    if name in ("resnet20", "densenet"):
+        assert signature(gm) == signature(canonicalize(model, SHAPE))
     x = inputs(3)
     with torch.no_grad():
         assert torch.allclose(gm(x), model(x), atol=1e-4)
+
+
+class ViewNet(nn.Module):
+    """conv, ReLU, max-pool, ``x.view(x.size(0), -1)``, Linear, ReLU, Linear, softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.fc1, self.fc2 = nn.Linear(4 * 8 * 8, 16), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(torch.relu(self.conv(x)), 2)
+        return torch.softmax(self.fc2(torch.relu(self.fc1(x.view(x.size(0), -1)))), -1)
+
+
+@pytest.mark.parametrize("form", ["dynamic-batch", "batch2"])
+def test_onnx_shape_arithmetic_keeps_the_batch_free(tmp_path, form):
+    """``x.view(x.size(0), -1)`` exported with a dynamic batch (Shape, Gather, Unsqueeze,
+    Concat, Reshape) or at batch 2 (Reshape to [2, -1]): the graph runs at any batch."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = ViewNet().eval()
+    dynamic = {"dynamic_axes": {"x": {0: "batch"}, "y": {0: "batch"}}} \
+        if form == "dynamic-batch" else {}
+    path = onnx_export(model, tmp_path / "view.onnx", batch=2, **dynamic)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert ("Shape" in ops) == (form == "dynamic-batch") and "Reshape" in ops
+    gm = load_model(path, SHAPE).graph_module
+    assert signature(gm) == signature(canonicalize(model, SHAPE))
+    x = inputs(5)
+    with torch.no_grad():
+        assert torch.allclose(F.softmax(gm(x), -1), model(x), atol=1e-4)
+
+
+def test_onnx_model_converts_and_runs_on_the_engine(tmp_path):
+    """``lavaconv eval`` of an ONNX ResNet-20 on a tiny npz: loads, converts, simulates."""
+    path = onnx_export(archs.resnet20(4), tmp_path / "resnet20.onnx")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=rng.random((8, *SHAPE), dtype=np.float32), y=np.arange(8) % 10)
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "lavaconv", "eval", str(path), "--data",
+                           str(data), "--samples", "8", "--calib-samples", "8", "--timesteps",
+                           "8,16", "--quiet", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file()
+
+
+def test_onnx_unsupported_op_is_refused_in_one_line(tmp_path):
+    """A LeakyReLU: exit 2 and one line naming the ONNX node and its op."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.1), nn.Flatten(),
+                          nn.Linear(4 * 30 * 30, 10)).eval()
+    path = onnx_export(model, tmp_path / "leaky.onnx")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=rng.random((4, *SHAPE), dtype=np.float32), y=np.arange(4))
+    proc = subprocess.run([sys.executable, "-m", "lavaconv", "eval", str(path), "--data",
+                           str(data), "--samples", "4", "--quiet"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert "\n" not in line, line
+    assert f"{path}: ONNX node /1/LeakyRelu (LeakyRelu) is not supported by lavaconv" in line
+    assert "supported: " in line and "export the model as .pt2 with torch.export" in line
 
 
 class LinearPaths(nn.Module):

@@ -348,12 +348,16 @@ def _descendants(pid: int) -> dict[int, str]:
     """pid → start time of every descendant of ``pid``."""
     found = {}
     for path in glob.glob(f"/proc/{pid}/task/*/children"):
-        with open(path) as f:
-            for child in map(int, f.read().split()):
-                stat = _stat(child)
-                if stat:
-                    found[child] = stat[19]
-                    found.update(_descendants(child))
+        try:
+            with open(path) as f:
+                children = list(map(int, f.read().split()))
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+            continue
+        for child in children:
+            stat = _stat(child)
+            if stat:
+                found[child] = stat[19]
+                found.update(_descendants(child))
     return found
 
 

@@ -101,8 +101,8 @@ def _zeta(text: str) -> float | str:
 def _model_args(p: argparse.ArgumentParser) -> None:
     """Arguments of a conversion run: defaults and choices from RunConfig and ConvertOptions."""
     opt, run = ConvertOptions(), RunConfig("", "")
-    p.add_argument("model", help="model file: .pt2 (torch.export), TorchScript, state_dict "
-                   "(with --arch) or pickled nn.Module (with --trust-pickle)")
+    p.add_argument("model", help="model file: .pt2 (torch.export), TorchScript, .onnx (extra "
+                   "'onnx'), state_dict (with --arch) or pickled nn.Module (with --trust-pickle)")
     p.add_argument("--data", required=True, help="digits | fashion-mnist[:DIR] | FILE.npz")
     p.add_argument("--arch", help="module:callable building the model for a state_dict")
     p.add_argument("--trust-pickle", action="store_true",

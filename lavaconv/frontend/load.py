@@ -22,6 +22,7 @@ from lavaconv.errors import LavaconvError
 from lavaconv.frontend.archive import check_pt2
 from lavaconv.frontend.canon import build, export_module, one_line, quiet
 from lavaconv.frontend.fx import check_item_size
+from lavaconv.frontend.onnx import read_onnx
 
 SAFE_FORMATS = ("a torch.export archive (.pt2), a TorchScript archive (torch.jit.save), "
                 "or a state_dict with --arch module.path:callable")
@@ -58,7 +59,7 @@ def load_model(path: str | Path, input_shape: tuple[int, ...], *, arch: str | No
         elif kind == "torchscript":
             ep, original = _read_torchscript(path, input_shape)
         elif kind == "onnx":
-            original = _read_onnx(path)
+            original = read_onnx(path)
             ep = export_module(original, input_shape, str(path))
         else:
             original, kind = _read_pickle(path, arch, trust_pickle)
@@ -146,24 +147,6 @@ def _read_torchscript(path: Path,
                             f"failed: {one_line(e)}; save the model with torch.export.save "
                             "(.pt2) or as a state_dict instead") from None
     return ep, script
-
-
-def _read_onnx(path: Path) -> torch.nn.Module:
-    """An ONNX model as a torch module, through onnx2torch (the optional extra ``onnx``)."""
-    try:
-        import onnx2torch
-    except ImportError:
-        raise LavaconvError(
-            f"{path}: reading ONNX needs the optional extra 'onnx' (pip install "
-            "'lavaconv[onnx]': onnx2torch, which imports torchvision; install the torchvision "
-            "built for lavaconv's torch, or pip would replace torch); instead export the "
-            "model with torch.export.save (.pt2)") from None
-    try:
-        return onnx2torch.convert(str(path)).eval()
-    except Exception as e:  # an op onnx2torch lacks, or a damaged file
-        raise LavaconvError(f"{path}: onnx2torch cannot convert this ONNX model: "
-                            f"{one_line(e)}; instead export the model with torch.export.save "
-                            "(.pt2)") from None
 
 
 def _read_pickle(path: Path, arch: str | None, trust: bool) -> tuple[torch.nn.Module, str]:

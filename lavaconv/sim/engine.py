@@ -2,9 +2,13 @@
 
 Implements the update equations of ``docs/design.md`` section 3 exactly, in float mode
 (float32) and in integer mode (integers held exactly in float32 or float64, see
-:class:`_Current`). Each synapse's input for all timesteps
-is computed in one batched op: the payload train ``(T, B, ...)`` is folded into the batch
-dimension, shifted by the one-step synapse delay. Convolutions run in channels-last layout.
+:class:`_Current`). The network runs population by population over the whole spike train.
+A population's synaptic input is computed a chunk of steps at a time (:data:`CHUNK_SIZE`):
+the source train's steps ``(k, B, ...)`` are folded into one batch, shifted by the synapse
+delay, and the neuron update consumes the sum while it is still in cache; an analog input's
+synapse is computed once (the payload is the same every step). Convolutions run in
+channels-last layout. Spikes are written in place into the population's train, and the
+statistics (spike counts per step, per neuron and checkpoint; saturation) take one pass.
 
 In integer mode every synaptic sum is an integer. A synapse whose worst case
 ``max_o sum_i |W[o, i]| * max |payload|`` stays below 2**23 is computed in float32, which is
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lavaconv.ir.fixedpoint import THRESHOLD_SHIFT
+from lavaconv.ir.fixedpoint import THRESHOLD_SHIFT, wrap
 from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Synapse
 from lavaconv.sim.result import SimResult  # noqa: F401 - re-exported
 
@@ -30,6 +34,11 @@ from lavaconv.sim.result import SimResult  # noqa: F401 - re-exported
 #: what the population adds to v at each step (synaptic input, gain and bias), ``train`` the
 #: payload it sent (T, B, *shape).
 Probe = Callable[[str, torch.Tensor, torch.Tensor], None]
+
+#: synaptic input entries (steps x batch x neurons) computed at once: at least one step, a
+#: batch of items large enough for an efficient convolution, its output small enough to be
+#: summed and consumed while still in cache
+CHUNK_SIZE = 2**20
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -83,7 +92,7 @@ def _pointwise(syn: Conv) -> bool:
 
 def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: tuple[torch.dtype, bool]) -> torch.Tensor:
     """Synaptic output for a batch of source payloads ``s`` (N, *src_shape)."""
-    dtype, wrap = plan
+    dtype, wraps = plan
     w = torch.as_tensor(syn.weight, dtype=dtype, device=s.device)
     if isinstance(syn, Dense):
         return s.to(dtype).flatten(1) @ w.T
@@ -91,23 +100,58 @@ def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: tuple[torch.dtype, bool]
     s = s.to(dtype=dtype, memory_format=layout)
     if _pointwise(syn):  # a per-channel scale (identity shortcut): no convolution needed
         a = s * w.reshape(1, -1, 1, 1)
-        return wrap(a) if wrap else a
-    a = F.conv2d(s, w.contiguous(memory_format=layout), stride=tuple(syn.stride),
-                 padding=tuple(syn.padding), groups=syn.groups)
-    return wrap(a) if wrap else a
+    else:
+        a = F.conv2d(s, w.contiguous(memory_format=layout), stride=tuple(syn.stride),
+                     padding=tuple(syn.padding), groups=syn.groups)
+    return wrap(a) if wraps else a
 
 
 def _widest(dtypes) -> torch.dtype:
     return torch.float64 if torch.float64 in set(dtypes) else torch.float32
 
 
-def _like_layout(a: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
-    """Empty ``(steps, *a.shape[1:])`` tensor; maps (T, B, C, H, W) channels-last like conv
-    outputs, so that copying ``a`` in and feeding the next convolution need no transpose."""
-    if a.dim() != 5:
-        return a.new_empty((steps, *a.shape[1:]), dtype=dtype)
-    _, batch, ch, h, w = a.shape
-    return a.new_empty((steps, batch, h, w, ch), dtype=dtype).permute(0, 1, 4, 2, 3)
+def _empty(shape: Sequence[int], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Empty tensor of ``shape``; a (T, B, C, H, W) one is laid out channels-last like conv
+    outputs, so that copying them in and feeding the next convolution need no transpose."""
+    if len(shape) != 5:
+        return like.new_empty(shape, dtype=dtype)
+    steps, batch, ch, h, w = shape
+    return like.new_empty((steps, batch, h, w, ch), dtype=dtype).permute(0, 1, 4, 2, 3)
+
+
+def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
+                  constant: set[str]):
+    """:func:`synaptic_input` in consecutive chunks of steps, ``(first step, a (k, B, ...))``,
+    of about CHUNK_SIZE entries each: small enough to be summed and consumed from cache."""
+    syns = net.inputs_of(name)
+    plans = [_plan(net, syn) for syn in syns]
+    dtype = _widest(p[0] for p in plans)
+    steps, batch = trains[syns[0].source].shape[:2]
+    per = max(1, CHUNK_SIZE // max(1, batch * int(np.prod(net.nodes[name].shape))))
+    fixed = {}  # constant (analog) sources: the same output every step, computed once
+    for t0 in range(0, steps, per):
+        t1 = min(t0 + per, steps)
+        total = None
+        for i, (syn, plan) in enumerate(zip(syns, plans, strict=True)):
+            s, late = trains[syn.source], 1 + syn.delay  # late: first step it delivers
+            lo = min(max(t0, late), t1)
+            if syn.source in constant:
+                if i not in fixed:
+                    fixed[i] = _apply_synapse(syn, s[0], plan)
+                a = fixed[i]
+            elif lo < t1:
+                a = _apply_synapse(syn, s[lo - late:t1 - late].flatten(0, 1), plan)
+                a = a.reshape(t1 - lo, batch, *a.shape[1:])
+            if i == 0 and lo == t0 < t1 and syn.source not in constant and a.dtype == dtype:
+                total = a  # a new tensor: the sum starts in it
+            elif i == 0:
+                total = _empty((t1 - t0, batch, *net.nodes[name].shape), s, dtype)
+                total[:lo - t0] = 0
+                if lo < t1:
+                    total[lo - t0:] = a
+            elif lo < t1:
+                total[lo - t0:] += a
+        yield t0, total
 
 
 def synaptic_input(
@@ -116,26 +160,8 @@ def synaptic_input(
     """``a[t] = sum_e syn_e(p_src[t-1-d_e])`` for all t at once, 0 before a synapse's first
     arrival ``1 + d_e`` (one step of delay per synapse plus its own ``delay``). Float32 or
     float64; in int mode every entry is an exact integer."""
-    syns = net.inputs_of(name)
-    plans = [_plan(net, syn) for syn in syns]
-    total = None
-    for syn, plan in zip(syns, plans, strict=True):
-        s = trains[syn.source]
-        steps = s.shape[0]
-        late = min(1 + syn.delay, steps)  # first step the synapse delivers
-        if syn.source in constant:  # analog input: the same payload every step
-            a = _apply_synapse(syn, s[0], plan)
-            a = a.unsqueeze(0).expand(steps - late, *a.shape)
-        else:
-            a = _apply_synapse(syn, s[:steps - late].reshape(-1, *s.shape[2:]), plan)
-            a = a.reshape(steps - late, s.shape[1], *a.shape[1:])
-        if total is None:
-            total = _like_layout(a, steps, _widest(p[0] for p in plans))
-            total[:late] = 0
-            total[late:] = a
-        else:
-            total[late:] += a
-    return total
+    chunks = list(_input_chunks(net, name, trains, constant))
+    return torch.cat([a for _, a in chunks]) if len(chunks) > 1 else chunks[0][1]
 
 
 def _gain(a: torch.Tensor, a_exp: int) -> torch.Tensor:
@@ -153,7 +179,8 @@ def input_current(net: Network, node: IF | Readout, a: torch.Tensor) -> torch.Te
 
 
 class _Current:
-    """``input_current(net, node, a)[t]`` one step at a time, in a reused buffer.
+    """``input_current(net, node, a)[t]`` one step at a time, in a reused buffer, from ``a``'s
+    chunks ``(first step, a[first:first + k])`` in order (see :func:`_input_chunks`).
 
     In int mode the buffer has ``a``'s float dtype: float32 holds every integer below 2**24
     exactly, and the gain (a power of two) and the floor shift stay exact; where ``a << s`` +
@@ -161,25 +188,28 @@ class _Current:
     so after saturation it is exact again (and so is the count of saturated neuron-steps).
     """
 
-    def __init__(self, net: Network, node: IF | Readout, a: torch.Tensor) -> None:
-        self.a, self.node = a, node
+    def __init__(self, net: Network, node: IF | Readout, chunks) -> None:
+        self.chunks, self.node = iter(chunks), node
         self.int_mode = net.numeric == "int"
-        self.x = torch.empty_like(a[0])
+        self.start, self.a = next(self.chunks)
+        self.x = torch.empty_like(self.a[0])
         self.bias = _tensor(node.bias, self.x)
         self.shift = THRESHOLD_SHIFT + node.a_exp
 
     def __call__(self, t: int) -> torch.Tensor:
-        x = self.x
+        while t >= self.start + len(self.a):
+            self.start, self.a = next(self.chunks)
+        x, a = self.x, self.a[t - self.start]
         if self.int_mode:
-            x.copy_(self.a[t]).mul_(2.0**self.shift)
+            torch.mul(a, 2.0**self.shift, out=x)
             if self.shift < 0:  # floor shift right
                 x.floor_()
             if t >= self.node.t_start:
                 x.add_(self.bias)
         elif t >= self.node.t_start:
-            torch.add(self.a[t], self.bias, out=x)
+            torch.add(a, self.bias, out=x)
         else:
-            x.copy_(self.a[t])
+            x.copy_(a)
         return x
 
 
@@ -194,57 +224,60 @@ def _tensor(x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), device=like.device).to(like.dtype)
 
 
-def _subtract(v: torch.Tensor, s: torch.Tensor, vth: torch.Tensor) -> None:
-    """``v -= vth * s`` in place."""
-    if vth.dim() == 0:
-        v.sub_(s, alpha=vth.item())
-    else:
-        v.addcmul_(s, vth, value=-1)
-
-
-def _saturate(v: torch.Tensor, bounds: tuple[int, int] | None) -> int:
-    """Clip ``v`` to ``bounds`` in place; return how many entries were outside."""
+def _saturate(v: torch.Tensor, bounds: tuple[int, int] | None,
+              spare: torch.Tensor | None = None) -> int:
+    """Clip ``v`` to ``bounds`` in place; return how many entries were outside (``spare``: a
+    scratch tensor like ``v``)."""
     if bounds is None:
         return 0
-    lo, hi = torch.aminmax(v)  # one pass; saturation is rare
-    if lo >= bounds[0] and hi <= bounds[1]:
-        return 0
-    outside = torch.count_nonzero(v.lt(bounds[0]).logical_or_(v.gt(bounds[1])))
-    v.clamp_(*bounds)
-    return int(outside)
+    lo, hi = torch.aminmax(v)  # one pass; most steps need nothing more
+    outside = 0
+    wide = torch.float64 if v.numel() >= 2**24 and v.is_floating_point() else None
+    spare = torch.empty_like(v) if spare is None else spare
+    for beyond, compare, bound in ((lo < bounds[0], torch.lt, bounds[0]),
+                                   (hi > bounds[1], torch.gt, bounds[1])):
+        if beyond:  # count in v's dtype (a float compare-and-sum beats a bool one), exact
+            outside += int(compare(v, bound, out=spare).sum(dtype=wide))
+    if outside:
+        v.clamp_(*bounds)
+    return outside
 
 
-def _spike_count(v: torch.Tensor, vth: torch.Tensor, burst: int) -> torch.Tensor:
-    """``sum_n [v >= n * vth]`` for n = 1 .. ``burst`` (in v's dtype)."""
-    n = v.ge(vth).to(v.dtype)
+def _spike_count(v: torch.Tensor, vth: torch.Tensor, burst: int, out: torch.Tensor
+                 ) -> torch.Tensor:
+    """``out = sum_n [v >= n * vth]`` for n = 1 .. ``burst`` (in out's dtype); returns ``out``."""
+    torch.ge(v, vth, out=out)
     for k in range(2, burst + 1):
-        n.add_(v.ge(vth * k).to(v.dtype))
-    return n
+        out.add_(v.ge(vth * k))
+    return out
 
 
 def integrate_and_fire(node: IF, current: Callable[[int], torch.Tensor], steps: int,
                        out: torch.Tensor, bounds: tuple[int, int] | None) -> int:
     """Run the IF dynamics of :class:`~lavaconv.ir.network.IF` for ``steps`` steps on
     ``current(t)`` (what v receives at step t), writing the spikes s[t] (-burst .. burst)
-    into ``out[t]`` (the payload not applied); return how many neuron-steps saturated (int
-    mode)."""
+    into ``out[t]`` (the payload not applied; written after ``current(t)`` is read); return how
+    many neuron-steps saturated (int mode)."""
     first = current(0)
     v = torch.zeros_like(first) + _tensor(node.v_init, first)
     vth = _tensor(node.v_threshold, v)
+    step = vth.item() if vth.dim() == 0 else None  # one threshold: v.sub_(s, alpha=vth)
     memory = torch.zeros_like(v) if node.reset == "snm" else None
+    spare = torch.empty_like(v)
     saturated = 0
     for t in range(steps):
         v.add_(current(t))
-        saturated += _saturate(v, bounds)
-        s = _spike_count(v, vth, node.burst)  # burst spikes (Li & Zeng 2022); 1: v >= vth
+        saturated += _saturate(v, bounds, spare)
+        s = _spike_count(v, vth, node.burst, out[t])  # burst spikes (Li & Zeng 2022)
         if memory is not None:  # SNM eq. 9: negative spikes only up to the memory
-            s.sub_(torch.minimum(_spike_count(-v, vth, node.burst), memory.clamp(min=0)))
+            s.sub_(torch.minimum(_spike_count(-v, vth, node.burst, spare), memory.clamp(min=0)))
             memory.add_(s)  # SNM eq. 11
         if node.reset == "zero":  # reset to zero (Rueckauer eq. 4a)
             v.masked_fill_(s != 0, 0)
-        else:  # reset by subtraction (Rueckauer eq. 4b, SNM eq. 10)
-            _subtract(v, s, vth)
-        out[t] = s
+        elif step is not None:  # reset by subtraction (Rueckauer eq. 4b, SNM eq. 10)
+            v.sub_(s, alpha=step)
+        else:
+            v.addcmul_(s, vth, value=-1)
     return saturated
 
 
@@ -296,28 +329,20 @@ def maxpool_gate(node: MaxPool, s: torch.Tensor, bound: float | None = None) -> 
     bound = float(s.abs().max()) if bound is None else bound
     exact32 = bound * steps < 2**24  # then every running sum is exact in float32
     dtype = torch.float32 if exact32 else torch.float64
-    (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
     ho, wo = node.shape[1:]
     if node.mode == "running":  # sums are exact (exact32, or float64), so are their maxima
         sums = torch.cumsum(s.to(dtype), 0).flatten(0, 1)
         top = F.max_pool2d(sums, node.kernel, node.stride, node.padding)  # pads with -inf
         top = top.reshape(steps, *s.shape[1:3], ho, wo)
         return torch.diff(top, dim=0, prepend=torch.zeros_like(top[:1])).to(s.dtype)
-    fill = -bound * steps - 1.0  # below any reachable sum (signed payloads too)
-    counts = F.pad(torch.zeros_like(s[0], dtype=dtype), (pw, pw, ph, ph), value=fill)
-    core = counts[..., ph:ph + s.shape[-2], pw:pw + s.shape[-1]]
-    windows = [(..., slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
-               for i in range(kh) for j in range(kw)]
+    counts = torch.zeros_like(s[0], dtype=dtype)
     out = s.new_empty((steps, *s.shape[1:3], ho, wo))
     for t in range(steps):
-        core += s[t]
-        payload = F.pad(s[t], (pw, pw, ph, ph)) if ph or pw else s[t]
-        best, sent = counts[windows[0]], payload[windows[0]]
-        for win in windows[1:]:
-            better = counts[win] > best  # strict: the earlier input keeps a tie
-            best = torch.where(better, counts[win], best)
-            sent = torch.where(better, payload[win], sent)
-        out[t] = sent
+        counts += s[t]
+        # max-pool's argmax keeps the first of equal maxima, its padding never wins
+        _, index = F.max_pool2d(counts, node.kernel, node.stride, node.padding,
+                                return_indices=True)
+        torch.gather(s[t].flatten(-2), -1, index.flatten(-2), out=out[t].flatten(-2))
     return out
 
 
@@ -384,16 +409,13 @@ def simulate(
             trains[name] = maxpool_gate(node, trains[node.source],
                                         net.max_payload(node.source))
             _count(result, name, trains[name], checkpoints, net.numeric, not net.is_binary(name))
+        elif isinstance(node, Readout):
+            u = input_current(net, node, synaptic_input(net, name, trains, constant))
+            result.readout, result.saturated[name] = readout_scores(
+                node, u, checkpoints, state_bounds(net, node), seed=seed)
+            result.readout_input = u
         else:
-            a = synaptic_input(net, name, trains, constant)
-            if isinstance(node, Readout):
-                u = input_current(net, node, a)
-                result.readout, result.saturated[name] = readout_scores(
-                    node, u, checkpoints, state_bounds(net, node), seed=seed)
-                result.readout_input = u
-            else:
-                trains[name] = _fire(net, name, a, result, checkpoints, probe)
-            del a
+            trains[name] = _fire(net, name, trains, constant, result, checkpoints, probe)
         for src in [s for s, last in last_use.items() if last == name and s in trains]:
             del trains[src]
         if name == stop_after:
@@ -401,15 +423,19 @@ def simulate(
     return result
 
 
-def _fire(net: Network, name: str, a: torch.Tensor, result: SimResult,
-          checkpoints: Sequence[int], probe: Probe | None) -> torch.Tensor:
-    """Run IF population ``name`` on its synaptic input ``a``; record its activity; return the
-    float32 payload train it sends."""
+def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: set[str],
+          result: SimResult, checkpoints: Sequence[int], probe: Probe | None) -> torch.Tensor:
+    """Run IF population ``name`` on its synaptic input, chunk by chunk; record its activity;
+    return the float32 payload train it sends."""
     node = net.nodes[name]
-    u = input_current(net, node, a) if probe is not None else None
-    train = a if a.dtype == torch.float32 and u is None else torch.empty_like(
-        a, dtype=torch.float32)
-    result.saturated[name] = integrate_and_fire(node, _Current(net, node, a), len(a), train,
+    chunks = _input_chunks(net, name, trains, constant)
+    if probe is not None:  # the probe needs the whole current
+        a = synaptic_input(net, name, trains, constant)
+        u, chunks = input_current(net, node, a), [(0, a)]
+    source = trains[net.inputs_of(name)[0].source]
+    steps, batch = source.shape[:2]
+    train = _empty((steps, batch, *node.shape), source, torch.float32)
+    result.saturated[name] = integrate_and_fire(node, _Current(net, node, chunks), steps, train,
                                                 state_bounds(net, node))
     _count(result, name, train, checkpoints, net.numeric, not net.is_binary(name))
     if not np.all(node.payload == 1):
@@ -423,16 +449,24 @@ def _count(result: SimResult, name: str, spikes: torch.Tensor, checkpoints: Sequ
            numeric: str, graded: bool) -> None:
     """Spike events (positive, negative or bursts: ``graded``) per neuron and in total up to
     each checkpoint, from a float32 train whose nonzero entries are the events (float32 sums of
-    fewer than 2**24 ones are exact)."""
-    events = spikes.ne(0).to(torch.float32) if graded else spikes
-    wide = events[0].numel() >= 2**24
-    per_step = events.sum(dim=tuple(range(1, events.dim())),
-                          dtype=torch.float64 if wide else torch.float32
+    fewer than 2**24 ones are exact). Sums run over the neurons in memory order (the train is
+    channels-last), each step once."""
+    order = [0] + sorted(range(1, spikes.dim()), key=lambda d: -spikes.stride(d))
+    flat = spikes.permute(order).reshape(len(spikes), -1)
+    events = torch.ne(flat, 0, out=torch.empty_like(flat)) if graded else flat
+    wide = events.shape[1] >= 2**24
+    per_step = events.sum(1, dtype=torch.float64 if wide else torch.float32
                           ).cumsum(0, dtype=torch.float64)
-    for t in checkpoints:
-        result.spikes_at[t][name] = float(per_step[t - 1])
     dtype = torch.int64 if numeric == "int" else events.dtype
-    if result.counts_at is not None:
-        for t in checkpoints:
-            result.counts_at[t][name] = events[:t].sum(dim=0).to(dtype)
-    result.spike_counts[name] = events.sum(dim=0).to(dtype)
+    shape = [spikes.shape[d] for d in order[1:]]
+    back = [order[1:].index(d) for d in range(1, spikes.dim())]  # memory order -> logical
+    total, start = torch.zeros_like(events[0]), 0
+    for t in sorted({*checkpoints, len(spikes)}):
+        total = total + events[start:t].sum(dim=0)
+        start = t
+        counts = total.view(shape).permute(back).to(dtype)
+        if t in checkpoints:
+            result.spikes_at[t][name] = float(per_step[t - 1])
+            if result.counts_at is not None:
+                result.counts_at[t][name] = counts
+    result.spike_counts[name] = counts

@@ -112,7 +112,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    f"(neuron-wise, SNM eq. 14) (default {opt.norm})")
     p.add_argument("--neuron", choices=tuple(NEURONS), default=opt.neuron,
                    help="rmp: reset by subtraction (default); if: reset to zero; snm: signed "
-                   "neuron with memory (SNM eq. 7-11)")
+                   "neuron with memory (SNM eq. 7-11); sigma-delta: Lava's SigmaDelta units "
+                   "sending graded changes (docs/sigma-delta.md)")
+    p.add_argument("--sd-threshold", type=float, default=opt.sd_threshold, metavar="THETA",
+                   help="sigma-delta: delta threshold in units of each layer's scale, the "
+                   f"accuracy/traffic knob (default {opt.sd_threshold})")
     p.add_argument("--input", choices=ENCODINGS, default=opt.input)
     p.add_argument("--v-init", type=_number(float, 0, 1), default=opt.v_init,
                    help=f"initial membrane potential in thresholds (default {opt.v_init}: Bu et "

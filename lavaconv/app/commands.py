@@ -28,7 +28,7 @@ def convert_options(args: argparse.Namespace) -> ConvertOptions:
         shortcut_norm=not args.no_shortcut_norm, balance=args.balance, zeta=args.zeta,
         correction=args.correction, calib_steps=args.calib_steps,
         calib_items=args.calib_items, burst=args.burst, maxpool=args.maxpool,
-        align=args.align)
+        align=args.align, sd_threshold=args.sd_threshold)
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

@@ -58,7 +58,7 @@ def choose_graph(net: Network, config: DeployConfig) -> bool:
     ``--graph stock``, or ``auto`` where the options allow it; refuses (one line naming the
     option and the stock alternative) what ``--target loihi2`` or ``--graph stock`` cannot
     build."""
-    if config.graph == "ours":
+    if config.graph == "ours" or net.is_sigma_delta:  # sigma-delta: stock SigmaDelta already
         return False
     reasons = obstacles(net, config.weights)
     if reasons and (config.graph == "stock" or config.target == "loihi2"):

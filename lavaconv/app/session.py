@@ -17,6 +17,7 @@ from lavaconv.errors import LavaconvError, check_int
 from lavaconv.frontend import LoadedModel, load_model
 from lavaconv.ir.network import Network
 from lavaconv.quantize.integer import LayerQuant, quantize
+from lavaconv.quantize.sigma_delta import quantize_sigma_delta
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -66,6 +67,8 @@ class Prepared:
         """The integer network on ``profile``'s formats (and what quantization cost); ``stock``:
         for the graph of stock Lava processes (reset 'lif', :mod:`lavaconv.ir.stock`)."""
         prof = profile if isinstance(profile, Profile) else load_profile(profile)
+        if self.net.is_sigma_delta:
+            return quantize_sigma_delta(self.net, prof.formats, self.dataset.x_calib)
         return quantize(self.net, prof.formats, timesteps=timesteps, weight_scale=weight_scale,
                         stock=stock)
 

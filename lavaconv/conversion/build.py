@@ -13,6 +13,7 @@ from lavaconv.ann.data import Dataset
 from lavaconv.ann.stats import ActivationStats, activation_stats, neuron_scales
 from lavaconv.conversion.balance import balance_thresholds
 from lavaconv.conversion.correction import correct
+from lavaconv.conversion.sigma_delta import sigma_delta_network
 from lavaconv.conversion.structure import ConvertOptions, convert
 from lavaconv.conversion.zeta import compensate, search_zeta
 from lavaconv.ir.network import Network
@@ -30,6 +31,8 @@ def build_network(gm: torch.fx.GraphModule, x_calib: np.ndarray,
     the network whose spikes the correction counts."""
     scales = neuron_scales(gm, x_calib, options.norm) if options.norm.per_neuron else None
     net = convert(gm, tuple(x_calib.shape[1:]), stats, options, neuron_scales=scales)
+    if options.neuron == "sigma-delta":
+        return sigma_delta_network(net, options.sd_threshold)
     x = x_calib[:options.calib_items]
     steps = options.calib_steps
     found: dict = {}

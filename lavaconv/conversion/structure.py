@@ -39,7 +39,8 @@ aten = torch.ops.aten
 MAX_COMPOSED_INPUTS = 1 << 16
 
 
-NEURONS = {"rmp": "subtract", "if": "zero", "snm": "snm"}  # option -> IF.reset
+NEURONS = {"rmp": "subtract", "if": "zero", "snm": "snm",  # option -> IF.reset
+           "sigma-delta": "subtract"}  # IF stands in until conversion.sigma_delta replaces it
 CORRECTIONS = ("none", "bias", "potential")
 
 
@@ -67,6 +68,7 @@ class ConvertOptions:
     align: bool = False  # delay a population's early inputs (shortcuts) to arrive with the last
     calib_steps: int = 64  # timesteps of the SNN runs behind the data-driven methods
     calib_items: int = 256  # calibration items those runs use
+    sd_threshold: float = 0.03  # sigma-delta: delta threshold in units of each layer's lambda
 
     def __post_init__(self) -> None:
         checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input, ENCODINGS),
@@ -85,6 +87,20 @@ class ConvertOptions:
         if self.zeta != "auto" and not (isinstance(self.zeta, (int, float)) and
                                         0 < self.zeta < math.inf):
             raise LavaconvError(f"--zeta {self.zeta!r}: expected a positive factor or 'auto'")
+        if not (isinstance(self.sd_threshold, (int, float)) and 0 < self.sd_threshold <= 1):
+            raise LavaconvError(f"--sd-threshold {self.sd_threshold!r}: expected a value in "
+                                "(0, 1] (the delta threshold in units of a layer's scale)")
+        if self.neuron == "sigma-delta":
+            clash = [name for name, on in (
+                ("--input poisson", self.input != "analog"),
+                (f"--readout {self.readout}", self.readout != "potential"),
+                ("--balance", self.balance is not None), ("--zeta", self.zeta != 1.0),
+                (f"--correction {self.correction}", self.correction != "none"),
+                ("--burst", self.burst != 1), ("--align", self.align),
+                ("--norm ...:neuron", self.norm.per_neuron)) if on]
+            if clash:
+                raise LavaconvError(f"--neuron sigma-delta does not combine with {clash[0]} "
+                                    "(a sigma-delta unit sends its activation's change)")
         if not 0 <= self.v_init <= 1:  # also refuses NaN
             raise LavaconvError(f"--v-init {self.v_init!r}: expected a number in [0, 1]")
         for name, value in (("calib-steps", self.calib_steps), ("calib-items", self.calib_items)):
@@ -103,7 +119,8 @@ class ConvertOptions:
                 "v_init": self.v_init, "readout": self.readout,
                 "shortcut_norm": self.shortcut_norm, "balance": self.balance,
                 "zeta": self.zeta, "correction": self.correction, "burst": self.burst,
-                "maxpool": self.maxpool, "align": self.align}
+                "maxpool": self.maxpool, "align": self.align,
+                **({"sd_threshold": self.sd_threshold} if self.neuron == "sigma-delta" else {})}
 
 
 Op = tuple  # (kind, *params), applied by _apply

@@ -17,7 +17,7 @@ import numpy as np
 from lavaconv.cost.counting import LayerCount, snn_synops
 from lavaconv.cost.profiles import Profile, load_profile
 from lavaconv.errors import LavaconvError
-from lavaconv.ir.network import IF, Input, Network, Readout
+from lavaconv.ir.network import IF, Input, Network, Readout, SigmaDelta
 from lavaconv.sim.evaluation import Activity
 
 CONVENTION = ("1 MAC = 1 op (as torchvision and syops-counter count); an FPGA datasheet counts "
@@ -40,7 +40,7 @@ def neuron_updates(net: Network, timesteps: int) -> dict[str, tuple[float, float
     """
     out = {}
     for name, node in net.nodes.items():
-        if isinstance(node, (IF, Readout)):
+        if isinstance(node, (IF, Readout, SigmaDelta)):
             n = float(np.prod(node.shape))
             active = max(0, timesteps - node.t_start)
             out[name] = (n * active, n * (timesteps - active))
@@ -54,7 +54,7 @@ def population_counts(net: Network, activity: Activity, timesteps: int
     spikes = activity.spike_counts[timesteps]
     synops = snn_synops(net, spikes, activity.input_events[timesteps], activity.items)
     per_pop = {name: {"synaptic_op": 0.0, "input_macs": 0.0, "spike_in_tile": 0.0}
-               for name, node in net.nodes.items() if isinstance(node, (IF, Readout))}
+               for name, node in net.nodes.items() if isinstance(node, (IF, Readout, SigmaDelta))}
     for syn, count in zip(net.synapses, synops, strict=True):
         pop = per_pop[syn.target]
         pop["synaptic_op"] += count.ops

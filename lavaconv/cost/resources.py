@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from lavaconv.ir.network import IF, Conv, Network, Readout
+from lavaconv.ir.network import IF, Conv, Network, Readout, SigmaDelta
 from lavaconv.ir.stock import bias_terms
 
 ASSUMPTIONS = ("unshared synapses (no conv weight sharing), weight_bits per synapse, neurons "
@@ -46,7 +46,7 @@ def estimate(net: Network, profile) -> dict:
     weight_bits = profile.formats.weight_bits
     layers = []
     for name, node in net.nodes.items():
-        if not isinstance(node, (IF, Readout)):
+        if not isinstance(node, (IF, Readout, SigmaDelta)):
             continue
         neurons = int(np.prod(node.shape))
         syns = net.inputs_of(name)

@@ -154,6 +154,10 @@ def export_netx(net: Network, path: str | Path, *, approximate: bool = False) ->
     unless ``approximate``). Load it with ``hdf5.Network(path, input_message_bits=...)`` using
     the file's ``input_message_bits`` attribute (graded input: the payload's bits, or 2 for
     signed Poisson spikes)."""
+    if net.is_sigma_delta:
+        raise LavaconvError("export --format netx: sigma-delta networks are not exported yet "
+                            "(their bias arrives as a pulse, netx's SDNN bias is constant); run "
+                            "them with deploy (docs/sigma-delta.md)")
     if net.numeric != "int":
         raise LavaconvError("export --format netx: the network is a float network; netx holds "
                             "Loihi integers: quantize it first (a hardware profile)")

@@ -71,6 +71,9 @@ def _f32(x) -> np.ndarray:
 
 
 def _check(net: Network) -> None:
+    if net.is_sigma_delta:
+        raise LavaconvError("export --format nir: sigma-delta networks have no NIR form here "
+                            "(NIR has no delta encoder); run them with deploy")
     if net.numeric != "float":
         raise LavaconvError("export --format nir: the network is an integer network; NIR has no "
                             "fixed-point shifts or saturation: export the float network")

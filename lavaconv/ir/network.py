@@ -26,7 +26,7 @@ from lavaconv.ir.npz import read_npz
 Shape = tuple[int, ...]
 RESETS = ("subtract", "zero", "snm", "lif")
 READOUTS = ("potential", "count", "softmax")
-ENCODINGS = ("analog", "poisson")
+ENCODINGS = ("analog", "poisson", "delta")
 MAX_BURST = 16
 POOLS = ("gate", "running")
 FORMAT = "lavaconv-network/1"
@@ -46,7 +46,15 @@ def per_channel(a: np.ndarray, shape: Shape) -> np.ndarray:
 @dataclass
 class Input:
     """Spike source. ``analog``: the item's value ``x/scale`` every step (graded spike);
-    ``poisson``: signed binary spikes, ``P(s=±1) = |x|/scale`` (RMP-SNN sec. 3.1)."""
+    ``poisson``: signed binary spikes, ``P(s=±1) = |x|/scale`` (RMP-SNN sec. 3.1);
+    ``delta``: Lava's ``Delta`` encoder (sigma-delta networks) fed ``p = x/scale`` (float) or
+    ``p = round(x * gain)`` (int) every step::
+
+        act[t]   = p[t] << state_exp                  (int; float: p[t])
+        delta[t] = act[t] - act[t-1] + r[t-1]
+        s[t]     = delta[t] if |delta[t]| >= delta_threshold else 0;  r[t] = delta[t] - s[t]
+        m[t]     = s[t] >> state_exp                  (int; float: s[t]); what synapses read
+    """
 
     shape: Shape
     encoding: str = "analog"
@@ -54,16 +62,20 @@ class Input:
     payload_bits: int = 0  # int mode, analog: graded payload is round(x * gain), |.| < 2**(bits-1)
     gain: float = 1.0  # int mode, analog: payload per unit of x / scale
     x_max: float | None = None  # max |x| over the calibration items (the analog gain's range)
+    delta_threshold: float = 0.0  # delta: the encoder's threshold (int: the full value)
+    state_exp: int = 0  # delta, int mode
 
     is_signed = True  # analog values and Poisson spikes both carry a sign
 
     @property
     def is_graded(self) -> bool:
-        return self.encoding == "analog"
+        return self.encoding != "poisson"
 
     def max_payload(self, numeric: str) -> float:
         if self.encoding == "poisson":
             return 1.0
+        if self.encoding == "delta" and numeric == "int":  # a change of the payload
+            return float(2 ** self.payload_bits - 2)
         return float(2 ** (self.payload_bits - 1) - 1) if numeric == "int" else np.inf
 
 
@@ -206,6 +218,62 @@ class MaxPool:
             raise ValueError(f"MaxPool.mode must be one of {', '.join(POOLS)}, not {self.mode!r}")
 
 
+@dataclass
+class SigmaDelta:
+    """Sigma-delta ReLU population: Lava's stock ``SigmaDelta`` (``act_mode`` RELU, no
+    cumulative error), one per ANN ReLU (and two per 2x2 max-pool, docs/sigma-delta.md)::
+
+        a[t]     = sum_e syn_e(m_src[t-1])            (one step of delay per synapse)
+        sigma[t] = sigma[t-1] + a[t] + bias * [t == t_start]     (the bias arrives once, as a
+                                                       pulse into a_in, with the first input)
+        act[t]   = max(sigma[t], 0)
+        delta[t] = act[t] - act[t-1] + r[t-1]
+        s[t]     = delta[t] if |delta[t]| >= v_threshold else 0;   r[t] = delta[t] - s[t]
+        m[t]     = s[t] >> state_exp   (int: floor; the shifted-out bits are lost, as in Lava
+                                        0.10's PySigmaDeltaModelFixed; float: m[t] = s[t])
+
+    All states start at 0. With constant input, act settles to the ANN's (normalised)
+    activation and the sum of m to it within ``v_threshold``. Float mode: values in units of
+    the layer's scale lambda. Int mode: ``v_threshold`` is Lava's ``vth`` Var (``vth <<
+    (spike_exp + state_exp)``), ``bias`` the pulse in state units, ``message_bits`` the
+    graded message width the synapses read.
+    """
+
+    shape: Shape
+    bias: np.ndarray
+    v_threshold: float = 0.03
+    t_start: int = 1
+    scale: np.ndarray = field(default_factory=lambda: np.ones(()))
+    state_exp: int = 0
+    spike_exp: int = 0
+    state_bits: int = 24
+    message_bits: int = 24
+
+    is_signed = True  # a delta may be negative
+    is_graded = True
+
+    def __post_init__(self) -> None:
+        self.bias = _array(self.bias)
+        self.scale = _array(self.scale)
+        if not self.v_threshold > 0:
+            raise ValueError(f"SigmaDelta.v_threshold must be positive, not {self.v_threshold}")
+
+    def max_payload(self, numeric: str) -> float:
+        return float(2 ** (self.message_bits - 1) - 1) if numeric == "int" else np.inf
+
+    def per_channel(self, a: np.ndarray) -> np.ndarray:
+        return per_channel(a, self.shape)
+
+
+@dataclass
+class Sigma(Readout):
+    """Readout of a sigma-delta network: Lava's stock ``Sigma`` (plus the bias pulse)::
+
+        v[t] = v[t-1] + a[t] + bias * [t == t_start];   class = argmax v[T-1]
+
+    ``v`` is the ANN's output (over the readout scale) once the network has settled."""
+
+
 def _check_delay(syn) -> None:
     if not isinstance(syn.delay, int) or syn.delay < 0:
         raise ValueError(f"synapse {syn.source}->{syn.target}: delay must be a non-negative "
@@ -237,6 +305,7 @@ class Dense:
     target: str
     weight: np.ndarray
     delay: int = 0  # steps beyond the synapse's own one (aligns a population's inputs)
+    weight_exp: int = 0  # int mode: a = (weight @ s) << weight_exp (floor shift when < 0)
 
     def __post_init__(self) -> None:
         self.weight = _array(self.weight)
@@ -250,9 +319,9 @@ def _scalar(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-Node = Input | IF | Readout | MaxPool
+Node = Input | IF | Readout | MaxPool | SigmaDelta
 Synapse = Conv | Dense
-NODE_TYPES = {c.__name__: c for c in (Input, IF, Readout, MaxPool)}
+NODE_TYPES = {c.__name__: c for c in (Input, IF, Readout, MaxPool, SigmaDelta, Sigma)}
 SYN_TYPES = {c.__name__: c for c in (Conv, Dense)}
 
 
@@ -272,6 +341,11 @@ class Network:
     @property
     def output_name(self) -> str:
         return next(n for n, v in self.nodes.items() if isinstance(v, Readout))
+
+    @property
+    def is_sigma_delta(self) -> bool:
+        """Whether the populations are sigma-delta units (docs/sigma-delta.md)."""
+        return any(isinstance(v, SigmaDelta) for v in self.nodes.values())
 
     def populations(self) -> list[str]:
         """The spiking populations (IF nodes), in order."""
@@ -347,6 +421,7 @@ class Network:
 MAX_NEURONS = 2**31  # per population
 # (lowest, highest) of every integer field; a field not listed is a non-negative int
 INT_RANGES = {"payload_bits": (0, 32), "a_exp": (-64, 64), "state_bits": (1, 64),
+              "weight_exp": (-31, 31), "message_bits": (1, 32),
               "t_start": (0, 2**20), "delay": (0, 2**16), "groups": (1, 2**20),
               "burst": (1, MAX_BURST)}
 POSITIVE = {"v_threshold", "scale", "payload", "gain"}  # every value > 0
@@ -472,7 +547,8 @@ def _check_structure(reader: _Reader, net: Network) -> None:
     """One input first and one readout; sources before targets; array and weight shapes that
     fit the populations they belong to."""
     kinds = [type(n) for n in net.nodes.values()]
-    if kinds.count(Input) != 1 or kinds.count(Readout) != 1 or kinds[0] is not Input:
+    readouts = sum(issubclass(k, Readout) for k in kinds)
+    if kinds.count(Input) != 1 or readouts != 1 or kinds[0] is not Input:
         raise reader.fail("nodes", "expected one Input (first) and one Readout")
     order = {name: i for i, name in enumerate(net.nodes)}
     for name, node in net.nodes.items():
@@ -492,7 +568,7 @@ def _check_structure(reader: _Reader, net: Network) -> None:
             if getattr(syn, end) not in net.nodes:
                 raise reader.fail(f"{where}.{end}", f"no node {shown(getattr(syn, end))}")
         if order[syn.source] >= order[syn.target] or not isinstance(
-                net.nodes[syn.target], (IF, Readout)):
+                net.nodes[syn.target], (IF, Readout, SigmaDelta)):
             raise reader.fail(where, f"{syn.source} -> {syn.target}: a synapse runs from an "
                               "earlier node to a later population")
         expected = _weight_shape(syn, net.nodes[syn.source].shape, net.nodes[syn.target].shape)

@@ -138,6 +138,8 @@ def option_obstacles(neuron: str = "rmp", burst: int = 1, readout: str = "potent
                      align: bool = False, weights: str = "layer", norm: str = "") -> list[str]:
     """:func:`obstacles` from the command line's options alone (before any conversion)."""
     found = []
+    if neuron == "sigma-delta":  # Lava's stock SigmaDelta processes (lavaconv.lava.sdn)
+        return found
     if neuron != "rmp":
         found.append(f"--neuron {neuron}: needs lavaconv's IFNeuron process; use --neuron rmp "
                      "(stock LIF soft reset)")

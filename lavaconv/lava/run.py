@@ -134,6 +134,12 @@ def run_lava(net: Network, payload: np.ndarray, *, tag: str = "fixed_pt", target
     if any(getattr(n, "reset", None) == "lif" for n in net.nodes.values()):
         raise LavaconvError("a network with reset 'lif' is the stock LIF graph: run it with "
                             "lavaconv.lava.stock.run_stock")
+    if net.is_sigma_delta:  # Lava's stock processes only (lavaconv.lava.sdn)
+        if (target, tag) != ("sim", "fixed_pt") or fast:
+            raise LavaconvError("sigma-delta networks run on Lava's stock fixed_pt models "
+                                "(--target sim); the fused model covers IF networks only")
+        from lavaconv.lava import sdn
+        return LavaResult(*sdn.run(net, payload, progress=progress))
     fast = (target, tag) == ("sim", "fixed_pt") if fast is None else fast
     graph = build(net, payload)
     cfg = run_config(graph, tag, target, fast)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from lavaconv.ir.fixedpoint import THRESHOLD_SHIFT, wrap
 from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Synapse
 from lavaconv.sim import lif
+from lavaconv.sim.result import SimResult  # noqa: F401 - re-exported
 
 #: ``probe(name, current, train)`` after each IF population: ``current`` (T, B, *shape) is
 #: what the population adds to v at each step (synaptic input, gain and bias), ``train`` the
@@ -40,22 +40,6 @@ Probe = Callable[[str, torch.Tensor, torch.Tensor], None]
 #: batch of items large enough for an efficient convolution, its output small enough to be
 #: summed and consumed while still in cache
 CHUNK_SIZE = 2**20
-
-
-@dataclass
-class SimResult:
-    """What one simulation produced for a batch of items."""
-
-    readout: dict[int, torch.Tensor]  # checkpoint t -> score (B, n_out) of Readout.mode
-    spike_counts: dict[str, torch.Tensor]  # node -> spike events per neuron over all T
-    spikes_at: dict[int, dict[str, float]] = field(default_factory=dict)  # t -> node -> events
-    saturated: dict[str, int] = field(default_factory=dict)  # int mode: neuron-steps clipped
-    readout_input: torch.Tensor | None = None  # (T, B, n_out): what the readout adds each step
-    counts_at: dict[int, dict[str, torch.Tensor]] | None = None  # t -> node -> per-neuron
-    # events in steps [0, t) (only when simulate is asked for them)
-
-    def predictions(self, t: int) -> torch.Tensor:
-        return self.readout[t].argmax(dim=1)
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -75,7 +59,7 @@ def encode_input(
     node = net.nodes[net.input_name]
     x = torch.as_tensor(np.asarray(x), dtype=torch.float64, device=_device(device))
     int_mode = net.numeric == "int"
-    if node.encoding == "analog":
+    if node.encoding in ("analog", "delta"):  # delta: what the Delta encoder receives
         if int_mode:
             limit = 2 ** (node.payload_bits - 1) - 1
             p = torch.clamp(torch.round(x * node.gain), -limit, limit).to(torch.int64)
@@ -424,6 +408,9 @@ def simulate(
     and payload train; ``stop_after`` ends the run after that node (no readout scores then);
     ``counts_at`` keeps every neuron's spike events up to each checkpoint.
     """
+    if net.is_sigma_delta:
+        from lavaconv.sim import sigma_delta
+        return sigma_delta.simulate(net, payload, checkpoints, counts_at=counts_at)
     steps = payload.shape[0]
     checkpoints = sorted(set(checkpoints or [steps]))
     if checkpoints[-1] > steps or checkpoints[0] < 1:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from lavaconv import distributed
 from lavaconv.errors import LavaconvError
-from lavaconv.ir.network import IF, MaxPool, Network, Readout
+from lavaconv.ir.network import IF, MaxPool, Network, Readout, SigmaDelta
 from lavaconv.sim.engine import encode_input, simulate
 
 MEMORY_BUDGET = 2 << 30  # bytes of spike trains the engine may hold at once
@@ -79,10 +79,11 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Seque
                             f"{net.depth()}: the readout would receive nothing")
     batch_size = batch_size or auto_batch(net, steps)
     sizes = {name: int(np.prod(node.shape)) for name, node in net.nodes.items()
-             if isinstance(node, (IF, MaxPool))}
+             if isinstance(node, (IF, MaxPool, SigmaDelta))}
     correct = dict.fromkeys(checkpoints, 0)
     spikes = {t: dict.fromkeys(sizes, 0.0) for t in checkpoints}
-    saturated = {name: 0 for name, node in net.nodes.items() if isinstance(node, (IF, Readout))}
+    saturated = {name: 0 for name, node in net.nodes.items()
+                 if isinstance(node, (IF, Readout, SigmaDelta))}
     per = {("n", t, k): 0.0 for t in checkpoints for k in sizes} if per_neuron else {}
     per.update({("i", t): 0.0 for t in checkpoints} if per_neuron else {})
     bar = tqdm(total=len(x), desc=f"simulate T={steps}", unit="item", disable=not progress,
@@ -100,7 +101,9 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Seque
             if per_neuron:
                 for name, c in res.counts_at[t].items():
                     per[("n", t, name)] += c.sum(dim=0).double().cpu().numpy()
-                per[("i", t)] += (payload[:t] != 0).sum(dim=(0, 1)).double().cpu().numpy()
+                events = (res.input_counts[t] if res.input_counts is not None
+                          else (payload[:t] != 0).sum(dim=0))
+                per[("i", t)] += events.sum(dim=0).double().cpu().numpy()
         for name, n in res.saturated.items():
             saturated[name] += n
         bar.update(len(xb))

@@ -377,7 +377,7 @@ def _lava_line(report: dict) -> str:
 def _hardware_line(report: dict) -> str:
     """Which processes ran (short class names) and what Loihi 2 still lacks."""
     lava, hw = report.get("lava", {}), report.get("hardware")
-    if hw is None:
+    if not hw:
         return ""
     classes = ", ".join(f"{name.rsplit('.', 1)[-1]} x{n}"
                         for name, n in lava.get("process_classes", {}).items())

@@ -52,10 +52,13 @@ def atomic_dir(target: str | Path, inputs: Iterable[str | Path] = ()) -> Iterato
     directory behind). OS errors are user errors naming the path.
     """
     inputs = list(inputs)
-    path = check_out_dir(target, inputs)
+    if not str(target).strip():
+        check_out_dir(target)  # refuses it
+    path = Path(target).resolve()
     with _os_errors(target):
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(path.parent):  # a concurrent commit renames ``path`` under this lock
+        # checked under the lock only: a concurrent commit renames ``path`` under it
+        with _locked(path.parent):
             check_out_dir(target, inputs)
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

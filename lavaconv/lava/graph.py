@@ -118,17 +118,25 @@ def _check_int_weights(key: str, syn: Dense | Conv) -> None:
 
 
 def _synapse_process(key: str, syn: Dense | Conv, net: Network) -> AbstractProcess:
-    src, dst = net.nodes[syn.source], net.nodes[syn.target]
-    bits = _message_bits(net, syn.source)
     weight = np.asarray(syn.weight)
     if net.numeric == "int":
         _check_int_weights(key, syn)
         weight = weight.astype(np.int32)
+    return lava_synapse(key, syn, net, weight)
+
+
+def lava_synapse(key: str, syn: Dense | Conv, net: Network, weight: np.ndarray,
+                 weight_exp: int = 0) -> AbstractProcess:
+    """The stock Lava ``Dense``/``Conv`` of ``syn`` carrying ``weight`` (torch's layout; a
+    Dense gets ``weight_exp``, a Conv none: Lava's CPU Conv ignores it, so a caller shifts its
+    weights)."""
+    src, dst = net.nodes[syn.source], net.nodes[syn.target]
+    bits = _message_bits(net, syn.source)
     if isinstance(syn, Dense):
         # columns in torch's flat CHW order → Lava's flat WHC order (rows likewise)
         w = weight[_flat_order(dst.shape)][:, _flat_order(src.shape)]
         return LavaDense(weights=w, num_message_bits=bits, sign_mode=SignMode.MIXED,
-                         num_weight_bits=8, weight_exp=0, name=key)
+                         num_weight_bits=8, weight_exp=weight_exp, name=key)
     # torch correlates (O, I/g, kH, kW); Lava convolves (O, kW, kH, I/g): flip and transpose
     w = np.ascontiguousarray(weight.transpose(0, 3, 2, 1)[:, ::-1, ::-1, :])
     proc = LavaConv(weight=w, input_shape=lava_shape(src.shape), padding=tuple(syn.padding)[::-1],

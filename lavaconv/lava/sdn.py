@@ -28,13 +28,12 @@ from lava.proc.io.source import PySendModelFixed
 from lava.proc.io.source import RingBuffer as Source
 from lava.proc.sdn.models import PyDeltaModelFixed, PySigmaDeltaModelFixed, PySigmaModelFixed
 from lava.proc.sdn.process import ActivationMode, Delta, Sigma, SigmaDelta
-from lava.utils.weightutils import SignMode
 
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.network import Conv, Dense, Input, Network, Readout
 from lavaconv.ir.network import SigmaDelta as SigmaDeltaNode
 from lavaconv.lava import lifecycle
-from lavaconv.lava.graph import _flat_order, lava_shape, to_lava
+from lavaconv.lava.graph import _connect, lava_shape, lava_synapse, to_lava
 
 MODELS = {Delta: PyDeltaModelFixed, SigmaDelta: PySigmaDeltaModelFixed, Sigma: PySigmaModelFixed,
           Source: PySendModelFixed, Sink: PyReceiveModelFixed, LavaDense: PyDenseModelBitAcc,
@@ -99,27 +98,11 @@ def _node(name: str, node, steps: int) -> tuple[AbstractProcess, Source | None]:
 
 
 def _synapse(key: str, syn: Conv | Dense, net: Network) -> AbstractProcess:
-    src, dst = net.nodes[syn.source], net.nodes[syn.target]
     w = np.asarray(syn.weight)
     if not np.array_equal(w, np.round(w)):
         raise LavaconvError(f"synapse {key}: quantize the network first (non-integer weights)")
-    bits = _message_bits(net, syn.source)
-    if isinstance(syn, Dense):
-        w = w[_flat_order(dst.shape)][:, _flat_order(src.shape)].astype(np.int32)
-        return LavaDense(weights=w, num_message_bits=bits, sign_mode=SignMode.MIXED,
-                         num_weight_bits=8, weight_exp=int(syn.weight_exp), name=key)
-    w = np.ascontiguousarray(w.transpose(0, 3, 2, 1)[:, ::-1, ::-1, :]).astype(np.int32)
-    proc = LavaConv(weight=w, input_shape=lava_shape(src.shape), padding=tuple(syn.padding)[::-1],
-                    stride=tuple(syn.stride)[::-1], groups=syn.groups, num_message_bits=bits,
-                    name=key)
-    if tuple(proc.output_shape) != lava_shape(dst.shape):
-        raise LavaconvError(f"synapse {key}: conv output {tuple(dst.shape)} expected, "
-                            f"Lava computes {tuple(proc.output_shape)[::-1]} (C, H, W)")
-    return proc
-
-
-def _connect(out, target) -> None:
-    (out.reshape(target.shape) if out.shape != target.shape else out).connect(target)
+    return lava_synapse(key, syn, net, w.astype(np.int32),
+                        int(syn.weight_exp) if isinstance(syn, Dense) else 0)
 
 
 def build(net: Network, payload: np.ndarray) -> SdnGraph:

@@ -48,14 +48,7 @@ from lavaconv.errors import LavaconvError
 from lavaconv.ir import stock
 from lavaconv.ir.network import IF, Conv, Dense, Input, Network, Readout
 from lavaconv.lava import lifecycle
-from lavaconv.lava.graph import (
-    _check_int_weights,
-    _connect,
-    _flat_order,
-    _message_bits,
-    lava_shape,
-    to_lava,
-)
+from lavaconv.lava.graph import _check_int_weights, _connect, lava_shape, lava_synapse, to_lava
 from lavaconv.lava.hardware import loihi2_available
 from lavaconv.lava.run import LavaResult, _torch_single_thread
 
@@ -142,28 +135,18 @@ def _sparse(weights, exp: int, name: str) -> Sparse:
 def _synapse(key: str, syn: Dense | Conv, net: Network, sign: int = 1) -> AbstractProcess:
     """The stock Dense/Conv of ``syn`` (its weights times ``sign``: -1 for the floor neuron's
     mirrored copy)."""
-    src, dst = net.nodes[syn.source], net.nodes[syn.target]
+    dst = net.nodes[syn.target]
     _check_int_weights(key, syn)
-    bits = _message_bits(net, syn.source)
     weight = sign * np.asarray(syn.weight).astype(np.int64)
     if isinstance(syn, Dense) and weight.max(initial=0) > 254:
         raise LavaconvError(f"synapse {key}: a weight of -256 has no negation on Lava's 8-bit "
                             "grid; quantize with stock=True")
     if isinstance(syn, Dense):
-        w = weight[_flat_order(dst.shape)][:, _flat_order(src.shape)]
-        return LavaDense(weights=w, num_message_bits=bits, sign_mode=SignMode.MIXED,
-                         num_weight_bits=8, weight_exp=dst.a_exp, name=key)
+        return lava_synapse(key, syn, net, weight, dst.a_exp)
     if dst.a_exp < 0:
         raise LavaconvError(f"synapse {key}: Lava's Conv has no weight exponent (the CPU model "
                             "ignores weight_exp), so a negative a_exp cannot be expressed")
-    w = np.ascontiguousarray(weight.transpose(0, 3, 2, 1)[:, ::-1, ::-1, :]) << dst.a_exp
-    proc = LavaConv(weight=w, input_shape=lava_shape(src.shape), padding=tuple(syn.padding)[::-1],
-                    stride=tuple(syn.stride)[::-1], groups=syn.groups, num_message_bits=bits,
-                    name=key)
-    if tuple(proc.output_shape) != lava_shape(dst.shape):
-        raise LavaconvError(f"synapse {key}: conv output {tuple(dst.shape)} expected, "
-                            f"Lava computes {tuple(proc.output_shape)[::-1]} (C, H, W)")
-    return proc
+    return lava_synapse(key, syn, net, weight << dst.a_exp)
 
 
 def build_stock(net: Network, payload: np.ndarray, monitors: bool = True) -> StockGraph:

@@ -110,12 +110,7 @@ def _children() -> set[str]:
     return found
 
 
-@pytest.fixture(autouse=True)
-def single_thread_torch():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 def test_closed_form_soft_and_hard_reset_bias_and_floor_shift():

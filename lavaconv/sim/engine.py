@@ -477,15 +477,15 @@ def _lif_fire(node: IF, chunks, steps: int, out: torch.Tensor) -> int:
     on its synaptic input ``chunks`` (see :func:`_input_chunks`); spikes into ``out``."""
     parts = iter(chunks)
     start, a = next(parts)
-    u_init = torch.zeros_like(a[0], dtype=torch.int64)
+    u_init = torch.zeros_like(a[0], dtype=torch.float64)  # exact integers: u wraps
     bias, theta = _tensor(node.bias, u_init), _tensor(node.v_threshold, u_init)
     u_init += _tensor(node.v_init, u_init)
 
-    def current(t: int) -> torch.Tensor:  # int64: u wraps, so every bit counts
+    def current(t: int) -> torch.Tensor:
         nonlocal start, a
         while t >= start + len(a):
             start, a = next(parts)
-        x = a[t - start].to(torch.int64).mul_(2**THRESHOLD_SHIFT)
+        x = torch.mul(a[t - start], 2**THRESHOLD_SHIFT, out=torch.empty_like(u_init))
         return x.add_(bias) if t >= node.t_start else x
 
     return lif.lif_integrate_and_fire(current, steps, theta, u_init, out)

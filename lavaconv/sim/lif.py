@@ -8,15 +8,26 @@ import torch
 
 from lavaconv.ir.stock import FLOOR, READOUT_VTH, U_HALF, V_LIMIT
 
+F64 = torch.float64  # exact for every value here (|u * 4095| < 2**36, sums < 2**53)
+
+
+def _leak_(u: torch.Tensor) -> torch.Tensor:
+    return u.mul_(4095 / 4096).trunc_()
+
+
+def _carry_(v: torch.Tensor) -> torch.Tensor:
+    return v.mul_(2.0**-12).trunc_()
+
 
 def leak(u: torch.Tensor) -> torch.Tensor:
-    """``sgn(u) * ((|u| * 4095) >> 12)``: du = 0 with Loihi's ds_offset of 1."""
-    return torch.sign(u) * torch.div(u.abs() * 4095, 4096, rounding_mode="floor")
+    """``sgn(u) * ((|u| * 4095) >> 12)`` = ``trunc(u * 4095 / 4096)``: du = 0 with Loihi's
+    ds_offset of 1 (exact in float64; a new tensor of ``u``'s dtype)."""
+    return _leak_(u.to(F64, copy=True)).to(u.dtype)
 
 
 def carry(v: torch.Tensor) -> torch.Tensor:
-    """``sgn(v) * (|v| >> 12)``: dv = 4095."""
-    return torch.sign(v) * torch.div(v.abs(), 4096, rounding_mode="floor")
+    """``sgn(v) * (|v| >> 12)`` = ``trunc(v / 4096)``: dv = 4095."""
+    return _carry_(v.to(F64, copy=True)).to(v.dtype)
 
 
 def wrap_u(u: torch.Tensor) -> torch.Tensor:
@@ -26,29 +37,53 @@ def wrap_u(u: torch.Tensor) -> torch.Tensor:
     return u
 
 
+#: |u| below this: no u wraps, and neither v (|v| <= |u| + 2**11) nor the floor's v saturates
+SAFE_U = V_LIMIT - 2**11
+
+
 def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: torch.Tensor,
                            out: torch.Tensor) -> int:
     """The stock soft-reset neuron and its floor neuron for ``steps`` steps; ``current(t)`` is
-    ``A[t] << 6`` without the self-connections (int64). The floor neuron (threshold
-    ``FLOOR * theta``) receives the negated input, so its u is -u; when it fires, u gets
-    ``FLOOR * theta`` one step later (:mod:`lavaconv.ir.stock`). Writes s[t] (0/1) into
-    ``out[t]``; returns the neuron-steps whose u wrapped or v saturated."""
+    ``A[t] << 6`` without the self-connections (a new tensor, which the loop modifies). The
+    floor neuron (threshold ``FLOOR * theta``) receives the negated input, so its u is -u
+    (kept so until a u wraps; from then on it is stepped itself: the wrap is not symmetric at
+    -2**23); when it fires, u gets ``FLOOR * theta`` one step later (:mod:`lavaconv.ir.stock`).
+    Writes s[t] (0/1) into ``out[t]``; returns the neuron-steps whose u wrapped or v
+    saturated. Computed in float64, where every value is an exact integer; the wrap and
+    saturation checks run only in steps where some |u| comes near the bounds."""
+    theta = theta.to(F64)
     lift = FLOOR * theta
-    u, u_f = u_init.clone(), -u_init
+    u = u_init.to(F64, copy=True)
+    u_f = None  # the floor neuron's u where it is no longer -u
     v, v_f = torch.zeros_like(u), torch.zeros_like(u)
     s = s_f = torch.zeros_like(u, dtype=torch.bool)
     clipped = 0
     for t in range(steps):
-        x = current(t) - theta * s + lift * s_f
-        u = leak(u).add_(x)
-        u_f = leak(u_f).sub_(x)
-        clipped += int(torch.count_nonzero(u.gt(U_HALF) | u.le(-U_HALF)))
-        wrap_u(u)
-        wrap_u(u_f)
-        v = carry(v).add_(u)
-        v_f = carry(v_f).add_(u_f).clamp_(-V_LIMIT, V_LIMIT)
-        clipped += int(torch.count_nonzero(v.abs() > V_LIMIT))
-        v.clamp_(-V_LIMIT, V_LIMIT)
+        x = current(t).to(F64)
+        if t:
+            x.addcmul_(s, theta, value=-1).addcmul_(s_f, lift)
+        if u_f is not None:
+            u_f = _leak_(u_f).sub_(x)
+        u = _leak_(u).add_(x)
+        lo, hi = torch.aminmax(u)
+        near = bool(lo < -SAFE_U) or bool(hi > SAFE_U)
+        if near:
+            clipped += int(torch.count_nonzero(u.gt(U_HALF) | u.le(-U_HALF)))
+            if u_f is None and (bool(lo <= -U_HALF + 1) or bool(hi >= U_HALF - 1)):
+                u_f = -u  # a u wraps, or sits where -u would
+            wrap_u(u)
+        if u_f is not None:
+            wrap_u(u_f)
+        _carry_(v).add_(u)
+        _carry_(v_f)
+        if u_f is None:
+            v_f.sub_(u)
+        else:
+            v_f.add_(u_f)
+        if near or u_f is not None:
+            clipped += int(torch.count_nonzero(v.abs() > V_LIMIT))
+            v.clamp_(-V_LIMIT, V_LIMIT)
+            v_f.clamp_(-V_LIMIT, V_LIMIT)
         s, s_f = v > theta, v_f > lift
         v.masked_fill_(s, 0)
         v_f.masked_fill_(s_f, 0)

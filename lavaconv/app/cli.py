@@ -16,9 +16,9 @@ from typing import NoReturn
 from lavaconv.app.deploy import GRAPHS, TARGETS, DeployConfig
 from lavaconv.app.session import DEVICES, RunConfig
 from lavaconv.conversion import ConvertOptions
-from lavaconv.conversion.structure import CORRECTIONS, NEURONS
+from lavaconv.conversion.structure import CORRECTIONS, MAXPOOLS, NEURONS
 from lavaconv.errors import LavaconvError, shown
-from lavaconv.ir.network import ENCODINGS, MAX_BURST, POOLS, READOUTS
+from lavaconv.ir.network import ENCODINGS, MAX_BURST, READOUTS
 from lavaconv.quantize.integer import WEIGHT_SCALES
 
 DEFAULT_TIMESTEPS = "8,16,32,64,128,256"
@@ -138,10 +138,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="burst spikes: threshold lambda / K and up to K spikes a step, sent as "
                    "one graded message (Li & Zeng 2022; needs graded spikes, e.g. Loihi 2) "
                    "(default 1)")
-    p.add_argument("--maxpool", choices=POOLS, default=opt.maxpool,
+    p.add_argument("--maxpool", choices=MAXPOOLS, default=opt.maxpool,
                    help="spiking max-pool: gate passes the input with the largest running sum "
                    "(Rueckauer sec. 3.6, default); running sends the increase of the window's "
-                   "largest running sum (what it sent equals the largest input's total)")
+                   "largest running sum (what it sent equals the largest input's total); relu "
+                   "builds each 2x2 pool from two layers of IF units, max(a, b) = b + "
+                   "relu(a - b) on rates (stock LIF processes only: runs on --target loihi2)")
     p.add_argument("--align", action="store_true",
                    help="delay the early inputs of a population (a shortcut) so that all its "
                    "inputs, and its bias, start at the same step (Delay processes in Lava)")

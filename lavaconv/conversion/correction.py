@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.fx
 
-from lavaconv.ann.probe import activations
+from lavaconv.ann.probe import activations, population_nodes
 from lavaconv.conversion.diagnostics import normalised_activation
 from lavaconv.ir.network import IF, Network
 from lavaconv.sim.engine import encode_input, simulate
@@ -38,7 +38,7 @@ def correct(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, steps: int,
     population (in rate units)."""
     if kind not in ("bias", "potential"):
         raise ValueError(f"correction must be 'bias' or 'potential', not {kind!r}")
-    pops = net.populations()
+    pops = [n for n in net.populations() if n in population_nodes(gm)]  # not pool units
     target = dict.fromkeys(pops, 0.0)
     for acts in activations(gm, x, batch_size):
         for name in pops:

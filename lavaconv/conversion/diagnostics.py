@@ -99,7 +99,8 @@ def propagation_error(net: Network, gm: torch.fx.GraphModule, x: np.ndarray, ste
                       *, batch_size: int = 64, seed: int = 0) -> PropagationError:
     """E_i = a_i - r_i(T) for every IF neuron on items ``x`` (S-ResNet eq. 9-11), with a_i the
     ANN activation over the layer scale and r_i(T) = (payload sent up to T) / T."""
-    pops = [n for n, node in net.nodes.items() if isinstance(node, IF)]
+    ann = population_nodes(gm)  # a max-pool's ReLU units have no ANN activation
+    pops = [n for n in net.populations() if n in ann]
     sums = {n: np.zeros(3) for n in pops}  # at_max, mean, mean_abs (summed over items)
     total_abs, max_rate = 0.0, 0.0
     for start, acts in zip(range(0, len(x), batch_size), activations(gm, x, batch_size),

@@ -20,6 +20,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from lavaconv.ann.stats import ActivationStats, NormSpec
 from lavaconv.conversion.align import align
+from lavaconv.conversion.pooling import relu_pools
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.network import (
     ENCODINGS,
@@ -42,6 +43,7 @@ MAX_COMPOSED_INPUTS = 1 << 16
 NEURONS = {"rmp": "subtract", "if": "zero", "snm": "snm",  # option -> IF.reset
            "sigma-delta": "subtract"}  # IF stands in until conversion.sigma_delta replaces it
 CORRECTIONS = ("none", "bias", "potential")
+MAXPOOLS = (*POOLS, "relu")  # spiking max-pool modes, or ReLU units (conversion/pooling.py)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class ConvertOptions:
     zeta: float | str = 1.0  # S-ResNet eq. 14 weight factor; "auto": searched (eq. 12-13)
     correction: str = "none"  # none | bias | potential: Li et al., ICML 2021 calibration
     burst: int = 1  # K > 1: threshold lambda / K, up to K spikes a step (Li & Zeng, IJCAI 2022)
-    maxpool: str = "gate"  # gate: Rueckauer sec. 3.6; running: the running maximum's increase
+    maxpool: str = "gate"  # gate: Rueckauer sec. 3.6; running: the running maximum's increase;
+    # relu: two layers of IF units per 2x2 window (conversion/pooling.py; stock processes only)
     align: bool = False  # delay a population's early inputs (shortcuts) to arrive with the last
     calib_steps: int = 64  # timesteps of the SNN runs behind the data-driven methods
     calib_items: int = 256  # calibration items those runs use
@@ -73,7 +76,7 @@ class ConvertOptions:
     def __post_init__(self) -> None:
         checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input, ENCODINGS),
                   ("readout", self.readout, READOUTS),
-                  ("correction", self.correction, CORRECTIONS), ("maxpool", self.maxpool, POOLS)]
+                  ("correction", self.correction, CORRECTIONS), ("maxpool", self.maxpool, MAXPOOLS)]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise LavaconvError(f"--{name} {value!r}: expected one of {', '.join(allowed)}")
@@ -474,7 +477,7 @@ def convert(
         elif isinstance(item, tuple):
             _, name, shape, src, kernel, stride, padding = item
             nodes[name] = MaxPool(shape, src, kernel, stride, padding, scales[src],
-                                  options.maxpool)
+                                  options.maxpool if options.maxpool in POOLS else "gate")
             scales[name], shapes[name], t_ready[name] = scales[src], shape, t_ready[src]
         else:
             pop = item
@@ -514,6 +517,8 @@ def convert(
     if clips:
         meta["clips"] = clips
     net = Network(nodes, synapses, "float", meta)
+    if options.maxpool == "relu":
+        net = relu_pools(net, options.v_init)
     return align(net) if options.align else net
 
 

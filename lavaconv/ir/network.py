@@ -376,6 +376,20 @@ class Network:
         """Largest |value| node ``name`` sends in one step."""
         return self.nodes[self.sender(name)].max_payload(self.numeric)
 
+    def arrivals(self) -> tuple[dict[str, int], dict[str, int]]:
+        """First and last step at which each node's input can arrive: the shortest and longest
+        path in synapses (plus their delays) from the input; a max-pool's are its source's."""
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for name, node in self.nodes.items():
+            if isinstance(node, MaxPool):
+                first[name], last[name] = first[node.source], last[node.source]
+                continue
+            ins = self.inputs_of(name)
+            first[name] = min((first[s.source] + 1 + s.delay for s in ins), default=0)
+            last[name] = max((last[s.source] + 1 + s.delay for s in ins), default=0)
+        return first, last
+
     def depth(self) -> int:
         """Steps until the readout first receives input (one per synapse on the shortest path;
         on the longest with ``--align``)."""

@@ -109,8 +109,8 @@ def obstacles(net: Network, weights: str = "layer", graph: bool = True) -> list[
     for name, node in net.nodes.items():
         if isinstance(node, MaxPool) and graph:
             found.setdefault("maxpool", f"layer {name}: max-pool needs lavaconv's MaxPoolGate "
-                             "process (no stock construction for spike trains); use an average "
-                             "pool or a strided convolution in the model")
+                             "process; use --maxpool relu (two layers of stock LIF units per "
+                             "2x2 window, a rate approximation)")
         elif isinstance(node, IF):
             if node.reset in neuron:
                 found.setdefault("neuron", f"--neuron {neuron[node.reset]}: needs lavaconv's "

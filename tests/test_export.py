@@ -250,8 +250,8 @@ def load_netx(path):
     from lava.lib.dl.netx import hdf5
 
     with h5py.File(path, "r") as f:
-        bits = int(f.attrs["input_message_bits"])
-    return hdf5.Network(str(path), input_message_bits=bits)
+        bits, spike_exp = int(f.attrs["input_message_bits"]), int(f.attrs["spike_exp"])
+    return hdf5.Network(str(path), input_message_bits=bits, spike_exp=spike_exp)
 
 
 def torch_conv_weight(lava_weight: np.ndarray) -> np.ndarray:
@@ -281,33 +281,44 @@ def test_netx_loads_with_our_layers_weights_and_thresholds(tmp_path):
             assert int(layer.neuron.vth.init) == math.ceil(int(node.v_threshold) * k / 64) - 1
 
 
-def test_netx_runs_in_lava_exactly_like_the_engine(tmp_path):
+def run_netx(path, item: np.ndarray):
+    """Each netx layer's output at every step, (T, *torch shape), and the last layer's neuron
+    state after the run (its ``v``, or ``sigma`` for a netx Sigma), for one item's payload
+    ``(T, *input shape)``, on Lava's CPU fixed-point models. Lava holds (W, H, C) maps and puts
+    time last: ``.T`` turns one layout into the other."""
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
 
+    lava_net = load_netx(path)
+    source = Source(data=np.ascontiguousarray(item.T).astype(np.int32))
+    source.s_out.connect(lava_net.inp)
+    sinks = [Sink(shape=layer.out.shape, buffer=len(item)) for layer in lava_net.layers]
+    for layer, sink in zip(lava_net.layers, sinks, strict=True):
+        layer.out.connect(sink.a_in)
+    lava_net.run(condition=RunSteps(num_steps=len(item)),
+                 run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+    try:
+        outs = [sink.data.get().T for sink in sinks]
+        top = lava_net.layers[-1].neuron
+        state = (top.v if hasattr(top, "v") else top.sigma).get().T
+    finally:
+        lava_net.stop()
+    return outs, state
+
+
+@pytest.mark.usefixtures("single_thread_torch")
+def test_netx_runs_in_lava_exactly_like_the_engine(tmp_path):
     net = int_chain()
     export_netx(net, tmp_path / "net.h5")
-    lava_net = load_netx(tmp_path / "net.h5")
     rng = np.random.default_rng(4)
     p = encode_input(net, rng.integers(0, 17, size=(1, 1, 6, 6)) / 16, STEPS)
     res = simulate(net, p)
-    source = Source(data=p[:, 0].numpy().transpose(3, 2, 1, 0).astype(np.int32))  # (W, H, C, T)
-    source.s_out.connect(lava_net.inp)
-    sinks = [Sink(shape=layer.out.shape, buffer=STEPS) for layer in lava_net.layers]
-    for layer, sink in zip(lava_net.layers, sinks, strict=True):
-        layer.out.connect(sink.a_in)
-    lava_net.run(condition=RunSteps(num_steps=STEPS), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
-    try:
-        counts = [sink.data.get().sum(-1) for sink in sinks]
-        v_out = lava_net.layers[-1].neuron.v.get()
-    finally:
-        lava_net.stop()
-    for name, count in zip(["a", "b", "c"], counts[:3], strict=True):
+    outs, v_out = run_netx(tmp_path / "net.h5", p[:, 0].numpy())
+    for name, out in zip(["a", "b", "c"], outs[:3], strict=True):
         ours = res.spike_counts[name][0].numpy()
-        ours = ours.transpose(2, 1, 0) if ours.ndim == 3 else ours
-        np.testing.assert_array_equal(count, ours, err_msg=name)
+        np.testing.assert_array_equal(out.sum(0), ours, err_msg=name)
         assert ours.sum() > 0
     np.testing.assert_array_equal(v_out, res.readout[STEPS][0].numpy() / 4)  # k = 2**-2
 
@@ -347,3 +358,107 @@ def test_netx_approximate_bias_is_stated_and_loaded(tmp_path):
     layer_a = lava_net.layers[0]
     bias_a = np.asarray(net.nodes["a"].bias).ravel() * 2.0 ** -1 / 64
     np.testing.assert_array_equal(layer_a.neuron.bias_mant.init[0, 0, :], bias_a)
+
+
+# ------------------------------------------------ netx: stock soft reset, sigma-delta
+
+
+def stock_chain(bias: bool = False) -> Network:
+    """Dense chain in the stock soft-reset form (quantize(stock=True), docs/design.md
+    section 7): 10 → 16 → 12 → 8 → LIF readout 4; thresholds M = vth / 64 of 200, 240 and 120,
+    a_exp 0 and 1; mixed-sign even weights, mostly excitatory (neurons fire 0.4-0.7 of the
+    steps, and u stays above -4 vth: the floor neuron, which netx has no place for, never
+    fires)."""
+    rng = np.random.default_rng(10)
+
+    def w(shape, lo, hi):
+        return 2 * rng.integers(lo, hi + 1, size=shape)
+
+    zero = np.zeros
+    nodes = {"x": Input((10,), payload_bits=8, gain=10.0),
+             "a": IF((16,), zero(16), np.array(64 * 200), "lif", 1, a_exp=0),
+             "b": IF((12,), zero(12), np.array(64 * 240), "lif", 2, a_exp=1),
+             "c": IF((8,), 64 * 2 * np.ones(8) if bias else zero(8), np.array(64 * 120), "lif",
+                     3, a_exp=0),
+             "output": Readout((4,), zero(4), 4, a_exp=0, lif=True)}
+    syns = [Dense("x", "a", w((16, 10), -1, 4)), Dense("a", "b", w((12, 16), -4, 12)),
+            Dense("b", "c", w((8, 12), -10, 20)), Dense("c", "output", w((4, 8), -127, 127))]
+    return Network(nodes, syns, "int")
+
+
+def per_step(res, name: str) -> np.ndarray:
+    """The engine's events of ``name`` at every step (T, *shape), from its running counts."""
+    counts = np.stack([np.zeros_like(res.counts_at[1][name][0].numpy())] +
+                      [res.counts_at[t][name][0].numpy() for t in sorted(res.counts_at)])
+    return np.diff(counts, axis=0)
+
+
+def lowest_u(net: Network, p: torch.Tensor) -> dict[str, float]:
+    """Per stock population the lowest u over the run, in thresholds, of the neuron without
+    its floor (u[t] = L(u[t-1]) + x[t] - vth s[t-1], x from the engine's probe). Above -2 vth
+    the floor neuron (its u = -u, threshold 4 vth, v within 1/4095 of u) cannot fire, so the
+    engine's run is the floorless one."""
+    from lavaconv.sim.lif import leak
+
+    lowest = {}
+
+    def probe(name, current, train):
+        vth = int(net.nodes[name].v_threshold)
+        u = s = torch.zeros_like(current[0])
+        low = 0
+        for t in range(len(current)):
+            u = leak(u) + current[t] - vth * s
+            s = train[t].to(torch.int64)
+            low = min(low, int(u.min()))
+        lowest[name] = low / vth
+
+    simulate(net, p, probe=probe)
+    return lowest
+
+
+@pytest.mark.usefixtures("single_thread_torch")
+def test_netx_stock_soft_reset_runs_in_lava_spike_for_spike(tmp_path):
+    net = stock_chain()
+    notes = export_netx(net, tmp_path / "net.h5")
+    assert [n.split(":")[0] for n in notes] == ["a", "b", "c"]  # no floor neuron, each stated
+    p = encode_input(net, np.random.default_rng(7).integers(0, 17, size=(1, 10)) / 16, STEPS)
+    assert min(lowest_u(net, p).values()) > -2
+    res = simulate(net, p, range(1, STEPS + 1), counts_at=True)
+    outs, v_out = run_netx(tmp_path / "net.h5", p[:, 0].numpy())
+    for name, out in zip("abc", outs[:3], strict=True):
+        ours = per_step(res, name)
+        np.testing.assert_array_equal(out, ours, err_msg=name)
+        assert ours.mean() > 0.3, name  # busy: the soft reset's residue carries over often
+    assert outs[-1].sum() == 0  # the readout integrates below its threshold
+    np.testing.assert_array_equal(v_out, res.readout[STEPS][0].numpy())
+
+
+def test_netx_stock_file_holds_the_self_connection(tmp_path):
+    from lava.lib.dl.netx import hdf5
+
+    export_netx(stock_chain(), tmp_path / "net.h5")
+    lava_net = hdf5.Network(str(tmp_path / "net.h5"), input_message_bits=8)
+    assert [type(layer).__name__ for layer in lava_net.layers] == [
+        "RecurrentDense", "RecurrentDense", "RecurrentDense", "Dense"]
+    b = lava_net.layers[1]
+    exp = b.synapse_rec.proc_params["weight_exp"]
+    np.testing.assert_array_equal(b.synapse_rec.weights.init * 2.0**exp, -240 * np.eye(12))
+    assert int(b.neuron.du.init) == 0 and int(b.neuron.dv.init) == 4095
+    assert int(b.neuron.vth.init) == 240
+
+
+def test_netx_stock_refuses_what_netx_cannot_hold(tmp_path):
+    path = tmp_path / "net.h5"
+    with pytest.raises(LavaconvError, match="layer c: has a bias; the stock form integrates"):
+        export_netx(stock_chain(bias=True), path)
+    net = stock_chain()
+    net.nodes["b"].v_threshold = np.array(64 * 256)  # inhibitory-only weights stop at -255
+    with pytest.raises(LavaconvError, match="layer b: .*self-connection is -256"):
+        export_netx(net, path)
+    net = stock_chain()
+    net.nodes["output"].a_exp = -1
+    with pytest.raises(LavaconvError, match="layer output: a_exp -1 the stock readout's Dense"):
+        export_netx(net, path)
+    net = int_chain(reset="lif")
+    with pytest.raises(LavaconvError, match="layer a: .*dense layers only"):
+        export_netx(net, path)

@@ -19,7 +19,7 @@ from lavaconv.errors import LavaconvError
 from lavaconv.export.netx import export_netx
 from lavaconv.export.nir import below, export_nir, nir_graph, output_node, spike_node
 from lavaconv.export.nir_sim import run_nir
-from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Sigma, SigmaDelta
 from lavaconv.sim.engine import encode_input, simulate
 
 STEPS = 40
@@ -461,4 +461,64 @@ def test_netx_stock_refuses_what_netx_cannot_hold(tmp_path):
         export_netx(net, path)
     net = int_chain(reset="lif")
     with pytest.raises(LavaconvError, match="layer a: .*dense layers only"):
+        export_netx(net, path)
+
+
+def sd_chain(bias: bool = False) -> Network:
+    """Integer sigma-delta chain as netx holds it (state_exp 6, spike_exp 0, Dense weight_exp
+    0): delta input (1, 6, 6) → conv 3x3 → SigmaDelta (3, 4, 4) → flatten → dense →
+    SigmaDelta (8,) → dense → Sigma readout (4,)."""
+    rng = np.random.default_rng(11)
+    nodes = {"x": Input((1, 6, 6), "delta", payload_bits=8, gain=100.0, delta_threshold=1.0),
+             "a": SigmaDelta((3, 4, 4), np.zeros((3, 1, 1)), 64.0 * 6, 1, state_exp=6,
+                             message_bits=12),
+             "b": SigmaDelta((8,), 64 * np.ones(8) if bias else np.zeros(8), 64.0 * 12, 2,
+                             state_exp=6, message_bits=12),
+             "output": Sigma((4,), np.zeros(4), 3)}
+    syns = [Conv("x", "a", rng.integers(-40, 60, size=(3, 1, 3, 3))),
+            Dense("a", "b", 2 * rng.integers(-20, 30, size=(8, 48))),
+            Dense("b", "output", 2 * rng.integers(-127, 128, size=(4, 8)))]
+    return Network(nodes, syns, "int")
+
+
+@pytest.mark.usefixtures("single_thread_torch")
+def test_netx_sdnn_runs_in_lava_message_for_message(tmp_path):
+    net = sd_chain()
+    assert export_netx(net, tmp_path / "net.h5") == []
+    steps = 12  # a payload that keeps changing: messages at most steps, residues carried
+    walk = np.cumsum(np.random.default_rng(12).integers(-8, 9, size=(steps, 1, 1, 6, 6)), 0)
+    p = torch.as_tensor(np.clip(walk + 50, 0, 127))
+    res = simulate(net, p, range(1, steps + 1), counts_at=True)
+    change = np.diff(p[:, 0].numpy(), axis=0, prepend=0)  # what our input Delta sends
+    outs, sigma = run_netx(tmp_path / "net.h5", change)
+    for name, out in zip("ab", outs[:2], strict=True):
+        ours = per_step(res, name)
+        np.testing.assert_array_equal(out != 0, ours, err_msg=name)
+        assert ours.mean() > 0.3, name
+    readout = np.stack([res.readout[t][0].numpy() for t in range(1, steps + 1)])
+    np.testing.assert_array_equal(outs[2], readout)  # sigma at every step
+    np.testing.assert_array_equal(sigma, readout[-1])
+    assert np.abs(readout).max() > 2**16
+
+
+def test_netx_sdnn_file_and_refusals(tmp_path):
+    from lava.lib.dl.netx import hdf5
+
+    path = tmp_path / "net.h5"
+    export_netx(sd_chain(), path)
+    lava_net = hdf5.Network(str(path), input_message_bits=9, spike_exp=0)
+    assert [type(layer.neuron).__name__ for layer in lava_net.layers] == [
+        "SigmaDelta", "SigmaDelta", "Sigma"]
+    a = lava_net.layers[0].neuron
+    assert int(a.vth.init) == 64 * 6 and int(a.state_exp.init) == 6
+    with pytest.raises(LavaconvError, match="layer b: has a bias; lavaconv's sigma-delta bias "
+                                            "is one pulse"):
+        export_netx(sd_chain(bias=True), path)
+    net = sd_chain()
+    net.nodes["a"].state_exp = 7
+    with pytest.raises(LavaconvError, match="layer a: state_exp 7"):
+        export_netx(net, path)
+    net = sd_chain()
+    net.synapses[1].weight_exp = -2
+    with pytest.raises(LavaconvError, match="layer b: weight_exp -2 floors"):
         export_netx(net, path)

@@ -25,7 +25,7 @@ Biases only with ``approximate=True`` (netx adds them from the first step, lavac
 a ``dense_rec`` layer, ``CUBA`` LIF with ``iDecay = 1, vDecay = 4095`` (du = 0, dv = 4095: u
 is the accumulator), feed-forward weights ``W << a_exp`` and the recurrent diagonal ``-M``
 (``M = vth >> 6``) that subtracts the threshold one step after a spike, in one matrix (netx
-gives both one exponent: exact when both fit its 8-bit grid, about ``M <= 256``). The
+gives both one exponent: exact when both fit its 8-bit grid; ``M <= 255`` at most). The
 readout (``Readout.lif``) is the stock LIF integrator above with ``a_exp >= 0``. Not
 expressible, refused: conv layers (netx has recurrent weights for dense layers only), biases
 (the stock form integrates them in u through clock units; netx's LIF bias goes into v, not
@@ -33,12 +33,15 @@ integrated), a readout ``a_exp < 0`` (the stock Dense floors each sum). The floo
 no place in netx's chain and is left out: the file equals the engine while the floor never
 fires (u stays above ``-4 vth``), a condition stated in the notes.
 
-**Sigma-delta** (``--neuron sigma-delta``; docs/sigma-delta.md): the input an ``SDNN`` input
-layer (netx: ``Delta``), populations ``SDNN`` layers (``SigmaDelta``, ReLU, ``vThMant``,
+**Sigma-delta** (``--neuron sigma-delta``; docs/sigma-delta.md): populations ``SDNN`` layers
+(netx: ``SigmaDelta``, ReLU, ``vThMant``; 16-bit messages: lava-dl 0.6.0 cannot read
 ``messageBits``), the readout ``sigma_output`` (``Sigma``). netx fixes ``state_exp = 6`` and
 takes ``spike_exp`` at load (the file's ``spike_exp`` attribute: 0): exact for populations
 with ``state_exp = 6, spike_exp = 0``, Dense ``weight_exp >= 0``, no biases (ours is one pulse
-into sigma at ``t_start``; netx's is added to sigma at every step from step 0).
+into sigma at ``t_start``; netx's is added to sigma at every step from step 0). netx's input
+layer takes no outside input (lava-dl 0.6.0's ``Input`` block feeds its neuron through its bias
+only), so the file has none: feed it the input Delta's messages, the payload's change per step
+``p[t] - p[t-1]`` (``p[-1] = 0``; our encoder sends every change), as PilotNet SDNN does.
 
 Everything else is refused with a :class:`LavaconvError` naming the first layer: float
 networks, reset by subtraction in our own neuron, max-pool gates, several inputs (residual
@@ -54,8 +57,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from lava.lib.dl.netx.utils import optimize_weight_bits
-from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
 
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.network import IF, Conv, Input, MaxPool, Network, Readout, SigmaDelta, Synapse
@@ -66,6 +67,7 @@ BIAS_MANT_MAX = 2**12 - 1  # signed 13-bit bias mantissa
 MESSAGE_BITS_POISSON = 2  # signed ±1 spikes need a graded payload; a bool cast drops the sign
 SDNN_STATE_EXP = 6  # netx builds every Delta / SigmaDelta with state_exp 6
 SDNN_SPIKE_EXP = 0  # what the file asks hdf5.Network(spike_exp=...) for
+SDNN_MESSAGE_BITS = 16  # netx's default: its NetDict reads no messageBits (not an array key)
 GRID = ("netx's 8-bit dense grid (one exponent per layer, even values in [-256, 254] at full "
         "scale) does not hold them exactly")
 
@@ -95,6 +97,8 @@ def _string(group: h5py.Group, key: str, value: str) -> None:
 
 
 def _input_message_bits(node: Input) -> int:
+    if node.encoding == "delta":
+        return node.payload_bits + 1  # a change of the payload
     return node.payload_bits if node.encoding == "analog" else MESSAGE_BITS_POISSON
 
 
@@ -128,6 +132,11 @@ def _netx_exact(*parts: np.ndarray) -> bool:
     layer: ``optimize_weight_bits`` on them side by side (one exponent and weight width), then
     each synapse's clip and truncation under its own sign mode (Lava's Dense decides it from
     its weights: a self-connection ``-M`` alone is inhibitory, clipped at -255)."""
+    import lavaconv.lava  # noqa: F401  (first: Lava's import fixes; not at import time)
+    # isort: split
+    from lava.lib.dl.netx.utils import optimize_weight_bits
+    from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
+
     joined = np.hstack(parts)
     if not joined.any() or joined.max() > 254 or joined.min() < -256:
         return False  # netx clips (with a printed warning) or divides by zero
@@ -238,8 +247,9 @@ def _stock_layer(name: str, node: IF, syn: Synapse, notes: list[str]) -> _Layer:
 def _sdnn_exp(name: str, node: SigmaDelta) -> None:
     if (node.state_exp, node.spike_exp) != (SDNN_STATE_EXP, SDNN_SPIKE_EXP):
         raise _fail(name, f"state_exp {node.state_exp}, spike_exp {node.spike_exp}: netx builds "
-                          f"SigmaDelta with state_exp {SDNN_STATE_EXP} (and one spike_exp for "
-                          f"all): quantize with state_exp {SDNN_STATE_EXP}")
+                          f"every SigmaDelta with state_exp {SDNN_STATE_EXP} and one spike_exp "
+                          "(lavaconv's quantizer uses 7, 0): run it with deploy (the stock "
+                          "sigma-delta graph)")
 
 
 def _sdnn_layer(name: str, node: SigmaDelta | Readout, syn: Synapse) -> _Layer:
@@ -256,7 +266,11 @@ def _sdnn_layer(name: str, node: SigmaDelta | Readout, syn: Synapse) -> _Layer:
     weight = _weight(name, syn, np.asarray(syn.weight).astype(np.int64) << exp)
     if isinstance(node, SigmaDelta):
         _sdnn_exp(name, node)
-        neuron = {"type": "SDNN", "activation": "relu", "messageBits": node.message_bits,
+        if node.message_bits > SDNN_MESSAGE_BITS:
+            raise _fail(name, f"messages of {node.message_bits} bits; netx's SDNN layers send "
+                              f"{SDNN_MESSAGE_BITS}-bit messages (lava-dl 0.6.0 cannot read "
+                              "messageBits)")
+        neuron = {"type": "SDNN", "activation": "relu",
                   "vThMant": int(node.v_threshold) >> SDNN_STATE_EXP}
     else:
         neuron = {"type": "SDNN", "activation": "relu", "sigma_output": True}
@@ -264,14 +278,15 @@ def _sdnn_layer(name: str, node: SigmaDelta | Readout, syn: Synapse) -> _Layer:
                   weight, neuron)
 
 
-def _sdnn_input(inp: Input) -> dict:
-    """The input ``Delta``: netx's ``act = p << 6`` and threshold ``vThMant << 6`` send the
-    same integer changes as ours (``p << state_exp``, threshold ``delta_threshold``)."""
-    mant = int(inp.delta_threshold) >> inp.state_exp
-    if mant << inp.state_exp != inp.delta_threshold:
-        raise _fail("input", f"delta_threshold {inp.delta_threshold} is not a multiple of "
-                             f"2**{inp.state_exp}")
-    return {"type": "SDNN", "vThMant": mant, "messageBits": inp.payload_bits + 1}
+def _sdnn_input(inp: Input) -> None:
+    """netx's input layer cannot take outside input (lava-dl 0.6.0's ``Input`` block feeds its
+    neuron only through its bias), so the file's first layer reads the input Delta's messages
+    themselves; they are the payload's change per step when every change is sent."""
+    if inp.delta_threshold > 2**inp.state_exp:
+        raise _fail("input", f"the Delta encoder's threshold {inp.delta_threshold:g} holds back "
+                             "small changes; netx's input layer cannot encode outside input, so "
+                             "the file takes the change of the payload: quantize with "
+                             "quantize_sigma_delta (threshold 1, every change sent)")
 
 
 def _write_group(group: h5py.Group, values: dict) -> None:
@@ -316,11 +331,14 @@ def export_netx(net: Network, path: str | Path, *, approximate: bool = False) ->
     """Write the integer network as a netx HDF5 file; return its notes: the approximations
     made (only with ``approximate``) and the conditions of exactness (stock soft-reset layers:
     no floor neuron). Load it with ``hdf5.Network(path, input_message_bits=...,
-    spike_exp=...)`` from the file's attributes of those names."""
+    spike_exp=...)`` from the file's attributes of those names; a sigma-delta file takes the
+    change of the payload per step."""
     if net.numeric != "int":
         raise LavaconvError("export --format netx: the network is a float network; netx holds "
                             "Loihi integers: quantize it first (a hardware profile)")
     inp = net.nodes[net.input_name]
+    if net.is_sigma_delta:
+        _sdnn_input(inp)
     notes: list[str] = []
     layers = _layers(net, approximate, notes)
     with h5py.File(path, "w") as f:
@@ -331,8 +349,6 @@ def export_netx(net: Network, path: str | Path, *, approximate: bool = False) ->
         first = f.create_group("layer/0")
         _string(first, "type", "input")
         first.create_dataset("shape", data=np.array(inp.shape))
-        if net.is_sigma_delta:
-            _write_group(first.create_group("neuron"), _sdnn_input(inp))
         index = 1
         for layer in layers:
             if not isinstance(layer.syn, Conv) and len(net.nodes[layer.syn.source].shape) > 1:

@@ -25,13 +25,16 @@ Biases only with ``approximate=True`` (netx adds them from the first step, lavac
 a ``dense_rec`` layer, ``CUBA`` LIF with ``iDecay = 1, vDecay = 4095`` (du = 0, dv = 4095: u
 is the accumulator), feed-forward weights ``W << a_exp`` and the recurrent diagonal ``-M``
 (``M = vth >> 6``) that subtracts the threshold one step after a spike, in one matrix (netx
-gives both one exponent: exact when both fit its 8-bit grid; ``M <= 255`` at most). The
-readout (``Readout.lif``) is the stock LIF integrator above with ``a_exp >= 0``. Not
-expressible, refused: conv layers (netx has recurrent weights for dense layers only), biases
-(the stock form integrates them in u through clock units; netx's LIF bias goes into v, not
-integrated), a readout ``a_exp < 0`` (the stock Dense floors each sum). The floor neuron has
-no place in netx's chain and is left out: the file equals the engine while the floor never
-fires (u stays above ``-4 vth``), a condition stated in the notes.
+gives both one exponent: exact when both fit its 8-bit grid; ``M <= 255`` at most). Biases
+(which the stock form integrates in u; netx's LIF bias goes into v) go the stock way: a
+clock unit, appended as each layer's last neuron, fires at every step from ``t_start - 1``
+and adds ``bias >> 6`` through its recurrent column (:func:`_with_clock`). The readout
+(``Readout.lif``) is the stock LIF integrator above with ``a_exp >= 0``. Refused: conv layers
+(netx has recurrent weights for dense layers only), a readout ``a_exp < 0`` (the stock Dense
+floors each sum), a bias that starts other than one step per layer. The floor neuron has no
+place in netx's chain (its threshold is ``4 M``, netx has one per layer) and is left out: the
+file equals the engine while the floor never fires (u stays above about ``-4 vth``), a
+condition stated in the notes.
 
 **Sigma-delta** (``--neuron sigma-delta``; docs/sigma-delta.md): populations ``SDNN`` layers
 (netx: ``SigmaDelta``, ReLU, ``vThMant``; 16-bit messages: lava-dl 0.6.0 cannot read
@@ -199,9 +202,14 @@ def _cuba(i_decay: int, v_decay: int, vth_mant: int) -> dict:
             "refDelay": 1, "gradedSpike": False}
 
 
+def _zero_columns(weight: np.ndarray, count: int) -> np.ndarray:
+    return np.pad(weight, ((0, 0), (0, count))) if count else weight
+
+
 def _lif_layer(name: str, node: IF | Readout, syn: Synapse, approximate: bool,
-               notes: list[str]) -> _Layer:
-    """Hard-reset IF population or readout: a stock LIF integrator, state ``k`` times ours."""
+               notes: list[str], clocks: int = 0) -> _Layer:
+    """Hard-reset IF population or readout: a stock LIF integrator, state ``k`` times ours;
+    ``clocks``: clock units after the previous layer's neurons (zero weights)."""
     if isinstance(node, IF) and node.reset != "zero":
         raise _fail(name, "resets by subtraction in lavaconv's own neuron; netx's LIF resets "
                           "to zero: convert with --neuron if, or quantize with stock=True "
@@ -214,19 +222,46 @@ def _lif_layer(name: str, node: IF | Readout, syn: Synapse, approximate: bool,
     k = 2.0 ** -node.a_exp
     vth = VTH_MANT_MAX if isinstance(node, Readout) else _scaled_threshold(name, node, k)
     return _Layer(name, syn, tuple(node.shape), "conv" if isinstance(syn, Conv) else "dense",
-                  _weight(name, syn, np.asarray(syn.weight)), _cuba(4096, 0, vth),
+                  _weight(name, syn, _zero_columns(np.asarray(syn.weight), clocks)),
+                  _cuba(4096, 0, vth),
                   _bias(name, node, k, approximate, notes), attrs={"lavaconv_v_scale": k})
 
 
-def _stock_layer(name: str, node: IF, syn: Synapse, notes: list[str]) -> _Layer:
-    """The stock soft-reset population (docs/design.md section 7) as a ``dense_rec`` layer."""
+def _with_clock(name: str, node: IF, feed: np.ndarray, rec: np.ndarray, mant: int,
+                position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``feed``, ``rec`` and the LIF bias with a clock unit appended as the layer's last neuron;
+    its recurrent column adds ``bias >> 6`` to a_in one step after it fires. The first layer's
+    clock fires at every step from step 0 on its LIF bias (``M + 1`` into v, no input); a later
+    one is a soft-reset neuron driven by the clock before it with ``c > M`` (even: netx's grid),
+    so it fires at every step from one step after that clock (u grows by ``(c - M) << 6`` a
+    step until the leak holds it near ``(c - M) << 18``, below the wrap): layer ``position``'s
+    bias flows from step ``position`` on, the engine's ``t_start`` in a chain."""
+    bias = np.broadcast_to(np.asarray(node.bias), node.shape).astype(np.int64)
+    if np.any(bias % 64):
+        raise _fail(name, "bias is not a multiple of 64 (the stock grid): quantize with "
+                          "stock=True")
+    if bias.any() and node.t_start != position:
+        raise _fail(name, f"its bias starts at t_start = {node.t_start}; the clock chain of "
+                          f"netx's layers reaches layer {position} at step {position}")
+    n, first = len(rec), position == 1
+    extra = 0 if first else 1  # the clock of the layer before
+    drive = np.zeros((1, feed.shape[1] + extra), np.int64)
+    drive[0, -1] = 0 if first else 2 * (mant // 2 + 1)
+    feed = np.vstack([np.hstack([feed, np.zeros((n, extra), np.int64)]), drive])
+    rec = np.block([[rec, bias.reshape(n, 1) >> 6],
+                    [np.zeros((1, n), np.int64), np.full((1, 1), 0 if first else -mant)]])
+    lif_bias = np.zeros(n + 1, np.int64)
+    lif_bias[n] = mant + 1
+    return feed, rec, lif_bias if first else None
+
+
+def _stock_layer(name: str, node: IF, syn: Synapse, notes: list[str], position: int,
+                 clocked: bool) -> _Layer:
+    """The stock soft-reset population (docs/design.md section 7) as a ``dense_rec`` layer,
+    the ``position``-th of the chain; ``clocked``: with a clock unit for the bias."""
     if isinstance(syn, Conv):
         raise _fail(name, "the stock soft reset needs a self-connection; netx has recurrent "
                           "weights for dense layers only (dense_rec), not conv")
-    if np.any(node.bias != 0):
-        raise _fail(name, "has a bias; the stock form integrates it in u through clock units, "
-                          "netx's LIF adds its bias to v every step (not integrated): convert "
-                          "a model without biases, or run it with deploy (the stock graph)")
     vth = np.unique(node.v_threshold)
     if vth.size != 1 or vth[0] % 64 or node.a_exp < 0:
         raise _fail(name, "not the stock form (one threshold, a multiple of 64, a_exp >= 0): "
@@ -234,14 +269,18 @@ def _stock_layer(name: str, node: IF, syn: Synapse, notes: list[str]) -> _Layer:
     mant = int(vth[0]) >> 6
     feed = np.asarray(syn.weight).astype(np.int64) << node.a_exp
     rec = -mant * np.eye(int(np.prod(node.shape)), dtype=np.int64)
+    lif_bias = None
+    if clocked:
+        feed, rec, lif_bias = _with_clock(name, node, feed, rec, mant, position)
+        notes.append(f"{name}: its last neuron is a clock unit carrying the bias")
     if not _netx_exact(feed, rec):
         raise _fail(name, f"weights << a_exp {node.a_exp} span [{feed.min()}, {feed.max()}] "
-                          f"and the self-connection is -{mant} (threshold / 64), in one "
-                          f"dense_rec matrix: {GRID}")
+                          f"and the recurrent ones (self-connection -{mant}, threshold / 64) "
+                          f"[{rec.min()}, {rec.max()}], in one dense_rec matrix: {GRID}")
     notes.append(f"{name}: no floor neuron (netx has no place for it): exact while it would "
                  "not fire, i.e. while u stays above -4 vth")
-    return _Layer(name, syn, tuple(node.shape), "dense_rec", feed, _cuba(1, 4095, mant),
-                  weight_rec=rec)
+    return _Layer(name, syn, (len(rec),), "dense_rec", feed, _cuba(1, 4095, mant),
+                  bias=lif_bias, weight_rec=rec, attrs={"lavaconv_clock_units": int(clocked)})
 
 
 def _sdnn_exp(name: str, node: SigmaDelta) -> None:
@@ -316,14 +355,18 @@ def _write_layer(group: h5py.Group, layer: _Layer) -> None:
 
 
 def _layers(net: Network, approximate: bool, notes: list[str]) -> list[_Layer]:
-    layers = []
-    for name, node, syn in _chain(net):
+    chain = _chain(net)
+    stock = [n for n, node, _ in chain if isinstance(node, IF) and node.reset == "lif"]
+    clocked = any(np.any(net.nodes[n].bias != 0) for n in stock)
+    layers: list[_Layer] = []
+    for name, node, syn in chain:
         if net.is_sigma_delta:
             layers.append(_sdnn_layer(name, node, syn))
-        elif isinstance(node, IF) and node.reset == "lif":
-            layers.append(_stock_layer(name, node, syn, notes))
+        elif name in stock:
+            layers.append(_stock_layer(name, node, syn, notes, len(layers) + 1, clocked))
         else:
-            layers.append(_lif_layer(name, node, syn, approximate, notes))
+            clocks = layers[-1].attrs.get("lavaconv_clock_units", 0) if layers else 0
+            layers.append(_lif_layer(name, node, syn, approximate, notes, clocks))
     return layers
 
 

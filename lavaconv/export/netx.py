@@ -283,12 +283,25 @@ def _stock_layer(name: str, node: IF, syn: Synapse, notes: list[str], position: 
                   bias=lif_bias, weight_rec=rec, attrs={"lavaconv_clock_units": int(clocked)})
 
 
-def _sdnn_exp(name: str, node: SigmaDelta) -> None:
+def _sdnn_neuron(name: str, node: SigmaDelta | Readout) -> dict:
+    """netx's SDNN neuron group: ``SigmaDelta`` (ReLU) for a population, ``Sigma`` for the
+    readout."""
+    if not isinstance(node, SigmaDelta):
+        return {"type": "SDNN", "activation": "relu", "sigma_output": True}
     if (node.state_exp, node.spike_exp) != (SDNN_STATE_EXP, SDNN_SPIKE_EXP):
         raise _fail(name, f"state_exp {node.state_exp}, spike_exp {node.spike_exp}: netx builds "
                           f"every SigmaDelta with state_exp {SDNN_STATE_EXP} and one spike_exp "
                           "(lavaconv's quantizer uses 7, 0): run it with deploy (the stock "
                           "sigma-delta graph)")
+    vth = float(node.v_threshold)
+    if vth % 2**SDNN_STATE_EXP:
+        raise _fail(name, f"threshold {vth:g} is not a multiple of 2**{SDNN_STATE_EXP} (netx's "
+                          "vThMant << state_exp)")
+    if node.message_bits > SDNN_MESSAGE_BITS:
+        raise _fail(name, f"messages of {node.message_bits} bits; netx's SDNN layers send "
+                          f"{SDNN_MESSAGE_BITS}-bit messages (lava-dl 0.6.0 cannot read "
+                          "messageBits)")
+    return {"type": "SDNN", "activation": "relu", "vThMant": int(vth) >> SDNN_STATE_EXP}
 
 
 def _sdnn_layer(name: str, node: SigmaDelta | Readout, syn: Synapse) -> _Layer:
@@ -303,18 +316,8 @@ def _sdnn_layer(name: str, node: SigmaDelta | Readout, syn: Synapse) -> _Layer:
         raise _fail(name, f"weight_exp {exp} floors each synaptic sum; netx's dense layers "
                           "have no weight exponent")
     weight = _weight(name, syn, np.asarray(syn.weight).astype(np.int64) << exp)
-    if isinstance(node, SigmaDelta):
-        _sdnn_exp(name, node)
-        if node.message_bits > SDNN_MESSAGE_BITS:
-            raise _fail(name, f"messages of {node.message_bits} bits; netx's SDNN layers send "
-                              f"{SDNN_MESSAGE_BITS}-bit messages (lava-dl 0.6.0 cannot read "
-                              "messageBits)")
-        neuron = {"type": "SDNN", "activation": "relu",
-                  "vThMant": int(node.v_threshold) >> SDNN_STATE_EXP}
-    else:
-        neuron = {"type": "SDNN", "activation": "relu", "sigma_output": True}
     return _Layer(name, syn, tuple(node.shape), "conv" if isinstance(syn, Conv) else "dense",
-                  weight, neuron)
+                  weight, _sdnn_neuron(name, node))
 
 
 def _sdnn_input(inp: Input) -> None:

@@ -368,7 +368,8 @@ def stock_chain(bias: bool = False) -> Network:
     section 7): 10 → 16 → 12 → 8 → LIF readout 4; thresholds M = vth / 64 of 200, 240 and 120,
     a_exp 0 and 1; mixed-sign even weights, mostly excitatory (neurons fire 0.4-0.7 of the
     steps, and u stays above -4 vth: the floor neuron, which netx has no place for, never
-    fires); ``bias``: mixed-sign biases on the stock grid (multiples of 128 here)."""
+    fires); ``bias``: mixed-sign biases on the stock grid (multiples of 128 here), the
+    readout's too."""
     rng = np.random.default_rng(10)
 
     def w(shape, lo, hi):
@@ -381,7 +382,7 @@ def stock_chain(bias: bool = False) -> Network:
              "a": IF((16,), b(16), np.array(64 * 200), "lif", 1, a_exp=0),
              "b": IF((12,), b(12), np.array(64 * 240), "lif", 2, a_exp=1),
              "c": IF((8,), b(8), np.array(64 * 120), "lif", 3, a_exp=0),
-             "output": Readout((4,), np.zeros(4), 4, a_exp=0, lif=True)}
+             "output": Readout((4,), 2 * b(4), 4, a_exp=0, lif=True)}
     syns = [Dense("x", "a", w((16, 10), -1, 4)), Dense("a", "b", w((12, 16), -4, 12)),
             Dense("b", "c", w((8, 12), -10, 20)), Dense("c", "output", w((4, 8), -127, 127))]
     return Network(nodes, syns, "int")
@@ -423,7 +424,7 @@ def test_netx_stock_soft_reset_runs_in_lava_spike_for_spike(tmp_path, bias):
     net = stock_chain(bias)
     notes = export_netx(net, tmp_path / "net.h5")
     assert sum("no floor neuron" in n for n in notes) == 3
-    assert sum("clock unit" in n for n in notes) == (3 if bias else 0)
+    assert sum("clock units" in n for n in notes) == (3 if bias else 0)
     p = encode_input(net, np.random.default_rng(7).integers(0, 17, size=(1, 10)) / 16, STEPS)
     assert min(lowest_u(net, p).values()) > -2
     res = simulate(net, p, range(1, STEPS + 1), counts_at=True)
@@ -432,10 +433,10 @@ def test_netx_stock_soft_reset_runs_in_lava_spike_for_spike(tmp_path, bias):
         ours = per_step(res, name)
         np.testing.assert_array_equal(out[:, :ours.shape[1]], ours, err_msg=name)
         assert ours.mean() > 0.3, name  # busy: the soft reset's residue carries over often
-        if bias:  # the clock unit fires at every step from one before the layer's t_start
-            start = net.nodes[name].t_start - 1
-            assert out.shape[1] == ours.shape[1] + 1 and out[start:, -1].all()
-            assert not out[:start, -1].any()
+        for j, clock in enumerate(out[:, ours.shape[1]:].T):  # from a step before t_start
+            start = net.nodes[name].t_start - 1 + j  # (c's second: before the readout's)
+            assert clock[start:].all() and not clock[:start].any(), (name, j)
+        assert out.shape[1] - ours.shape[1] == (bias and 1 + (name == "c"))
     assert outs[-1].sum() == 0  # the readout integrates below its threshold
     np.testing.assert_array_equal(v_out, res.readout[STEPS][0].numpy())
 
@@ -459,6 +460,10 @@ def test_netx_stock_refuses_what_netx_cannot_hold(tmp_path):
     net = stock_chain(bias=True)
     net.nodes["c"].t_start = 4
     with pytest.raises(LavaconvError, match="layer c: its bias starts at t_start = 4"):
+        export_netx(net, path)
+    net = stock_chain(bias=True)
+    net.nodes["output"].t_start = 5
+    with pytest.raises(LavaconvError, match="layer output: its bias starts at t_start = 5"):
         export_netx(net, path)
     net = stock_chain(bias=True)
     net.nodes["c"].bias = net.nodes["c"].bias * 8  # bias >> 6 beyond the 8-bit grid

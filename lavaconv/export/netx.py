@@ -28,13 +28,13 @@ is the accumulator), feed-forward weights ``W << a_exp`` and the recurrent diago
 gives both one exponent: exact when both fit its 8-bit grid; ``M <= 255`` at most). Biases
 (which the stock form integrates in u; netx's LIF bias goes into v) go the stock way: a
 clock unit, appended as each layer's last neuron, fires at every step from ``t_start - 1``
-and adds ``bias >> 6`` through its recurrent column (:func:`_with_clock`). The readout
-(``Readout.lif``) is the stock LIF integrator above with ``a_exp >= 0``. Refused: conv layers
-(netx has recurrent weights for dense layers only), a readout ``a_exp < 0`` (the stock Dense
-floors each sum), a bias that starts other than one step per layer. The floor neuron has no
-place in netx's chain (its threshold is ``4 M``, netx has one per layer) and is left out: the
-file equals the engine while the floor never fires (u stays above about ``-4 vth``), a
-condition stated in the notes.
+and adds ``bias >> 6`` through its recurrent column (:func:`_with_clocks`); a second one in
+the last layer, a step later, carries the readout's bias. The readout (``Readout.lif``) is
+the stock LIF integrator above with ``a_exp >= 0``. Refused: conv layers (netx has recurrent
+weights for dense layers only), a readout ``a_exp < 0`` (the stock Dense floors each sum), a
+bias that starts other than one step per layer. The floor neuron has no place in netx's chain
+(its threshold is ``4 M``, netx has one per layer) and is left out: the file equals the engine
+while the floor never fires (u stays above about ``-4 vth``), a condition stated in the notes.
 
 **Sigma-delta** (``--neuron sigma-delta``; docs/sigma-delta.md): populations ``SDNN`` layers
 (netx: ``SigmaDelta``, ReLU, ``vThMant``; 16-bit messages: lava-dl 0.6.0 cannot read
@@ -71,6 +71,7 @@ MESSAGE_BITS_POISSON = 2  # signed ±1 spikes need a graded payload; a bool cast
 SDNN_STATE_EXP = 6  # netx builds every Delta / SigmaDelta with state_exp 6
 SDNN_SPIKE_EXP = 0  # what the file asks hdf5.Network(spike_exp=...) for
 SDNN_MESSAGE_BITS = 16  # netx's default: its NetDict reads no messageBits (not an array key)
+CLOCK_UNITS = "lavaconv_clock_units"  # layer attribute: clock neurons after the population
 GRID = ("netx's 8-bit dense grid (one exponent per layer, even values in [-256, 254] at full "
         "scale) does not hold them exactly")
 
@@ -202,14 +203,29 @@ def _cuba(i_decay: int, v_decay: int, vth_mant: int) -> dict:
             "refDelay": 1, "gradedSpike": False}
 
 
-def _zero_columns(weight: np.ndarray, count: int) -> np.ndarray:
-    return np.pad(weight, ((0, 0), (0, count))) if count else weight
+def _clock_columns(name: str, node: IF | Readout, clocks: int, position: int) -> np.ndarray:
+    """The weights from the previous layer's clock units: zero, but for a stock readout after
+    two clock units, whose second fires from step ``position - 1``: its column carries the
+    readout's bias (``bias * k >> 6`` a step from ``t_start`` on, as the engine's)."""
+    rows = int(np.prod(node.shape))
+    columns = np.zeros((rows, clocks), np.int64)
+    if clocks < 2:
+        return columns
+    if node.t_start != position:
+        raise _fail(name, f"its bias starts at t_start = {node.t_start}; the clock chain of "
+                          f"netx's layers reaches layer {position} at step {position}")
+    bias = np.broadcast_to(np.asarray(node.bias), node.shape).reshape(rows) * 2.0**-node.a_exp
+    if np.any(bias % 64):
+        raise _fail(name, "bias x 2**-a_exp is not a multiple of 64: netx's LIF bias flows "
+                          "from step 0; only a clock unit's weight (bias >> 6) starts later")
+    columns[:, -1] = bias.astype(np.int64) >> 6
+    return columns
 
 
 def _lif_layer(name: str, node: IF | Readout, syn: Synapse, approximate: bool,
-               notes: list[str], clocks: int = 0) -> _Layer:
+               notes: list[str], clocks: np.ndarray) -> _Layer:
     """Hard-reset IF population or readout: a stock LIF integrator, state ``k`` times ours;
-    ``clocks``: clock units after the previous layer's neurons (zero weights)."""
+    ``clocks``: the weights from the previous layer's clock units (:func:`_clock_columns`)."""
     if isinstance(node, IF) and node.reset != "zero":
         raise _fail(name, "resets by subtraction in lavaconv's own neuron; netx's LIF resets "
                           "to zero: convert with --neuron if, or quantize with stock=True "
@@ -221,22 +237,27 @@ def _lif_layer(name: str, node: IF | Readout, syn: Synapse, approximate: bool,
         raise _fail(name, f"a_exp {node.a_exp} {why}; netx cannot")
     k = 2.0 ** -node.a_exp
     vth = VTH_MANT_MAX if isinstance(node, Readout) else _scaled_threshold(name, node, k)
+    weight = np.asarray(syn.weight)
+    if clocks.size:
+        weight = np.hstack([weight, clocks])
+    bias = None if clocks.any() else _bias(name, node, k, approximate, notes)
     return _Layer(name, syn, tuple(node.shape), "conv" if isinstance(syn, Conv) else "dense",
-                  _weight(name, syn, _zero_columns(np.asarray(syn.weight), clocks)),
-                  _cuba(4096, 0, vth),
-                  _bias(name, node, k, approximate, notes), attrs={"lavaconv_v_scale": k})
+                  _weight(name, syn, weight), _cuba(4096, 0, vth), bias,
+                  attrs={"lavaconv_v_scale": k})
 
 
-def _with_clock(name: str, node: IF, feed: np.ndarray, rec: np.ndarray, mant: int,
-                position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``feed``, ``rec`` and the LIF bias with a clock unit appended as the layer's last neuron;
-    its recurrent column adds ``bias >> 6`` to a_in one step after it fires. The first layer's
-    clock fires at every step from step 0 on its LIF bias (``M + 1`` into v, no input); a later
-    one is a soft-reset neuron driven by the clock before it with ``c > M`` (even: netx's grid),
-    so it fires at every step from one step after that clock (u grows by ``(c - M) << 6`` a
-    step until the leak holds it near ``(c - M) << 18``, below the wrap): layer ``position``'s
-    bias flows from step ``position`` on, the engine's ``t_start`` in a chain."""
-    bias = np.broadcast_to(np.asarray(node.bias), node.shape).astype(np.int64)
+def _with_clocks(name: str, node: IF, feed: np.ndarray, rec: np.ndarray, mant: int,
+                 position: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``feed``, ``rec`` and the LIF bias with ``count`` clock units appended as the layer's
+    last neurons; the first one's recurrent column adds ``bias >> 6`` to a_in one step after it
+    fires. The first layer's first clock fires at every step from step 0 on its LIF bias
+    (``M + 1`` into v, no input); any other is a soft-reset neuron of the layer driven by the
+    clock before it (the previous layer's, or the layer's own) with an even ``c > M``, so it
+    fires at every step from one step after that one (u grows by ``(c - M) << 6`` a step until
+    the leak holds it near ``(c - M) << 18``, below the wrap). Layer ``position``'s bias thus
+    flows from step ``position`` on, the engine's ``t_start`` in a chain; a second clock fires
+    from ``position`` on, for the readout's bias."""
+    bias = np.broadcast_to(np.asarray(node.bias), node.shape).reshape(-1).astype(np.int64)
     if np.any(bias % 64):
         raise _fail(name, "bias is not a multiple of 64 (the stock grid): quantize with "
                           "stock=True")
@@ -244,21 +265,26 @@ def _with_clock(name: str, node: IF, feed: np.ndarray, rec: np.ndarray, mant: in
         raise _fail(name, f"its bias starts at t_start = {node.t_start}; the clock chain of "
                           f"netx's layers reaches layer {position} at step {position}")
     n, first = len(rec), position == 1
+    drive = 2 * (mant // 2 + 1)
     extra = 0 if first else 1  # the clock of the layer before
-    drive = np.zeros((1, feed.shape[1] + extra), np.int64)
-    drive[0, -1] = 0 if first else 2 * (mant // 2 + 1)
-    feed = np.vstack([np.hstack([feed, np.zeros((n, extra), np.int64)]), drive])
-    rec = np.block([[rec, bias.reshape(n, 1) >> 6],
-                    [np.zeros((1, n), np.int64), np.full((1, 1), 0 if first else -mant)]])
-    lif_bias = np.zeros(n + 1, np.int64)
+    wide = np.zeros((n + count, feed.shape[1] + extra), np.int64)
+    wide[:n, :feed.shape[1]] = feed
+    wide[n, -1] = 0 if first else drive
+    loop = np.zeros((n + count, n + count), np.int64)
+    loop[:n, :n] = rec
+    loop[:n, n] = bias >> 6
+    loop[n, n] = 0 if first else -mant
+    for j in range(n + 1, n + count):
+        loop[j, j - 1], loop[j, j] = drive, -mant
+    lif_bias = np.zeros(n + count, np.int64)
     lif_bias[n] = mant + 1
-    return feed, rec, lif_bias if first else None
+    return wide, loop, lif_bias if first else None
 
 
 def _stock_layer(name: str, node: IF, syn: Synapse, notes: list[str], position: int,
-                 clocked: bool) -> _Layer:
+                 clocks: int) -> _Layer:
     """The stock soft-reset population (docs/design.md section 7) as a ``dense_rec`` layer,
-    the ``position``-th of the chain; ``clocked``: with a clock unit for the bias."""
+    the ``position``-th of the chain, with ``clocks`` clock units for the biases."""
     if isinstance(syn, Conv):
         raise _fail(name, "the stock soft reset needs a self-connection; netx has recurrent "
                           "weights for dense layers only (dense_rec), not conv")
@@ -270,9 +296,9 @@ def _stock_layer(name: str, node: IF, syn: Synapse, notes: list[str], position: 
     feed = np.asarray(syn.weight).astype(np.int64) << node.a_exp
     rec = -mant * np.eye(int(np.prod(node.shape)), dtype=np.int64)
     lif_bias = None
-    if clocked:
-        feed, rec, lif_bias = _with_clock(name, node, feed, rec, mant, position)
-        notes.append(f"{name}: its last neuron is a clock unit carrying the bias")
+    if clocks:
+        feed, rec, lif_bias = _with_clocks(name, node, feed, rec, mant, position, clocks)
+        notes.append(f"{name}: its last {clocks} neuron(s) are clock units carrying biases")
     if not _netx_exact(feed, rec):
         raise _fail(name, f"weights << a_exp {node.a_exp} span [{feed.min()}, {feed.max()}] "
                           f"and the recurrent ones (self-connection -{mant}, threshold / 64) "
@@ -280,7 +306,7 @@ def _stock_layer(name: str, node: IF, syn: Synapse, notes: list[str], position: 
     notes.append(f"{name}: no floor neuron (netx has no place for it): exact while it would "
                  "not fire, i.e. while u stays above -4 vth")
     return _Layer(name, syn, (len(rec),), "dense_rec", feed, _cuba(1, 4095, mant),
-                  bias=lif_bias, weight_rec=rec, attrs={"lavaconv_clock_units": int(clocked)})
+                  bias=lif_bias, weight_rec=rec, attrs={CLOCK_UNITS: clocks})
 
 
 def _sdnn_neuron(name: str, node: SigmaDelta | Readout) -> dict:
@@ -357,19 +383,31 @@ def _write_layer(group: h5py.Group, layer: _Layer) -> None:
         group.attrs[key] = value  # lavaconv_v_scale: netx state = k x lavaconv state
 
 
+def _clock_plan(net: Network, chain: list) -> dict[str, int]:
+    """Clock units per stock population: none without biases; otherwise one each, and two in
+    the last one when a stock readout after it has a bias."""
+    stock = [n for n, node, _ in chain if isinstance(node, IF) and node.reset == "lif"]
+    top = net.nodes[chain[-1][0]]
+    readout_bias = isinstance(top, Readout) and top.lif and bool(np.any(top.bias != 0))
+    if not stock or not (readout_bias or any(np.any(net.nodes[n].bias != 0) for n in stock)):
+        return {}
+    return {n: 1 + (readout_bias and n == chain[-2][0]) for n in stock}
+
+
 def _layers(net: Network, approximate: bool, notes: list[str]) -> list[_Layer]:
     chain = _chain(net)
-    stock = [n for n, node, _ in chain if isinstance(node, IF) and node.reset == "lif"]
-    clocked = any(np.any(net.nodes[n].bias != 0) for n in stock)
+    plan = _clock_plan(net, chain)
     layers: list[_Layer] = []
     for name, node, syn in chain:
+        position = len(layers) + 1
         if net.is_sigma_delta:
             layers.append(_sdnn_layer(name, node, syn))
-        elif name in stock:
-            layers.append(_stock_layer(name, node, syn, notes, len(layers) + 1, clocked))
+        elif isinstance(node, IF) and node.reset == "lif":
+            layers.append(_stock_layer(name, node, syn, notes, position, plan.get(name, 0)))
         else:
-            clocks = layers[-1].attrs.get("lavaconv_clock_units", 0) if layers else 0
-            layers.append(_lif_layer(name, node, syn, approximate, notes, clocks))
+            clocks = layers[-1].attrs.get(CLOCK_UNITS, 0) if layers else 0
+            layers.append(_lif_layer(name, node, syn, approximate, notes,
+                                     _clock_columns(name, node, clocks, position)))
     return layers
 
 

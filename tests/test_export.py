@@ -462,6 +462,11 @@ def test_netx_stock_refuses_what_netx_cannot_hold(tmp_path):
     with pytest.raises(LavaconvError, match="layer c: its bias starts at t_start = 4"):
         export_netx(net, path)
     net = stock_chain(bias=True)
+    net.nodes["a"].reset = "zero"
+    with pytest.raises(LavaconvError, match="layer a: not in the stock form, but the chain's "
+                                            "biases need a clock unit"):
+        export_netx(net, path)
+    net = stock_chain(bias=True)
     net.nodes["output"].t_start = 5
     with pytest.raises(LavaconvError, match="layer output: its bias starts at t_start = 5"):
         export_netx(net, path)

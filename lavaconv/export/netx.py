@@ -391,6 +391,10 @@ def _clock_plan(net: Network, chain: list) -> dict[str, int]:
     readout_bias = isinstance(top, Readout) and top.lif and bool(np.any(top.bias != 0))
     if not stock or not (readout_bias or any(np.any(net.nodes[n].bias != 0) for n in stock)):
         return {}
+    for name, _, _ in chain[:-1]:
+        if name not in stock:
+            raise _fail(name, "not in the stock form, but the chain's biases need a clock unit "
+                              "in every population before them: quantize with stock=True")
     return {n: 1 + (readout_bias and n == chain[-2][0]) for n in stock}
 
 

@@ -64,7 +64,7 @@ import numpy as np
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.network import IF, Conv, Input, MaxPool, Network, Readout, SigmaDelta, Synapse
 
-FORMAT = "lavaconv-netx/1"
+FORMAT = "lavaconv-netx/2"  # 2: notes (was approximations), spike_exp, dense_rec, SDNN
 VTH_MANT_MAX = 2**17 - 1  # Lava LIF's unsigned 17-bit threshold mantissa
 BIAS_MANT_MAX = 2**12 - 1  # signed 13-bit bias mantissa
 MESSAGE_BITS_POISSON = 2  # signed ±1 spikes need a graded payload; a bool cast drops the sign

@@ -9,7 +9,7 @@ import networkx as nx
 ROOT = Path(__file__).resolve().parents[1] / "lavaconv"
 INFRASTRUCTURE = {"errors", "signals", "distributed"}  # may be imported by every stage
 ORDER = [{"ir"}, {"frontend"}, {"ann"}, {"sim"}, {"conversion"}, {"quantize"},
-         {"lava", "cost", "export"}, {"app"}]
+         {"lava", "cost"}, {"export"}, {"app"}]
 RANK = {pkg: i for i, group in enumerate(ORDER) for pkg in group}
 
 

@@ -19,7 +19,7 @@ from lavaconv.errors import LavaconvError
 from lavaconv.export.netx import export_netx
 from lavaconv.export.nir import below, export_nir, nir_graph, output_node, spike_node
 from lavaconv.export.nir_sim import run_nir
-from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Sigma, SigmaDelta
 from lavaconv.sim.engine import encode_input, simulate
 
 STEPS = 40
@@ -250,8 +250,8 @@ def load_netx(path):
     from lava.lib.dl.netx import hdf5
 
     with h5py.File(path, "r") as f:
-        bits = int(f.attrs["input_message_bits"])
-    return hdf5.Network(str(path), input_message_bits=bits)
+        bits, spike_exp = int(f.attrs["input_message_bits"]), int(f.attrs["spike_exp"])
+    return hdf5.Network(str(path), input_message_bits=bits, spike_exp=spike_exp)
 
 
 def torch_conv_weight(lava_weight: np.ndarray) -> np.ndarray:
@@ -281,33 +281,44 @@ def test_netx_loads_with_our_layers_weights_and_thresholds(tmp_path):
             assert int(layer.neuron.vth.init) == math.ceil(int(node.v_threshold) * k / 64) - 1
 
 
-def test_netx_runs_in_lava_exactly_like_the_engine(tmp_path):
+def run_netx(path, item: np.ndarray):
+    """Each netx layer's output at every step, (T, *torch shape), and the last layer's neuron
+    state after the run (its ``v``, or ``sigma`` for a netx Sigma), for one item's payload
+    ``(T, *input shape)``, on Lava's CPU fixed-point models. Lava holds (W, H, C) maps and puts
+    time last: ``.T`` turns one layout into the other."""
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
 
+    lava_net = load_netx(path)
+    source = Source(data=np.ascontiguousarray(item.T).astype(np.int32))
+    source.s_out.connect(lava_net.inp)
+    sinks = [Sink(shape=layer.out.shape, buffer=len(item)) for layer in lava_net.layers]
+    for layer, sink in zip(lava_net.layers, sinks, strict=True):
+        layer.out.connect(sink.a_in)
+    lava_net.run(condition=RunSteps(num_steps=len(item)),
+                 run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+    try:
+        outs = [sink.data.get().T for sink in sinks]
+        top = lava_net.layers[-1].neuron
+        state = (top.v if hasattr(top, "v") else top.sigma).get().T
+    finally:
+        lava_net.stop()
+    return outs, state
+
+
+@pytest.mark.usefixtures("single_thread_torch")
+def test_netx_runs_in_lava_exactly_like_the_engine(tmp_path):
     net = int_chain()
     export_netx(net, tmp_path / "net.h5")
-    lava_net = load_netx(tmp_path / "net.h5")
     rng = np.random.default_rng(4)
     p = encode_input(net, rng.integers(0, 17, size=(1, 1, 6, 6)) / 16, STEPS)
     res = simulate(net, p)
-    source = Source(data=p[:, 0].numpy().transpose(3, 2, 1, 0).astype(np.int32))  # (W, H, C, T)
-    source.s_out.connect(lava_net.inp)
-    sinks = [Sink(shape=layer.out.shape, buffer=STEPS) for layer in lava_net.layers]
-    for layer, sink in zip(lava_net.layers, sinks, strict=True):
-        layer.out.connect(sink.a_in)
-    lava_net.run(condition=RunSteps(num_steps=STEPS), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
-    try:
-        counts = [sink.data.get().sum(-1) for sink in sinks]
-        v_out = lava_net.layers[-1].neuron.v.get()
-    finally:
-        lava_net.stop()
-    for name, count in zip(["a", "b", "c"], counts[:3], strict=True):
+    outs, v_out = run_netx(tmp_path / "net.h5", p[:, 0].numpy())
+    for name, out in zip(["a", "b", "c"], outs[:3], strict=True):
         ours = res.spike_counts[name][0].numpy()
-        ours = ours.transpose(2, 1, 0) if ours.ndim == 3 else ours
-        np.testing.assert_array_equal(count, ours, err_msg=name)
+        np.testing.assert_array_equal(out.sum(0), ours, err_msg=name)
         assert ours.sum() > 0
     np.testing.assert_array_equal(v_out, res.readout[STEPS][0].numpy() / 4)  # k = 2**-2
 
@@ -347,3 +358,190 @@ def test_netx_approximate_bias_is_stated_and_loaded(tmp_path):
     layer_a = lava_net.layers[0]
     bias_a = np.asarray(net.nodes["a"].bias).ravel() * 2.0 ** -1 / 64
     np.testing.assert_array_equal(layer_a.neuron.bias_mant.init[0, 0, :], bias_a)
+
+
+# ------------------------------------------------ netx: stock soft reset, sigma-delta
+
+
+def stock_chain(bias: bool = False) -> Network:
+    """Dense chain in the stock soft-reset form (quantize(stock=True), docs/design.md
+    section 7): 10 → 16 → 12 → 8 → LIF readout 4; thresholds M = vth / 64 of 200, 240 and 120,
+    a_exp 0 and 1; mixed-sign even weights, mostly excitatory (neurons fire 0.4-0.7 of the
+    steps, and u stays above -4 vth: the floor neuron, which netx has no place for, never
+    fires); ``bias``: mixed-sign biases on the stock grid (multiples of 128 here), the
+    readout's too."""
+    rng = np.random.default_rng(10)
+
+    def w(shape, lo, hi):
+        return 2 * rng.integers(lo, hi + 1, size=shape)
+
+    def b(n):
+        return 128 * rng.integers(-20, 30, size=n) if bias else np.zeros(n)
+
+    nodes = {"x": Input((10,), payload_bits=8, gain=10.0),
+             "a": IF((16,), b(16), np.array(64 * 200), "lif", 1, a_exp=0),
+             "b": IF((12,), b(12), np.array(64 * 240), "lif", 2, a_exp=1),
+             "c": IF((8,), b(8), np.array(64 * 120), "lif", 3, a_exp=0),
+             "output": Readout((4,), 2 * b(4), 4, a_exp=0, lif=True)}
+    syns = [Dense("x", "a", w((16, 10), -1, 4)), Dense("a", "b", w((12, 16), -4, 12)),
+            Dense("b", "c", w((8, 12), -10, 20)), Dense("c", "output", w((4, 8), -127, 127))]
+    return Network(nodes, syns, "int")
+
+
+def per_step(res, name: str) -> np.ndarray:
+    """The engine's events of ``name`` at every step (T, *shape), from its running counts."""
+    counts = np.stack([np.zeros_like(res.counts_at[1][name][0].numpy())] +
+                      [res.counts_at[t][name][0].numpy() for t in sorted(res.counts_at)])
+    return np.diff(counts, axis=0)
+
+
+def lowest_u(net: Network, p: torch.Tensor) -> dict[str, float]:
+    """Per stock population the lowest u over the run, in thresholds, of the neuron without
+    its floor (u[t] = L(u[t-1]) + x[t] - vth s[t-1], x from the engine's probe). Above -2 vth
+    the floor neuron (its u = -u, threshold 4 vth, v within 1/4095 of u) cannot fire, so the
+    engine's run is the floorless one."""
+    from lavaconv.sim.lif import leak
+
+    lowest = {}
+
+    def probe(name, current, train):
+        vth = int(net.nodes[name].v_threshold)
+        u = s = torch.zeros_like(current[0])
+        low = 0
+        for t in range(len(current)):
+            u = leak(u) + current[t] - vth * s
+            s = train[t].to(torch.int64)
+            low = min(low, int(u.min()))
+        lowest[name] = low / vth
+
+    simulate(net, p, probe=probe)
+    return lowest
+
+
+@pytest.mark.usefixtures("single_thread_torch")
+@pytest.mark.parametrize("bias", [False, True])
+def test_netx_stock_soft_reset_runs_in_lava_spike_for_spike(tmp_path, bias):
+    net = stock_chain(bias)
+    notes = export_netx(net, tmp_path / "net.h5")
+    assert sum("no floor neuron" in n for n in notes) == 3
+    assert sum("clock units" in n for n in notes) == (3 if bias else 0)
+    p = encode_input(net, np.random.default_rng(7).integers(0, 17, size=(1, 10)) / 16, STEPS)
+    assert min(lowest_u(net, p).values()) > -2
+    res = simulate(net, p, range(1, STEPS + 1), counts_at=True)
+    outs, v_out = run_netx(tmp_path / "net.h5", p[:, 0].numpy())
+    for name, out in zip("abc", outs[:3], strict=True):
+        ours = per_step(res, name)
+        np.testing.assert_array_equal(out[:, :ours.shape[1]], ours, err_msg=name)
+        assert ours.mean() > 0.3, name  # busy: the soft reset's residue carries over often
+        for j, clock in enumerate(out[:, ours.shape[1]:].T):  # from a step before t_start
+            start = net.nodes[name].t_start - 1 + j  # (c's second: before the readout's)
+            assert clock[start:].all() and not clock[:start].any(), (name, j)
+        assert out.shape[1] - ours.shape[1] == (bias and 1 + (name == "c"))
+    assert outs[-1].sum() == 0  # the readout integrates below its threshold
+    np.testing.assert_array_equal(v_out, res.readout[STEPS][0].numpy())
+
+
+def test_netx_stock_file_holds_the_self_connection(tmp_path):
+    from lava.lib.dl.netx import hdf5
+
+    export_netx(stock_chain(), tmp_path / "net.h5")
+    lava_net = hdf5.Network(str(tmp_path / "net.h5"), input_message_bits=8)
+    assert [type(layer).__name__ for layer in lava_net.layers] == [
+        "RecurrentDense", "RecurrentDense", "RecurrentDense", "Dense"]
+    b = lava_net.layers[1]
+    exp = b.synapse_rec.proc_params["weight_exp"]
+    np.testing.assert_array_equal(b.synapse_rec.weights.init * 2.0**exp, -240 * np.eye(12))
+    assert int(b.neuron.du.init) == 0 and int(b.neuron.dv.init) == 4095
+    assert int(b.neuron.vth.init) == 240
+
+
+def test_netx_stock_refuses_what_netx_cannot_hold(tmp_path):
+    path = tmp_path / "net.h5"
+    net = stock_chain(bias=True)
+    net.nodes["c"].t_start = 4
+    with pytest.raises(LavaconvError, match="layer c: its bias starts at t_start = 4"):
+        export_netx(net, path)
+    net = stock_chain(bias=True)
+    net.nodes["a"].reset = "zero"
+    with pytest.raises(LavaconvError, match="layer a: not in the stock form, but the chain's "
+                                            "biases need a clock unit"):
+        export_netx(net, path)
+    net = stock_chain(bias=True)
+    net.nodes["output"].t_start = 5
+    with pytest.raises(LavaconvError, match="layer output: its bias starts at t_start = 5"):
+        export_netx(net, path)
+    net = stock_chain(bias=True)
+    net.nodes["c"].bias = net.nodes["c"].bias * 8  # bias >> 6 beyond the 8-bit grid
+    with pytest.raises(LavaconvError, match=r"layer c: .*the recurrent ones .*, 4\d\d\]"):
+        export_netx(net, path)
+    net = stock_chain()
+    net.nodes["b"].v_threshold = np.array(64 * 256)  # inhibitory-only weights stop at -255
+    with pytest.raises(LavaconvError, match="layer b: .*self-connection -256"):
+        export_netx(net, path)
+    net = stock_chain()
+    net.nodes["output"].a_exp = -1
+    with pytest.raises(LavaconvError, match="layer output: a_exp -1 the stock readout's Dense"):
+        export_netx(net, path)
+    net = int_chain(reset="lif")
+    with pytest.raises(LavaconvError, match="layer a: .*dense layers only"):
+        export_netx(net, path)
+
+
+def sd_chain(bias: bool = False) -> Network:
+    """Integer sigma-delta chain as netx holds it (state_exp 6, spike_exp 0, Dense weight_exp
+    0): delta input (1, 6, 6) → conv 3x3 → SigmaDelta (3, 4, 4) → flatten → dense →
+    SigmaDelta (8,) → dense → Sigma readout (4,)."""
+    rng = np.random.default_rng(11)
+    nodes = {"x": Input((1, 6, 6), "delta", payload_bits=8, gain=100.0, delta_threshold=1.0),
+             "a": SigmaDelta((3, 4, 4), np.zeros((3, 1, 1)), 64.0 * 6, 1, state_exp=6,
+                             message_bits=12),
+             "b": SigmaDelta((8,), 64 * np.ones(8) if bias else np.zeros(8), 64.0 * 12, 2,
+                             state_exp=6, message_bits=12),
+             "output": Sigma((4,), np.zeros(4), 3)}
+    syns = [Conv("x", "a", rng.integers(-40, 60, size=(3, 1, 3, 3))),
+            Dense("a", "b", 2 * rng.integers(-20, 30, size=(8, 48))),
+            Dense("b", "output", 2 * rng.integers(-127, 128, size=(4, 8)))]
+    return Network(nodes, syns, "int")
+
+
+@pytest.mark.usefixtures("single_thread_torch")
+def test_netx_sdnn_runs_in_lava_message_for_message(tmp_path):
+    net = sd_chain()
+    assert export_netx(net, tmp_path / "net.h5") == []
+    steps = 12  # a payload that keeps changing: messages at most steps, residues carried
+    walk = np.cumsum(np.random.default_rng(12).integers(-8, 9, size=(steps, 1, 1, 6, 6)), 0)
+    p = torch.as_tensor(np.clip(walk + 50, 0, 127))
+    res = simulate(net, p, range(1, steps + 1), counts_at=True)
+    change = np.diff(p[:, 0].numpy(), axis=0, prepend=0)  # what our input Delta sends
+    outs, sigma = run_netx(tmp_path / "net.h5", change)
+    for name, out in zip("ab", outs[:2], strict=True):
+        ours = per_step(res, name)
+        np.testing.assert_array_equal(out != 0, ours, err_msg=name)
+        assert ours.mean() > 0.3, name
+    readout = np.stack([res.readout[t][0].numpy() for t in range(1, steps + 1)])
+    np.testing.assert_array_equal(outs[2], readout)  # sigma at every step
+    np.testing.assert_array_equal(sigma, readout[-1])
+    assert np.abs(readout).max() > 2**16
+
+
+def test_netx_sdnn_file_and_refusals(tmp_path):
+    from lava.lib.dl.netx import hdf5
+
+    path = tmp_path / "net.h5"
+    export_netx(sd_chain(), path)
+    lava_net = hdf5.Network(str(path), input_message_bits=9, spike_exp=0)
+    assert [type(layer.neuron).__name__ for layer in lava_net.layers] == [
+        "SigmaDelta", "SigmaDelta", "Sigma"]
+    a = lava_net.layers[0].neuron
+    assert int(a.vth.init) == 64 * 6 and int(a.state_exp.init) == 6
+    with pytest.raises(LavaconvError, match="layer b: has a bias; lavaconv's sigma-delta bias "
+                                            "is one pulse"):
+        export_netx(sd_chain(bias=True), path)
+    net = sd_chain()
+    net.nodes["a"].state_exp = 7
+    with pytest.raises(LavaconvError, match="layer a: state_exp 7"):
+        export_netx(net, path)
+    net = sd_chain()
+    net.synapses[1].weight_exp = -2
+    with pytest.raises(LavaconvError, match="layer b: weight_exp -2 floors"):
+        export_netx(net, path)

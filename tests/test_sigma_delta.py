@@ -1,6 +1,8 @@
 """Sigma-delta networks (issue 19): conversion, closed forms, and the integer engine against
 Lava's own stock fixed-point models (real Lava runtime)."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -185,9 +187,13 @@ def test_cli_deploy_vgg_sigma_delta(tmp_path, capsys):
     assert report["lava"]["bit_exact"] is True
 
 
-def test_exports_refuse_sigma_delta_in_one_line(integer_net, tmp_path):
+def test_netx_export_refuses_a_pulse_bias_in_one_line(integer_net, tmp_path):
     from lavaconv.export.netx import export_netx
 
-    net, _, _ = integer_net
-    with pytest.raises(LavaconvError, match="sigma-delta"):
+    net = copy.deepcopy(integer_net[0])
+    with pytest.raises(LavaconvError, match="layer out: 2 inputs"):
+        export_netx(net, tmp_path / "x.net")
+    net.synapses = [s for s in net.synapses if (s.source, s.target) != ("c1", "out")]
+    with pytest.raises(LavaconvError, match="layer c1: has a bias; lavaconv's sigma-delta bias "
+                                            "is one pulse into sigma at t_start = 1"):
         export_netx(net, tmp_path / "x.net")

@@ -112,7 +112,7 @@ def export(args: argparse.Namespace) -> int:
         else:
             notes = export_netx(net, tmp, approximate=args.approximate)
     for note in notes:
-        print(f"approximation: {note}")
+        print(f"note: {note}")
     print(f"wrote {out} ({args.format})")
     return 0
 

@@ -208,3 +208,43 @@ def test_stock_network_saves_and_loads(tmp_path):
     back = Network.load(tmp_path)
     assert back.nodes["output"].lif and back.nodes["a"].reset == "lif"
     assert np.array_equal(back.nodes["r"].bias, net.nodes["r"].bias)
+
+
+def _lava_lif_step(u, v, a_in_shifted):
+    """One PyLifModelBitAcc update (du = 0, dv = 4095, no bias), transcribed from Lava 0.10's
+    ``lava/proc/lif/models.py`` in numpy int64."""
+    decayed = np.sign(u * 4095) * np.right_shift(np.abs(u * 4095), 12) + a_in_shifted
+    u = np.where(decayed > 2**23, decayed - 2**24, decayed)
+    u = np.where(u <= -2**23, decayed + 2**24, u)
+    v = np.clip(np.sign(v) * np.right_shift(np.abs(v), 12) + u, -(2**23) + 1, 2**23 - 1)
+    return u, v
+
+
+def test_lif_loop_matches_lavas_update_at_the_wrap_edges():
+    """The engine's float64 loop (floor neuron kept as -u while that is exact) against Lava's
+    LIF update in int64, with currents that put u exactly on +-2**23 (the one asymmetric
+    wrap), wrap it past them, and drive the floor neuron."""
+    rng = np.random.default_rng(3)
+    theta, steps, n = 300 << 6, 40, 64
+    cur = (rng.integers(-2**17, 2**17, (steps, n)) << 6).astype(np.int64)
+    cur[0, :4] = [2**23, -(2**23), 2**23 + 64, -(2**23) - 64]
+    cur[1:, :4] = 0  # then whether the floor fired at step 0 decides u's spikes
+    cur[5:9, 4:8] = 2**22  # u climbs through 2**23 and wraps
+    u0 = rng.integers(-theta, theta, n)
+    u0[:4] = 0
+    u, uf, v, vf = u0.copy(), -u0, np.zeros(n, np.int64), np.zeros(n, np.int64)
+    s = sf = np.zeros(n, np.int64)
+    want, mirrored = [], []
+    for t in range(steps):
+        x = cur[t] - theta * s + stock.FLOOR * theta * sf
+        u, v = _lava_lif_step(u, v, x)
+        uf, vf = _lava_lif_step(uf, vf, -x)
+        mirrored.append(np.array_equal(u, -uf))
+        s, sf = (v > theta).astype(np.int64), (vf > stock.FLOOR * theta).astype(np.int64)
+        v, vf = np.where(s > 0, 0, v), np.where(sf > 0, 0, vf)
+        want.append(s)
+    out = torch.zeros(steps, n)
+    lif.lif_integrate_and_fire(lambda t: torch.as_tensor(cur[t]), steps, torch.tensor(theta),
+                               torch.as_tensor(u0), out)
+    assert np.array_equal(out.numpy(), np.array(want))
+    assert not mirrored[0] and np.array(want)[:, 4:8].sum() > 0  # the edges were reached

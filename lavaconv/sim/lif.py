@@ -46,8 +46,8 @@ def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: tor
     """The stock soft-reset neuron and its floor neuron for ``steps`` steps; ``current(t)`` is
     ``A[t] << 6`` without the self-connections (a new tensor, which the loop modifies). The
     floor neuron (threshold ``FLOOR * theta``) receives the negated input, so its u is -u
-    (kept so until a u wraps; from then on it is stepped itself: the wrap is not symmetric at
-    -2**23); when it fires, u gets ``FLOOR * theta`` one step later (:mod:`lavaconv.ir.stock`).
+    (the wrap is symmetric but at exactly +-2**23: from the first such u on, it is stepped
+    itself); when it fires, u gets ``FLOOR * theta`` one step later (:mod:`lavaconv.ir.stock`).
     Writes s[t] (0/1) into ``out[t]``; returns the neuron-steps whose u wrapped or v
     saturated. Computed in float64, where every value is an exact integer; the wrap and
     saturation checks run only in steps where some |u| comes near the bounds."""
@@ -69,8 +69,8 @@ def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: tor
         near = bool(lo < -SAFE_U) or bool(hi > SAFE_U)
         if near:
             clipped += int(torch.count_nonzero(u.gt(U_HALF) | u.le(-U_HALF)))
-            if u_f is None and (bool(lo <= -U_HALF + 1) or bool(hi >= U_HALF - 1)):
-                u_f = -u  # a u wraps, or sits where -u would
+            if u_f is None and bool(torch.any(u.abs() == U_HALF)):
+                u_f = -u  # wrapping u, or -u, at +-2**23 is the one asymmetric case
             wrap_u(u)
         if u_f is not None:
             wrap_u(u_f)

@@ -374,6 +374,15 @@ def _lava_line(report: dict) -> str:
             f"{1e3 * report['engine']['seconds_per_step']:.4f} ms per item-step)")
 
 
+def _seconds_line(report: dict) -> str:
+    """Where a deploy's wall time went (``report['seconds']``), or nothing."""
+    seconds = report.get("seconds")
+    if not seconds:
+        return ""
+    parts = ", ".join(f"{part.replace('_', ' ')} {s:.1f}" for part, s in seconds.items())
+    return f"wall time, s: {parts}; total {sum(seconds.values()):.1f}"
+
+
 def _hardware_line(report: dict) -> str:
     """Which processes ran (short class names) and what Loihi 2 still lacks."""
     lava, hw = report.get("lava", {}), report.get("hardware")
@@ -465,4 +474,5 @@ def deploy_summary(report: dict, out: str) -> str:
         + "; ".join(parts),
         f"{res['total_cores']} cores on {res['chips']} chip(s) of {report['profile']}; fits: "
         f"{res['fits']}",
+        *[line for line in [_seconds_line(report)] if line],
         f"report: {out}/report.html (tables also in report.md, numbers in report.json)"])

@@ -9,14 +9,20 @@ import torch
 from lavaconv.ir.stock import FLOOR, READOUT_VTH, U_HALF, V_LIMIT
 
 
+def _toward_zero_4096(x: torch.Tensor) -> torch.Tensor:
+    """``sgn(x) * (|x| >> 12)`` (division by 4096 rounded toward zero) with shifts only, in
+    place: an arithmetic shift floors, so negative values first get 4095 added."""
+    return x.add_(x.bitwise_right_shift(63).bitwise_and_(4095)).bitwise_right_shift_(12)
+
+
 def leak(u: torch.Tensor) -> torch.Tensor:
     """``sgn(u) * ((|u| * 4095) >> 12)``: du = 0 with Loihi's ds_offset of 1."""
-    return torch.sign(u) * torch.div(u.abs() * 4095, 4096, rounding_mode="floor")
+    return _toward_zero_4096(u * 4095)
 
 
 def carry(v: torch.Tensor) -> torch.Tensor:
     """``sgn(v) * (|v| >> 12)``: dv = 4095."""
-    return torch.sign(v) * torch.div(v.abs(), 4096, rounding_mode="floor")
+    return _toward_zero_4096(v.clone())
 
 
 def wrap_u(u: torch.Tensor) -> torch.Tensor:
@@ -24,6 +30,14 @@ def wrap_u(u: torch.Tensor) -> torch.Tensor:
     u.sub_(u.gt(U_HALF).to(u.dtype) * (2 * U_HALF))
     u.add_(u.le(-U_HALF).to(u.dtype) * (2 * U_HALF))
     return u
+
+
+def _beyond(x: torch.Tensor, low: int, high: int) -> bool:
+    """Whether any entry of ``x`` lies outside ``[low, high]`` (one pass)."""
+    if x.numel() == 0:
+        return False
+    lo, hi = torch.aminmax(x)
+    return bool(lo < low) or bool(hi > high)
 
 
 def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: torch.Tensor,
@@ -42,13 +56,18 @@ def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: tor
         x = current(t) - theta * s + lift * s_f
         u = leak(u).add_(x)
         u_f = leak(u_f).sub_(x)
-        clipped += int(torch.count_nonzero(u.gt(U_HALF) | u.le(-U_HALF)))
-        wrap_u(u)
-        wrap_u(u_f)
+        if _beyond(u, -U_HALF + 1, U_HALF):  # rare: one pass finds out
+            clipped += int(torch.count_nonzero(u.gt(U_HALF) | u.le(-U_HALF)))
+            wrap_u(u)
+        if _beyond(u_f, -U_HALF + 1, U_HALF):
+            wrap_u(u_f)
         v = carry(v).add_(u)
-        v_f = carry(v_f).add_(u_f).clamp_(-V_LIMIT, V_LIMIT)
-        clipped += int(torch.count_nonzero(v.abs() > V_LIMIT))
-        v.clamp_(-V_LIMIT, V_LIMIT)
+        v_f = carry(v_f).add_(u_f)
+        if _beyond(v_f, -V_LIMIT, V_LIMIT):
+            v_f.clamp_(-V_LIMIT, V_LIMIT)
+        if _beyond(v, -V_LIMIT, V_LIMIT):
+            clipped += int(torch.count_nonzero(v.abs() > V_LIMIT))
+            v.clamp_(-V_LIMIT, V_LIMIT)
         s, s_f = v > theta, v_f > lift
         v.masked_fill_(s, 0)
         v_f.masked_fill_(s_f, 0)

@@ -28,9 +28,10 @@ $(SYSTEM) &:
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist chromium
 
+# One torch thread: on the shared 2-core machine two threads slowed the engine tenfold (README)
 demo: setup system
-	$(BIN)/lavaconv deploy examples/resnet_fmnist.pt2 --data fashion-mnist --timesteps 64 \
-		--samples 2000 --lava-samples 4 --out out/demo
+	OMP_NUM_THREADS=1 $(BIN)/lavaconv deploy examples/resnet_fmnist.pt2 --data fashion-mnist \
+		--timesteps 64 --samples 250 --lava-samples 4 --out out/demo
 
 test: setup system
 	$(BIN)/python -m pytest -q

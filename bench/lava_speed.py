@@ -1,7 +1,7 @@
 """Lava CPU simulation speed (issue 6): Lava's stock models vs the fused model vs the engine.
 
     .venv/bin/python bench/lava_speed.py [--model examples/vgg_fmnist.pt2] [--timesteps 64]
-                                         [--items 4] [--repeats 2]
+                                         [--items 4] [--repeats 2] [--graph ours|stock]
 
 Builds the integer network as ``lavaconv deploy`` does (loihi2 profile), then runs the same
 items through Lava in a fresh worker process per run (``fast=False``: the hierarchical process's
@@ -9,6 +9,12 @@ sub-process model with Lava's stock Dense/Conv; ``fast=True``: its fused CPU mod
 process samples the worker's process tree (OS processes, PSS memory). Checks that stock, fast and
 the engine agree bit for bit, and that no process is left behind after a run, an injected error
 inside a process model, Ctrl-C (SIGINT to the process group) and SIGTERM. Prints markdown tables.
+
+``--graph stock``: the stock LIF graph (docs/design.md section 7) through
+:func:`lavaconv.lava.stock.run_stock`, Lava's bit-accurate models one OS process each against the
+fused model of them; items run back to back without reset steps. The clean-up cases are left
+out there (the fault injection reaches lavaconv's own models only; the run and stop path is the
+same :mod:`lavaconv.lava.lifecycle`).
 """
 
 from __future__ import annotations
@@ -108,6 +114,7 @@ class Job:
     fast: bool
     result: str
     fail_after: int = 0
+    stock: bool = False  # the stock LIF graph (run_stock)
 
 
 def _cpu_ns(pids: list[int]) -> int:
@@ -138,7 +145,7 @@ def _count_cpu(lifecycle, spent: list[int]) -> None:
 def worker(path: str) -> None:
     """Run one job (in a fresh process, like a user's command) and pickle what Lava returned."""
     torch.set_num_threads(1)
-    from lavaconv.lava import dynamics, lifecycle, run_lava
+    from lavaconv.lava import dynamics, lifecycle, run_lava, run_stock
 
     with open(path, "rb") as f:
         job: Job = pickle.load(f)
@@ -156,12 +163,17 @@ def worker(path: str) -> None:
     _count_cpu(lifecycle, spent)
     print(READY, flush=True)
     start = time.perf_counter()
-    result = run_lava(job.net, job.payload, fast=job.fast)
+    if job.stock:
+        result = run_stock(job.net, job.payload, fast=job.fast)
+        steps = job.payload.shape[1] * job.payload.shape[0]
+    else:
+        result = run_lava(job.net, job.payload, fast=job.fast)
+        steps = job.payload.shape[1] * (job.payload.shape[0] + 1) - 1
     wall = time.perf_counter() - start
-    steps = job.payload.shape[1] * (job.payload.shape[0] + 1) - 1
+    fields = {k: getattr(result, k) for k in ("spike_counts", "readout", "seconds_per_step",
+                                              "startup_seconds")}
     with open(job.result, "wb") as f:  # plain data: the caller does not import Lava
-        pickle.dump(Result(**vars(result), wall_seconds=wall, cpu_per_step=spent[0] / 1e9 / steps),
-                    f)
+        pickle.dump(Result(**fields, wall_seconds=wall, cpu_per_step=spent[0] / 1e9 / steps), f)
 
 
 @dataclass
@@ -216,12 +228,13 @@ def launch(job: Job, tmp: Path, signum: int | None = None, group: bool = False) 
     return Outcome(tree, proc.returncode, stderr, result, left_behind(tree))
 
 
-def build_network(model: str, timesteps: int, items: int):
-    """The integer network and ``items`` evaluation inputs, as ``lavaconv deploy`` builds them."""
+def build_network(model: str, timesteps: int, items: int, stock: bool = False):
+    """The integer network and ``items`` evaluation inputs, as ``lavaconv deploy`` builds them
+    (``stock``: for the stock LIF graph)."""
     args = cli.parser().parse_args(["deploy", model, "--data", "fashion-mnist", "--quiet",
                                     "--samples", str(items), "--calib-samples", "2000"])
     prep = prepare(commands.run_config(args))
-    net, _ = prep.integer(args.profile, timesteps)
+    net, _ = prep.integer(args.profile, timesteps, stock=stock)
     return net, prep.dataset.x_eval[:items]
 
 
@@ -290,13 +303,16 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=64)
     ap.add_argument("--items", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2, help="runs per mode (best is reported)")
+    ap.add_argument("--graph", choices=["ours", "stock"], default="ours",
+                    help="lavaconv's processes (run_lava) or the stock LIF graph (run_stock)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker)
         return
     torch.set_num_threads(1)
-    net, x = build_network(args.model, args.timesteps, args.items)
+    stock = args.graph == "stock"
+    net, x = build_network(args.model, args.timesteps, args.items, stock)
     payload = encode_input(net, x, args.timesteps)
     engine_times, engine = engine_batch1(net, payload)
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -304,7 +320,7 @@ def main() -> None:
 
         def job(fast: bool, data: np.ndarray | None = None, fail: int = 0) -> Job:
             data = payload.numpy() if data is None else data
-            return Job(net, data, fast, str(tmp / "result.pkl"), fail)
+            return Job(net, data, fast, str(tmp / "result.pkl"), fail, stock)
 
         runs: dict[str, list[Outcome]] = {"stock": [], "fast": []}
         for _ in range(args.repeats):  # alternate, so both modes see the same machine load
@@ -319,7 +335,7 @@ def main() -> None:
         long_payload = np.repeat(payload.numpy(), 100, axis=1)  # long enough to interrupt
         cleanup = ["| case | child OS processes | worker exit status | left behind |",
                    "|---|---|---|---|"]
-        for mode in runs:
+        for mode in runs if not stock else ():
             for o in runs[mode]:
                 cleanup.append(cleanup_rows(f"{mode}: normal run", o))
             cleanup.append(cleanup_rows(f"{mode}: error in a process model",
@@ -330,15 +346,17 @@ def main() -> None:
             cleanup.append(cleanup_rows(f"{mode}: SIGTERM to the worker",
                                         launch(job(mode == "fast", long_payload), tmp,
                                                signal.SIGTERM)))
+    timing = "stock LIF graph, no reset steps" if stock else "+1 reset step each"
     print(f"{Path(args.model).name}: {len(net.nodes) - 1} populations, {len(net.synapses)} "
           f"synapses; {args.items} items x "
-          f"{args.timesteps} timesteps (+1 reset step each); torch {torch.__version__}, "
+          f"{args.timesteps} timesteps ({timing}); torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
     print(speed_table(runs, engine_times))
     print()
     print(resource_table(runs, exact, args.items))
-    print()
-    print("\n".join(cleanup))
+    if not stock:
+        print()
+        print("\n".join(cleanup))
 
 
 if __name__ == "__main__":

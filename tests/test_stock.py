@@ -11,6 +11,8 @@ from lavaconv.errors import LavaconvError
 from lavaconv.ir import stock
 from lavaconv.ir.network import IF, Conv, Dense, Input, Network, Readout
 from lavaconv.lava import run_stock
+from lavaconv.lava.fused import FusedNetwork
+from lavaconv.lava.graph import lava_shape, to_lava
 from lavaconv.lava.stock import build_stock, describe
 from lavaconv.sim import lif
 from lavaconv.sim.engine import encode_input, simulate
@@ -59,22 +61,58 @@ def _inputs(net: Network, items: int) -> np.ndarray:
     return np.round(x * 16) / 16
 
 
+def _fused_trains(net: Network, payload: np.ndarray) -> dict[str, np.ndarray]:
+    """The fused model stepped directly (no Lava): every population's and floor neuron's
+    spikes, (K, T, *shape) in torch layout."""
+    graph = build_stock(net, payload, monitors=False)
+    fused = FusedNetwork(graph.processes, [graph.neurons[n] for n in graph.floors], graph.top,
+                         restart=graph.steps)
+    procs = {**graph.neurons, **{f"{n}.floor": p for n, p in graph.floors.items()}}
+    sent = {name: [] for name in procs}
+    for time_step in range(1, graph.items * graph.steps + 1):
+        out = fused.step(time_step)
+        for name, proc in procs.items():
+            sent[name].append(out[proc].copy())
+    trains = {}
+    for name, x in sent.items():
+        shape = net.nodes[name.removesuffix(".floor")].shape
+        x = np.stack(x).reshape(graph.items, graph.steps, *lava_shape(shape))
+        trains[name] = to_lava(x, shape)
+    return trains
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_stock_graph_is_bit_exact_with_the_engine(seed):
+def test_stock_graph_stock_and_fused_models_are_bit_exact_with_the_engine(seed):
+    """Lava's stock bit-accurate models (one OS process each) and the fused model of them:
+    each equals the engine spike for spike (trains), count for count and v for v; three
+    items back to back."""
     net = stock_net(seed)
     payload = encode_input(net, _inputs(net, 3), 48)
-    eng = simulate(net, payload)
-    res = run_stock(net, payload.numpy())
+    sent = {}
+    eng = simulate(net, payload, probe=lambda name, u, train: sent.setdefault(name, train))
+    res = run_stock(net, payload.numpy(), fast=False)
+    fast = run_stock(net, payload.numpy())  # the default on sim: fused
+    trains = _fused_trains(net, payload.numpy())
     for name, counts in eng.spike_counts.items():
+        expected = sent[name].numpy().swapaxes(0, 1) != 0  # (K, T, *shape)
+        assert np.array_equal(res.spike_trains[name], expected), name
+        assert np.array_equal(trains[name], expected), name
         assert np.array_equal(counts.numpy(), res.spike_counts[name]), name
+        assert np.array_equal(counts.numpy(), fast.spike_counts[name]), name
         assert 0 < counts.sum() < counts.numel() * 48, f"{name} idle or saturated"
+    assert sum(int(trains[f"{n}.floor"].sum()) for n in eng.spike_counts) > 100  # floors fire
     assert np.array_equal(eng.readout[48].numpy(), res.readout)
+    assert np.array_equal(eng.readout[48].numpy(), fast.readout)
     assert not np.array_equal(res.readout[0], res.readout[1])  # items differ: resets worked
     assert sum(eng.saturated.values()) > 0  # wrap and clip paths were exercised
-    assert all(c.startswith("lava.proc.") for c in res.process_classes)
-    # per population: self, mirror, floor self, lift; every bias term twice (main and floor)
-    assert res.process_classes["lava.proc.sparse.process.Sparse"] == 3 * 4 + 2 * 5
-    assert not res.hardware["ready"]
+    assert not fast.spike_trains  # the fused model counts; only monitors record trains
+    for r in (res, fast):
+        assert all(c.startswith("lava.proc.") for c in r.process_classes)
+        # per population: self, mirror, floor self, lift; every bias term twice (main, floor)
+        assert r.process_classes["lava.proc.sparse.process.Sparse"] == 3 * 4 + 2 * 5
+        assert not r.hardware["ready"]
+    assert res.process_classes["lava.proc.monitor.process.Monitor"] == 3
+    assert "lava.proc.monitor.process.Monitor" not in fast.process_classes
 
 
 def test_stock_neuron_is_not_the_ideal_one():
@@ -248,3 +286,73 @@ def test_lif_loop_matches_lavas_update_at_the_wrap_edges():
                                torch.as_tensor(u0), out)
     assert np.array_equal(out.numpy(), np.array(want))
     assert not mirrored[0] and np.array(want)[:, 4:8].sum() > 0  # the edges were reached
+
+
+def test_fused_model_matches_the_stock_models_beyond_what_build_stock_emits():
+    """Hand-built stock graphs through Lava's bit-accurate models and the fused model, v for v
+    and spike for spike: LIF with any du, dv, bias_mant << bias_exp, u wrapping and v
+    clipping; Sparse with weights clipped to 8 bits and truncated to 6, weight_exp -1 and +2,
+    graded (8 message bits) and binary input; a Dense and a Sparse into one LIF."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.dense.process import Dense as LavaDense
+    from lava.proc.io.source import RingBuffer
+    from lava.proc.lif.process import LIF
+    from lava.proc.monitor.process import Monitor
+    from lava.proc.sparse.process import Sparse
+    from scipy.sparse import random as sparse_random
+
+    from lavaconv.lava import stock as lava_stock
+    from lavaconv.lava.procs import models
+    from lavaconv.lava.procs.process import SpikingNetwork
+
+    steps = 24
+
+    def graph():
+        rng = np.random.default_rng(3)
+        src = RingBuffer(data=rng.integers(-127, 128, (40, steps)).astype(np.int32))
+        a = LIF(shape=(30,), du=int(rng.integers(0, 4096)), dv=int(rng.integers(0, 4096)),
+                bias_mant=rng.integers(-4096, 4096, 30), bias_exp=rng.integers(0, 8, 30),
+                vth=int(rng.integers(1000, 20000)), u=rng.integers(-2**22, 2**22, 30),
+                v=rng.integers(-2**22, 2**22, 30))
+        b = LIF(shape=(5,), du=17, dv=4000, bias_mant=3, bias_exp=7, vth=2**16, u=0, v=0)
+        w = sparse_random(30, 40, density=0.4, random_state=4, data_rvs=lambda n: rng.integers(
+            -400, 400, n)).astype(np.int64)
+        synapses = [
+            (src, LavaDense(weights=rng.integers(-255, 256, (30, 40)), num_message_bits=8), a),
+            (src, Sparse(weights=w, num_message_bits=8, num_weight_bits=6, weight_exp=-1), a),
+            (a, Sparse(weights=-np.diag(rng.integers(0, 120, 30)), weight_exp=2), a),
+            (a, Sparse(weights=rng.integers(-90, 90, (5, 30)), weight_exp=-1), b)]
+        for sender, syn, receiver in synapses:
+            sender.s_out.connect(syn.s_in)
+            syn.a_out.connect(receiver.a_in)
+        return [src, a, b, *(s for _, s, _ in synapses)], a, b
+
+    procs, a, b = graph()
+    mon = Monitor()
+    mon.probe(a.s_out, steps)
+    chosen = {p: lava_stock.MODELS[type(p)] for p in procs}
+    try:
+        b.run(RunSteps(num_steps=steps), Loihi2SimCfg(select_tag="fixed_pt",
+                                                      exception_proc_model_map=chosen))
+        spikes = np.asarray(mon.get_data()[a.name][a.s_out.name]) != 0
+        v_stock, u_stock = b.v.get(), a.u.get()
+    finally:
+        b.stop()
+    procs, a, b = graph()
+    fused = FusedNetwork(procs, [a], b, restart=steps)
+    trains = np.stack([fused.step(t)[a].copy() for t in range(1, steps + 1)])
+    assert np.array_equal(trains, spikes)
+    assert np.array_equal(fused.score, v_stock)
+    assert np.array_equal(fused.nodes[a].state["u"], u_stock)
+    assert 0 < spikes.sum() < spikes.size and np.abs(u_stock).max() > 2**20
+    procs, a, b = graph()  # and the same through Lava as one process
+    top = SpikingNetwork(procs=procs, counted=[a], readout=b, restart=steps)
+    try:
+        chosen = {top: models.PySpikingNetworkModelFused}
+        top.run(RunSteps(num_steps=steps),
+                Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=chosen))
+        assert np.array_equal(top.score.get(), v_stock)
+        assert np.array_equal(top.count.get(), spikes.sum(axis=0))
+    finally:
+        top.stop()

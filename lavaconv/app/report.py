@@ -374,6 +374,17 @@ def _lava_line(report: dict) -> str:
             f"{1e3 * report['engine']['seconds_per_step']:.4f} ms per item-step)")
 
 
+def _seconds_text(report: dict) -> str:
+    """Where a deploy's wall time went (``report['seconds']``: the parts of 1 s or more, the
+    longest first), or nothing."""
+    seconds = report.get("seconds")
+    if not seconds:
+        return ""
+    parts = sorted(((s, part) for part, s in seconds.items() if s >= 1), reverse=True)
+    shown = ", ".join(f"{part.replace('_', ' ')} {s:.0f}" for s, part in parts)
+    return f"; {sum(seconds.values()):.0f} s" + (f" ({shown})" if shown else "")
+
+
 def _hardware_line(report: dict) -> str:
     """Which processes ran (short class names) and what Loihi 2 still lacks."""
     lava, hw = report.get("lava", {}), report.get("hardware")
@@ -465,4 +476,5 @@ def deploy_summary(report: dict, out: str) -> str:
         + "; ".join(parts),
         f"{res['total_cores']} cores on {res['chips']} chip(s) of {report['profile']}; fits: "
         f"{res['fits']}",
-        f"report: {out}/report.html (tables also in report.md, numbers in report.json)"])
+        f"report: {out}/report.html (tables also in report.md, numbers in report.json)"
+        + _seconds_text(report)])

@@ -4,6 +4,7 @@ the float spiking network), shared by the commands, deploy and the Python API.""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class Prepared:
     net: Network
     stats: dict[str, ActivationStats]
     ann_accuracy: float
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each part of prepare
 
     @property
     def options(self) -> ConvertOptions:
@@ -75,14 +77,17 @@ class Prepared:
 
 def prepare(config: RunConfig) -> Prepared:
     """Load data and model, measure the ANN, compute activation statistics and convert."""
+    start = time.perf_counter()
     dataset = load_dataset(config.data, n_eval=config.samples, n_calib=config.calib_samples,
                            seed=config.seed)
     model = load_model(config.model, tuple(dataset.x_eval.shape[1:]), arch=config.arch,
                        trust_pickle=config.trust_pickle)
     device = distributed.device(config.device)
     ann = probe.accuracy(model.graph_module, dataset.x_eval, dataset.y_eval, device=device)
+    loaded = time.perf_counter()
     progress = config.progress and distributed.is_main()
     net, stats = build(model.graph_module, dataset, config.options, progress=progress,
                        device=device, seed=config.seed)
     net.meta.update(model=str(config.model), data=config.data, ann_accuracy=ann)
-    return Prepared(config, dataset, model, net, stats, ann)
+    seconds = {"load_and_ann": loaded - start, "convert": time.perf_counter() - loaded}
+    return Prepared(config, dataset, model, net, stats, ann, seconds)

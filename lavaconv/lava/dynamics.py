@@ -2,11 +2,14 @@
 
 lavaconv's own process models (``procs/models.py``) and the fused whole-network model
 (:mod:`lavaconv.lava.fused`) both call these, so a neuron has one implementation. The synapse
-kernels reproduce Lava's stock ``fixed_pt`` Dense and Conv models (``lava/proc/dense/models.py``
-``PyDenseModelBitAcc``, ``lava/proc/conv/models.py`` ``PyConvModelFixed``) bit for bit wherever
+kernels reproduce Lava's stock ``fixed_pt`` Dense, Sparse and Conv models
+(``lava/proc/dense/models.py`` ``PyDenseModelBitAcc``, ``lava/proc/sparse/models.py``
+``PySparseModelBitAcc``, ``lava/proc/conv/models.py`` ``PyConvModelFixed``) bit for bit wherever
 those cannot overflow their int32 sums (checked per synapse), vectorised: torch ``conv2d``
 instead of a scipy ``convolve2d`` per channel pair, the active inputs' weight columns summed
-instead of a matrix product. Arrays use Lava's layout: maps are ``(W, H, C)``.
+instead of a matrix product. :class:`LifBitAcc` and :func:`ring_buffer_at` are the stock LIF's
+``PyLifModelBitAcc`` and RingBuffer's ``PySendModelFixed`` (the stock graph,
+:mod:`lavaconv.lava.stock`). Arrays use Lava's layout: maps are ``(W, H, C)``.
 """
 
 from __future__ import annotations
@@ -16,12 +19,25 @@ import torch
 import torch.nn.functional as F
 from lava.proc.conv.process import Conv as LavaConv
 from lava.proc.dense.process import Dense as LavaDense
+from lava.proc.lif.process import LIF
+from lava.proc.sparse.process import Sparse
 from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
+from scipy.sparse import csr_matrix, issparse
 
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.fixedpoint import THRESHOLD_SHIFT, wrap
 
 EXACT_SUM = 2**31  # stock models sum in int32 (Dense) or cast to int32 (Conv): exact below this
+
+
+DECAY_UNITY = 2**12  # LIF's du and dv are fractions of 4096 (12 bits)
+UV_HALF = 2**23  # LIF's u and v hold 24-bit values
+
+
+def initial(proc, var: str) -> np.ndarray:
+    """A Var's initial value at its full shape."""
+    v = getattr(proc, var)
+    return np.broadcast_to(np.asarray(v.init), v.shape)
 
 
 def local_step(time_step: int, steps: int) -> tuple[int, int]:
@@ -99,6 +115,50 @@ def fire(v: np.ndarray, vth: np.ndarray, count: np.ndarray, live: bool, reset: s
             memory += s
         count += s != 0
     return s
+
+
+def ring_buffer_at(data: np.ndarray, time_step: int) -> np.ndarray:
+    """What a stock ``RingBuffer`` (``PySendModelFixed``) sends at Lava's ``time_step`` (from
+    1): column ``(time_step - 1) mod n`` of its ``data`` (the last axis, of length n, is time)."""
+    return data[..., (time_step - 1) % data.shape[-1]]
+
+
+def _decay(x: np.ndarray, keep: int) -> np.ndarray:
+    """``sgn(x) * ((|x| * keep) >> 12)`` computed in int64, cast back to int32 (as LIF does)."""
+    d = x.astype(np.int64) * keep
+    return (np.sign(d) * np.right_shift(np.abs(d), 12)).astype(np.int32)
+
+
+class LifBitAcc:
+    """One step of Lava's stock ``LIF`` as ``PyLifModelBitAcc`` computes it, from the process's
+    ``du``, ``dv`` (12 bits; ``ds_offset = 1``), ``bias_mant``, ``bias_exp`` and ``vth``, in the
+    model's own dtypes (u, v and the summed ``a_in`` int32; decays in int64), so that it wraps
+    wherever the model wraps::
+
+        u = wrap24(sgn(u) ((|u| (4096 - du - 1)) >> 12) + (a_in << 6))   (> 2**23: -2**24,
+                                                                           <= -2**23: +2**24)
+        v = clip(sgn(v) ((|v| (4096 - dv)) >> 12) + u + (bias_mant << bias_exp), +-(2**23 - 1))
+        s = v > (vth << 6);  v = 0 where s
+    """
+
+    def __init__(self, proc: LIF) -> None:
+        self.keep_u = DECAY_UNITY - (int(np.ravel(proc.du.init)[0]) + 1)
+        self.keep_v = DECAY_UNITY - int(np.ravel(proc.dv.init)[0])
+        mant = initial(proc, "bias_mant").astype(np.int16).astype(np.int32)
+        exp = initial(proc, "bias_exp").astype(np.int16)
+        self.bias = np.where(exp >= 0, np.left_shift(mant, exp), np.right_shift(mant, -exp))
+        self.vth = np.left_shift(int(np.ravel(proc.vth.init)[0]), 6)
+
+    def __call__(self, u: np.ndarray, v: np.ndarray, a_in: np.ndarray) -> np.ndarray:
+        """In place on ``u`` and ``v`` (int32); returns the spikes (bool)."""
+        decayed = _decay(u, self.keep_u)
+        decayed += np.left_shift(a_in.astype(np.int32), 6)
+        u[:] = np.where(decayed > UV_HALF, decayed - 2 * UV_HALF,
+                        np.where(decayed <= -UV_HALF, decayed + 2 * UV_HALF, decayed))
+        np.clip(_decay(v, self.keep_v) + u + self.bias, -UV_HALF + 1, UV_HALF - 1, out=v)
+        s = v > self.vth
+        v[s] = 0
+        return s
 
 
 class DelayLine:
@@ -190,7 +250,8 @@ def _sum_bound(proc, weights: np.ndarray, message_bits: int, shift: int = 0) -> 
     """Largest possible |synaptic sum| (times ``2**shift``); refuse one that would leave the
     range where Lava's stock model is exact."""
     s_max = 1 if message_bits == 0 else 2 ** (message_bits - 1)
-    rows = np.abs(weights.reshape(len(weights), -1).astype(np.int64)).sum(axis=1)
+    flat = weights.astype(np.int64).reshape(weights.shape[0], -1)
+    rows = np.asarray(abs(flat).sum(axis=1)).ravel()  # a dense or a CSR matrix
     bound = int(rows.max(initial=0)) * s_max << max(shift, 0)
     if bound >= EXACT_SUM:
         raise LavaconvError(f"synapse {proc.name}: synaptic sums may reach {bound:.3g} >= 2**31, "
@@ -220,24 +281,31 @@ class Kernel:
 
 
 class DenseKernel(Kernel):
-    """Lava's ``PyDenseModelBitAcc``: weights clipped to 8 bits and truncated to
-    ``num_weight_bits`` once, ``a = (W @ s) << weight_exp`` (flooring shift when negative)."""
+    """Lava's ``PyDenseModelBitAcc`` and ``PySparseModelBitAcc`` (the same arithmetic on a
+    dense or a CSR matrix): weights clipped to 8 bits and truncated to ``num_weight_bits``
+    once, ``a = (W @ s) << weight_exp`` (flooring shift when negative)."""
 
-    def __init__(self, proc: LavaDense) -> None:
+    def __init__(self, proc: LavaDense | Sparse) -> None:
         super().__init__()
         params = proc.proc_params
-        weights = np.asarray(proc.weights.init)
+        weights = proc.weights.init
+        weights = csr_matrix(weights) if issparse(weights) else np.asarray(weights)
         sign_mode = params.get("sign_mode") or determine_sign_mode(weights)
         weights = clip_weights(weights, sign_mode, num_bits=8)
         weights = truncate_weights(weights, sign_mode, params.get("num_weight_bits", 8))
         self.message_bits = int(np.asarray(proc.num_message_bits.init).item())
         self.weight_exp = int(params.get("weight_exp", 0))
         _sum_bound(proc, weights, self.message_bits, self.weight_exp)  # int32 never wraps
-        self.columns = np.ascontiguousarray(weights.T, dtype=np.int64)  # one row per input
-        self.graded = torch.from_numpy(weights.astype(np.float64))  # exact below 2**53
+        # Sparse: an int64 CSR product (exact); Dense: see compute
+        self.matrix = csr_matrix(weights, dtype=np.int64) if issparse(weights) else None
+        if self.matrix is None:
+            self.columns = np.ascontiguousarray(weights.T, dtype=np.int64)  # one row per input
+            self.graded = torch.from_numpy(weights.astype(np.float64))  # exact below 2**53
 
     def compute(self, s: np.ndarray) -> np.ndarray:
-        if self.message_bits > 0:  # graded payload (numpy's multithreaded BLAS is avoided)
+        if self.matrix is not None:
+            a = self.matrix @ s.ravel().astype(np.int64)
+        elif self.message_bits > 0:  # graded payload (numpy's multithreaded BLAS is avoided)
             a = torch.mv(self.graded, torch.from_numpy(s.ravel().astype(np.float64)))
             a = a.numpy().astype(np.int64)  # integral already
         else:  # binary spikes: the sum of the active inputs' weights, as the stock model's

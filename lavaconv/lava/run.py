@@ -48,6 +48,8 @@ class LavaResult:
     startup_seconds: float  # compile and process start-up
     process_classes: dict[str, int] = field(default_factory=dict)  # class name → processes
     hardware: dict = field(default_factory=dict)  # {ready, missing} for Loihi 2
+    spike_trains: dict[str, np.ndarray] = field(default_factory=dict)  # where recorded: node →
+    # (K, T, *shape) bool, torch layout (the stock graph's Monitor probes)
 
 
 def run_config(graph: LavaGraph, tag: str, target: str, fast: bool) -> RunConfig:

@@ -48,8 +48,11 @@ from lavaconv.errors import LavaconvError
 from lavaconv.ir import stock
 from lavaconv.ir.network import IF, Conv, Dense, Input, Network, Readout
 from lavaconv.lava import lifecycle
+from lavaconv.lava.fused import kernel
 from lavaconv.lava.graph import _check_int_weights, _connect, lava_shape, lava_synapse, to_lava
 from lavaconv.lava.hardware import loihi2_available
+from lavaconv.lava.procs.models import PySpikingNetworkModelFused
+from lavaconv.lava.procs.process import SpikingNetwork
 from lavaconv.lava.run import LavaResult, _torch_single_thread
 
 MODELS = {LIF: PyLifModelBitAcc, LavaDense: PyDenseModelBitAcc, Sparse: PySparseModelBitAcc,
@@ -254,46 +257,82 @@ def hardware(graph: StockGraph) -> dict:
     return {"ready": not missing, "missing": missing}
 
 
-def run_config(graph: StockGraph, target: str) -> RunConfig:
-    """Lava's bit-accurate CPU models keyed by process instance (no model discovery), or on
-    Loihi 2 Lava's own selection (needs lava-loihi; not testable here)."""
+def run_config(graph: StockGraph, target: str, fused: AbstractProcess | None = None
+               ) -> RunConfig:
+    """Lava's bit-accurate CPU models keyed by process instance (no model discovery), the
+    ``fused`` wrapper's one-process model of them, or on Loihi 2 Lava's own selection (needs
+    lava-loihi; not testable here)."""
     if target == "loihi2":
         if not loihi2_available():
             raise LavaconvError("--target loihi2 needs Intel's Lava extension for Loihi "
                                 "(lava-loihi), which is not installed; use --target sim")
         return Loihi2HwCfg(select_tag="fixed_pt")
+    if fused is not None:
+        for proc in graph.synapses.values():
+            kernel(proc)  # refuses, here rather than in Lava's process, what it cannot run
+        return Loihi2SimCfg(select_tag="fixed_pt",
+                            exception_proc_model_map={fused: PySpikingNetworkModelFused})
     chosen = {p: MODELS[type(p)] for p in graph.processes if type(p) in MODELS}
     return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=chosen)
 
 
-def run_stock(net: Network, payload: np.ndarray, target: str = "sim", progress: bool = False):
+def fused_wrapper(graph: StockGraph) -> SpikingNetwork:
+    """The stock graph (built without monitors) as one process for the fused CPU model
+    (:class:`lavaconv.lava.fused.FusedNetwork`): its populations' spikes counted, the readout
+    LIF's v as the score, every item from the initial state."""
+    if graph.monitors:
+        raise LavaconvError("the fused model counts spikes itself: build without monitors")
+    populations = [graph.neurons[name] for name in graph.floors]  # every one has a floor
+    return SpikingNetwork(procs=graph.processes, counted=populations, readout=graph.top,
+                          restart=graph.steps, name="stock")
+
+
+def run_stock(net: Network, payload: np.ndarray, target: str = "sim", progress: bool = False,
+              fast: bool | None = None) -> LavaResult:
     """Run the items of ``payload`` ``(T, K, *input_shape)`` through the stock graph; returns
-    a :class:`lavaconv.lava.run.LavaResult` (spike counts from the monitors, on ``sim``)."""
-    graph = build_stock(net, payload, monitors=target == "sim")
-    cfg = run_config(graph, target)
+    a :class:`lavaconv.lava.run.LavaResult`. ``fast`` (default: on ``sim``) steps the whole
+    graph in one OS process with the fused model of Lava's bit-accurate models (spike counts
+    from its ``count``); ``fast=False`` runs those models one OS process each (spike counts
+    from ``Monitor`` probes). ``process_classes`` are the stock graph's either way."""
+    fast = target == "sim" if fast is None else fast
+    if fast and target != "sim":
+        raise LavaconvError(f"the fused model runs on --target sim, not {target}")
+    graph = build_stock(net, payload, monitors=target == "sim" and not fast)
+    top = fused_wrapper(graph) if fast else graph.top
+    cfg = run_config(graph, target, top if fast else None)
     readout, running = [], 0.0
     out = net.nodes[net.output_name]
+    counted = list(graph.floors)  # the populations, in the order the fused model counts them
+    counts: dict[str, list[np.ndarray]] = {n: [] for n in counted}
     with _torch_single_thread():
         t0 = time.perf_counter()
-        with lifecycle.running(graph.top, cfg) as advance:
+        with lifecycle.running(top, cfg) as advance:
             startup = time.perf_counter() - t0
             for k in tqdm(range(graph.items), desc="lava", unit="item", disable=not progress):
                 t1 = time.perf_counter()
                 advance(graph.steps)
                 running += time.perf_counter() - t1
-                v = np.rint(graph.top.v.get()).astype(np.int64)
-                readout.append(to_lava(v, out.shape).reshape(-1))
-                if k + 1 < graph.items:
+                v = (top.score if fast else graph.top.v).get()
+                readout.append(to_lava(np.rint(v).astype(np.int64), out.shape).reshape(-1))
+                if fast:
+                    shapes = [graph.neurons[n].s_out.shape for n in counted]
+                    flat = np.split(top.count.get(), np.cumsum([np.prod(s) for s in shapes])[:-1])
+                    for name, x, shape in zip(counted, flat, shapes, strict=True):
+                        counts[name].append(to_lava(np.rint(x).astype(np.int64).reshape(shape),
+                                                    net.nodes[name].shape))
+                elif k + 1 < graph.items:
                     for var, value in graph.initial:
                         var.set(np.asarray(value))
-            counts = {}
+            trains = {}
             for name, mon in graph.monitors.items():
                 lif = graph.neurons[name]
                 data = np.asarray(mon.get_data()[lif.name][lif.s_out.name])
                 data = data.reshape(graph.items, graph.steps, *lif.s_out.shape) != 0
-                counts[name] = to_lava(data.sum(axis=1).astype(np.int64), net.nodes[name].shape)
-    return LavaResult(counts, np.stack(readout), running / (graph.items * graph.steps),
-                      startup, graph.process_classes(), hardware(graph))
+                trains[name] = to_lava(data, net.nodes[name].shape)
+                counts[name] = list(trains[name].sum(axis=1, dtype=np.int64))
+    return LavaResult({n: np.stack(c) for n, c in counts.items()}, np.stack(readout),
+                      running / (graph.items * graph.steps), startup, graph.process_classes(),
+                      hardware(graph), trains)
 
 
 def describe(net: Network) -> dict:

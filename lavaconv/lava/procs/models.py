@@ -255,7 +255,8 @@ class PySpikingNetworkModelFused(PyAsyncProcessModel):
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
-        self.net = FusedNetwork(proc_params["procs"])  # at start-up, not in the first step
+        self.net = FusedNetwork(proc_params["procs"], proc_params["counted"],  # at start-up,
+                                proc_params["readout"], proc_params["restart"])  # not step 1
         self.time_step = 0
 
     def run_async(self) -> None:

@@ -172,15 +172,27 @@ class SpikingNetwork(AbstractProcess):
     them as they are (Lava's stock models in simulation; Loihi 2), the fused CPU model
     (``fixed_pt``) steps all of them in one OS process with the same arithmetic. Either way::
 
-        count = spike counts of the COUNTED processes in the current item, flat, concatenated
+        count = spike counts of the counted processes in the current item, flat, concatenated
         score = what the readout's mode reads: its potential v, or its spike count
 
     (the fused model's Vars; with the sub-process model read the sub-processes' own Vars).
+    ``counted`` defaults to the COUNTED processes, ``readout`` to the :class:`Readout`.
+
+    The stock graph (:func:`lavaconv.lava.stock.build_stock`: stock processes only, no reset
+    step) is wrapped in one only for the fused model, with its populations' LIFs ``counted``,
+    the readout's LIF as ``readout`` and ``restart`` = the item length (each item starts from
+    the initial state); what goes to Loihi 2 is the stock graph itself.
     """
 
-    def __init__(self, *, procs: list[AbstractProcess], name: str | None = None) -> None:
-        super().__init__(procs=procs, name=name)
-        sizes = [int(np.prod(p.count.shape)) for p in procs if isinstance(p, COUNTED)]
-        (readout,) = [p for p in procs if isinstance(p, Readout)]
+    def __init__(self, *, procs: list[AbstractProcess], counted: list | None = None,
+                 readout: AbstractProcess | None = None, restart: int | None = None,
+                 name: str | None = None) -> None:
+        if counted is None:
+            counted = [p for p in procs if isinstance(p, COUNTED)]
+        if readout is None:
+            (readout,) = [p for p in procs if isinstance(p, Readout)]
+        super().__init__(procs=procs, counted=counted, readout=readout, restart=restart,
+                         name=name)
+        sizes = [int(np.prod(p.s_out.shape)) for p in counted]
         self.count = Var(shape=(sum(sizes),), init=0)
         self.score = Var(shape=readout.v.shape, init=readout.v.init)

@@ -77,6 +77,24 @@ def test_stock_graph_is_bit_exact_with_the_engine(seed):
     assert not res.hardware["ready"]
 
 
+def test_stock_graph_without_floor_is_bit_exact_with_the_engine():
+    """``IF.floor`` off (netx's grid): no floor neuron, its mirrors or bias copies in the
+    graph; u falls freely (wraps in both) and the engine still equals Lava spike for spike."""
+    net = stock_net(0)
+    for node in net.nodes.values():
+        if isinstance(node, IF):
+            node.floor = False
+    payload = encode_input(net, _inputs(net, 2), 48)
+    eng = simulate(net, payload)
+    res = run_stock(net, payload.numpy())
+    for name, counts in eng.spike_counts.items():
+        assert np.array_equal(counts.numpy(), res.spike_counts[name]), name
+        assert counts.sum() > 0, name
+    assert np.array_equal(eng.readout[48].numpy(), res.readout)
+    assert res.process_classes["lava.proc.sparse.process.Sparse"] == 3 + 5  # self, bias terms
+    assert res.process_classes["lava.proc.lif.process.LIF"] == 3 + 1 + 3  # + readout, clocks
+
+
 def test_stock_neuron_is_not_the_ideal_one():
     """The construction's leak and carry are real (what the engine models): a neuron held
     just below threshold by its initial potential drifts, the ideal IF neuron does not."""

@@ -303,8 +303,9 @@ def _stock_layer(name: str, node: IF, syn: Synapse, notes: list[str], position: 
         raise _fail(name, f"weights << a_exp {node.a_exp} span [{feed.min()}, {feed.max()}] "
                           f"and the recurrent ones (self-connection -{mant}, threshold / 64) "
                           f"[{rec.min()}, {rec.max()}], in one dense_rec matrix: {GRID}")
-    notes.append(f"{name}: no floor neuron (netx has no place for it): exact while it would "
-                 "not fire, i.e. while u stays above -4 vth")
+    if node.floor:
+        notes.append(f"{name}: no floor neuron (netx has no place for it): exact while it "
+                     "would not fire, i.e. while u stays above -4 vth")
     return _Layer(name, syn, (len(rec),), "dense_rec", feed, _cuba(1, 4095, mant),
                   bias=lif_bias, weight_rec=rec, attrs={CLOCK_UNITS: clocks})
 

@@ -72,6 +72,7 @@ SDNN_STATE_EXP = 6  # netx builds every Delta / SigmaDelta with state_exp 6
 SDNN_SPIKE_EXP = 0  # what the file asks hdf5.Network(spike_exp=...) for
 SDNN_MESSAGE_BITS = 16  # netx's default: its NetDict reads no messageBits (not an array key)
 CLOCK_UNITS = "lavaconv_clock_units"  # layer attribute: clock neurons after the population
+PULSE_UNITS = "lavaconv_pulse_units"  # layer attribute: sigma-delta pulse units after it
 GRID = ("netx's 8-bit dense grid (one exponent per layer, even values in [-256, 254] at full "
         "scale) does not hold them exactly")
 
@@ -331,20 +332,72 @@ def _sdnn_neuron(name: str, node: SigmaDelta | Readout) -> dict:
     return {"type": "SDNN", "activation": "relu", "vThMant": int(vth) >> SDNN_STATE_EXP}
 
 
+def _sdnn_bias(name: str, node: SigmaDelta) -> np.ndarray | None:
+    """A population's bias as netx's SDNN bias, which netx scales by ``2**state_exp`` and adds
+    to sigma at every step from step 0: exact for ours (one pulse into sigma at ``t_start``)
+    when it flows from step 0 (``quantize_sigma_delta(netx=True)``)."""
+    bias = np.broadcast_to(np.asarray(node.bias), node.shape)
+    if not bias.any():
+        return None
+    if node.t_start != 0:
+        raise _fail(name, f"has a bias from t_start = {node.t_start}; netx's SDNN bias flows "
+                          "from step 0: quantize with quantize_sigma_delta(netx=True) (biases "
+                          "from step 0), or run it with deploy")
+    if np.any(bias % 2**SDNN_STATE_EXP):
+        raise _fail(name, f"bias is not a multiple of 2**{SDNN_STATE_EXP} (netx scales the "
+                          "file's bias by 2**state_exp)")
+    mant = (bias // 2**SDNN_STATE_EXP).astype(np.int64)
+    if len(node.shape) == 3 and np.all(mant == mant[:, :1, :1]):
+        return mant[:, 0, 0]
+    return mant.transpose(2, 1, 0) if len(node.shape) == 3 else mant  # netx maps: (W, H, C)
+
+
 def _sdnn_layer(name: str, node: SigmaDelta | Readout, syn: Synapse) -> _Layer:
-    """A sigma-delta population (netx ``SigmaDelta``) or the readout (netx ``Sigma``)."""
-    if np.any(node.bias != 0):
-        raise _fail(name, f"has a bias; lavaconv's sigma-delta bias is one pulse into sigma at "
-                          f"t_start = {node.t_start}, netx's SDNN bias is added at every step "
-                          "from step 0 (other messages): convert a model without biases, or "
-                          "run it with deploy")
+    """A sigma-delta population (netx ``SigmaDelta``) or the readout (netx ``Sigma``; its bias
+    is added by :func:`_with_pulse`)."""
     exp = 0 if isinstance(syn, Conv) else int(syn.weight_exp)
     if exp < 0:
         raise _fail(name, f"weight_exp {exp} floors each synaptic sum; netx's dense layers "
                           "have no weight exponent")
-    weight = _weight(name, syn, np.asarray(syn.weight).astype(np.int64) << exp)
-    return _Layer(name, syn, tuple(node.shape), "conv" if isinstance(syn, Conv) else "dense",
-                  weight, _sdnn_neuron(name, node))
+    weight = np.asarray(syn.weight).astype(np.int64) << exp
+    kind = "conv" if isinstance(syn, Conv) else "dense"
+    if isinstance(node, Readout):
+        return _Layer(name, syn, tuple(node.shape), kind, weight, _sdnn_neuron(name, node))
+    return _Layer(name, syn, tuple(node.shape), kind, _weight(name, syn, weight),
+                  _sdnn_neuron(name, node), _sdnn_bias(name, node))
+
+
+def _with_pulse(name: str, node: Readout, top: _Layer, before: _Layer | None,
+                notes: list[str]) -> None:
+    """The readout's bias: a pulse unit appended to the layer ``before`` (a SigmaDelta neuron
+    without inputs whose netx bias ``B`` sends the message ``B`` once, at step 0) and a column
+    ``bias / B`` in the readout's weights: the bias arrives at step 1, ours at ``t_start``."""
+    bias = np.broadcast_to(np.asarray(node.bias), node.shape).reshape(-1)
+    if not bias.any():
+        top.weight = _weight(name, top.syn, top.weight)
+        return
+    if before is None or before.kind != "dense" or top.kind != "dense" or \
+            before.neuron.get("sigma_output") or node.t_start != 1:
+        raise _fail(name, f"has a bias (ours: one pulse into sigma at t_start = "
+                          f"{node.t_start}); netx's Sigma has none: a pulse unit in a dense "
+                          "SigmaDelta layer before it carries it from step 1: quantize with "
+                          "quantize_sigma_delta(netx=True)")
+    from lavaconv.quantize.sigma_delta import pulse_message
+
+    exp = int(top.syn.weight_exp)
+    message = pulse_message(before.neuron["vThMant"], float(np.abs(bias).max()), exp)
+    if np.any(bias % (message << exp)):
+        raise _fail(name, f"bias is not a multiple of the pulse unit's message {message} << "
+                          f"weight_exp {exp}: quantize with quantize_sigma_delta(netx=True)")
+    n = len(before.weight)
+    before.weight = np.vstack([before.weight, np.zeros((1, before.weight.shape[1]), np.int64)])
+    before.bias = np.append(np.zeros(n, np.int64) if before.bias is None else before.bias,
+                            message)
+    before.shape = (n + 1,)
+    before.attrs[PULSE_UNITS] = 1
+    column = (bias // message).astype(np.int64).reshape(-1, 1)
+    top.weight = _weight(name, top.syn, np.hstack([top.weight, column]))
+    notes.append(f"{before.name}: its last neuron is a pulse unit carrying {name}'s bias")
 
 
 def _sdnn_input(inp: Input) -> None:
@@ -407,6 +460,9 @@ def _layers(net: Network, approximate: bool, notes: list[str]) -> list[_Layer]:
         position = len(layers) + 1
         if net.is_sigma_delta:
             layers.append(_sdnn_layer(name, node, syn))
+            if isinstance(node, Readout):
+                _with_pulse(name, node, layers[-1], layers[-2] if len(layers) > 1 else None,
+                            notes)
         elif isinstance(node, IF) and node.reset == "lif":
             layers.append(_stock_layer(name, node, syn, notes, position, plan.get(name, 0)))
         else:

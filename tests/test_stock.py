@@ -181,6 +181,9 @@ def test_resource_estimate_counts_the_construction():
     assert a["neurons"] == 2 * 108 and terms == 2  # and their floor neurons
     assert a["stock_synapses"] == 108 * 18 + 108 * (4 + 2 * terms)
     assert layers["output"]["stock_synapses"] == 0
+    net.nodes["a"].floor = False  # netx's grid: the self-connection and bias terms only
+    a = {x["name"]: x for x in estimate(net, load_profile("loihi2"))["layers"]}["a"]
+    assert a["neurons"] == 108 and a["stock_synapses"] == 108 * (1 + terms)
 
 
 class Tiny(torch.nn.Module):
@@ -222,7 +225,9 @@ def test_loihi2_deploy_without_lava_loihi_runs_the_stock_graph_on_cpu(tmp_path, 
 
 def test_stock_network_saves_and_loads(tmp_path):
     net = stock_net()
+    net.nodes["h"].floor = False
     net.save(tmp_path)
     back = Network.load(tmp_path)
     assert back.nodes["output"].lif and back.nodes["a"].reset == "lif"
+    assert back.nodes["a"].floor and not back.nodes["h"].floor
     assert np.array_equal(back.nodes["r"].bias, net.nodes["r"].bias)

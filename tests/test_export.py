@@ -590,7 +590,7 @@ def test_netx_export_of_a_converted_digits_mlp_runs_like_the_engine(digits_mlp, 
     """convert, then export --format netx of the float network: quantized on netx's grid
     (stock soft reset, no floor neuron), loaded by netx and run on Lava's CPU models spike for
     spike like the engine; the engine's accuracy close to the ANN's (measured: ANN 96.49 %,
-    netx grid 94.32 % at 32 steps on the 1198 evaluation items)."""
+    netx grid 95.66 % at 32 steps on the 1198 evaluation items, 4-bit input)."""
     from lavaconv.app import cli
     from lavaconv.app.commands import netx_network
     from lavaconv.sim import evaluation
@@ -609,7 +609,8 @@ def test_netx_export_of_a_converted_digits_mlp_runs_like_the_engine(digits_mlp, 
     assert all(int(net.nodes[n].v_threshold) >> 6 <= 252 for n in hidden)
     steps = 32
     acc = evaluation.evaluate(net, data.x_eval, data.y_eval, [steps], progress=False)
-    assert ann > 0.95 and acc.accuracy[steps] > ann - 0.03, (ann, acc.accuracy)
+    assert ann > 0.95 and acc.accuracy[steps] > ann - 0.02, (ann, acc.accuracy)
+    assert net.nodes[net.input_name].payload_bits == 4  # chosen on calibration items
     lowest = 0.0
     for i in range(3):
         p = encode_input(net, data.x_eval[i:i + 1], steps)

@@ -42,9 +42,10 @@ fires (u above about ``-4 vth``), a condition stated in the notes.
 weights and biases on the even 8-bit grid relative to ``M``, readout ``a_exp >= 0``, the
 analog input's payload bits chosen on calibration items: ``M`` and the first weights share 8
 bits); ``export --format netx`` of a float network does it itself. Measured on a digits MLP
-64-48-32-10 (tests/test_export.py): ANN 96.49 %, engine on netx's grid 94.32 % at 32 steps
-(3-bit input) against 96.66 % for ``quantize(stock=True)``; the file equals the engine spike
-for spike, though u falls to -12 thresholds there (a floor neuron would have fired).
+64-48-32-10 (tests/test_export.py): ANN 96.49 %, engine on netx's grid 95.66 % at 32 steps
+(4-bit input) against 96.66 % for ``quantize(stock=True)`` (0.4 points on average over three
+trained nets); the file equals the engine spike for spike, though u falls to -16 thresholds
+there (a floor neuron would have fired).
 
 **Sigma-delta** (``--neuron sigma-delta``; docs/sigma-delta.md): populations ``SDNN`` layers
 (netx: ``SigmaDelta``, ReLU, ``vThMant``; 16-bit messages: lava-dl 0.6.0 cannot read

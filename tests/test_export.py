@@ -589,7 +589,7 @@ def digits_mlp(tmp_path_factory):
 def test_netx_export_of_a_converted_digits_mlp_runs_like_the_engine(digits_mlp, capsys):
     """convert, then export --format netx of the float network: quantized on netx's grid
     (stock soft reset, no floor neuron), loaded by netx and run on Lava's CPU models spike for
-    spike like the engine; the engine's accuracy close to the ANN's (measured: ANN 96.49 %,
+    spike like the engine, as does lavaconv's own stock graph; the engine's accuracy close to the ANN's (measured: ANN 96.49 %,
     netx grid 95.66 % at 32 steps on the 1198 evaluation items, 4-bit input)."""
     from lavaconv.app import cli
     from lavaconv.app.commands import netx_network
@@ -625,6 +625,13 @@ def test_netx_export_of_a_converted_digits_mlp_runs_like_the_engine(digits_mlp, 
         np.testing.assert_array_equal(v_out, res.readout[steps][0].numpy())
         assert int(res.readout[steps][0].argmax()) == data.y_eval[i]
     assert lowest < -4  # a floor neuron would have fired: netx matches only without it
+    from lavaconv.lava import run_stock
+
+    payload = encode_input(net, data.x_eval[:2], steps)  # and lavaconv's own stock graph
+    eng, ours = simulate(net, payload), run_stock(net, payload.numpy())
+    for name in hidden:
+        np.testing.assert_array_equal(eng.spike_counts[name].numpy(), ours.spike_counts[name])
+    np.testing.assert_array_equal(eng.readout[steps].numpy(), ours.readout)
 
 
 @pytest.mark.usefixtures("single_thread_torch")

@@ -589,8 +589,9 @@ def digits_mlp(tmp_path_factory):
 def test_netx_export_of_a_converted_digits_mlp_runs_like_the_engine(digits_mlp, capsys):
     """convert, then export --format netx of the float network: quantized on netx's grid
     (stock soft reset, no floor neuron), loaded by netx and run on Lava's CPU models spike for
-    spike like the engine, as does lavaconv's own stock graph; the engine's accuracy close to the ANN's (measured: ANN 96.49 %,
-    netx grid 95.66 % at 32 steps on the 1198 evaluation items, 4-bit input)."""
+    spike like the engine, as does lavaconv's own stock graph; the engine's accuracy close to
+    the ANN's (measured: ANN 96.49 %, netx grid 95.66 % at 32 steps on the 1198 evaluation
+    items, 4-bit input)."""
     from lavaconv.app import cli
     from lavaconv.app.commands import netx_network
     from lavaconv.sim import evaluation

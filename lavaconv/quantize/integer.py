@@ -105,6 +105,9 @@ def quantize(
     if netx and inp.encoding == "analog":
         if input_bits is None:
             input_bits = _netx_input(net, formats, input_max, headroom_bits, timesteps, x_calib)
+        if not 2 <= input_bits <= formats.input_payload_bits:
+            raise LavaconvError(f"input_bits {input_bits}: expected 2 to the profile's "
+                                f"{formats.input_payload_bits} input payload bits")
         inp.payload_bits = input_bits
         inp.gain = (2 ** (input_bits - 1) - 1) / max(input_max / inp.scale, 1e-12)
         unit[out.input_name] = 1.0 / inp.gain

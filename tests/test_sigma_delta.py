@@ -92,12 +92,19 @@ def test_messages_only_while_the_wave_passes():
     assert int(late.input_counts[40].sum()) == int((x != 0).sum())
 
 
-@pytest.fixture(scope="module")
-def integer_net():
+@pytest.fixture(scope="module", params=[False, True], ids=["lava", "netx"])
+def integer_net(request):
+    """The pool network quantized for Lava, and on netx's grid (state_exp 6, weight_exp 0,
+    biases from step 0, the readout's from step 1)."""
     rng = np.random.default_rng(4)
     sd = sigma_delta_network(_pool_net(rng, bias=0.3), 0.02)
     x = rng.random((48, 2, 6, 6))
-    net, report = quantize_sigma_delta(sd, Formats(), x, items=48)
+    net, report = quantize_sigma_delta(sd, Formats(), x, items=48, netx=request.param)
+    if request.param:
+        assert {n.state_exp for n in net.nodes.values() if isinstance(n, SigmaDelta)} == {6}
+        assert all(s.weight_exp == 0 for s in net.synapses if isinstance(s, Dense))
+        assert {n.t_start for n in net.nodes.values() if isinstance(n, SigmaDelta)} == {0}
+        assert net.nodes["out"].t_start == 2  # two inputs: no pulse unit (export refuses)
     return net, report, x
 
 

@@ -115,6 +115,24 @@ def test_stock_graph_stock_and_fused_models_are_bit_exact_with_the_engine(seed):
     assert "lava.proc.monitor.process.Monitor" not in fast.process_classes
 
 
+def test_stock_graph_without_floor_is_bit_exact_with_the_engine():
+    """``IF.floor`` off (netx's grid): no floor neuron, its mirrors or bias copies in the
+    graph; u falls freely (wraps in both) and the engine still equals Lava spike for spike."""
+    net = stock_net(0)
+    for node in net.nodes.values():
+        if isinstance(node, IF):
+            node.floor = False
+    payload = encode_input(net, _inputs(net, 2), 48)
+    eng = simulate(net, payload)
+    res = run_stock(net, payload.numpy())
+    for name, counts in eng.spike_counts.items():
+        assert np.array_equal(counts.numpy(), res.spike_counts[name]), name
+        assert counts.sum() > 0, name
+    assert np.array_equal(eng.readout[48].numpy(), res.readout)
+    assert res.process_classes["lava.proc.sparse.process.Sparse"] == 3 + 5  # self, bias terms
+    assert res.process_classes["lava.proc.lif.process.LIF"] == 3 + 1 + 3  # + readout, clocks
+
+
 def test_stock_neuron_is_not_the_ideal_one():
     """The construction's leak and carry are real (what the engine models): a neuron held
     just below threshold by its initial potential drifts, the ideal IF neuron does not."""
@@ -201,6 +219,9 @@ def test_resource_estimate_counts_the_construction():
     assert a["neurons"] == 2 * 108 and terms == 2  # and their floor neurons
     assert a["stock_synapses"] == 108 * 18 + 108 * (4 + 2 * terms)
     assert layers["output"]["stock_synapses"] == 0
+    net.nodes["a"].floor = False  # netx's grid: the self-connection and bias terms only
+    a = {x["name"]: x for x in estimate(net, load_profile("loihi2"))["layers"]}["a"]
+    assert a["neurons"] == 108 and a["stock_synapses"] == 108 * (1 + terms)
 
 
 class Tiny(torch.nn.Module):
@@ -242,9 +263,11 @@ def test_loihi2_deploy_without_lava_loihi_runs_the_stock_graph_on_cpu(tmp_path, 
 
 def test_stock_network_saves_and_loads(tmp_path):
     net = stock_net()
+    net.nodes["h"].floor = False
     net.save(tmp_path)
     back = Network.load(tmp_path)
     assert back.nodes["output"].lif and back.nodes["a"].reset == "lif"
+    assert back.nodes["a"].floor and not back.nodes["h"].floor
     assert np.array_equal(back.nodes["r"].bias, net.nodes["r"].bias)
 
 

@@ -216,6 +216,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (.nir / .h5)")
     p.add_argument("--approximate", action="store_true",
                    help="netx: allow the stated approximations (biases from step 0)")
+    p.add_argument("--profile", default=DeployConfig.profile,
+                   help="netx, a float network (convert's directory): quantize it on netx's grid "
+                   "with this profile's formats (default %(default)s)")
+    p.add_argument("--timesteps", type=COUNT, default=DeployConfig.timesteps,
+                   help="netx, a float network: steps the readout's range is sized for "
+                   "(default %(default)s)")
+    p.add_argument("--data", help="netx, a float network: calibration data for netx's grid "
+                   "(default: the data recorded in network.json)")
 
     p = sub.add_parser("energy", parents=[common],
                        help="MACs, synaptic operations and energy per inference, ANN and SNN")

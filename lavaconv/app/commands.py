@@ -110,11 +110,36 @@ def export(args: argparse.Namespace) -> int:
             export_nir(net, tmp)
             notes = []
         else:
+            if net.numeric == "float":
+                net = netx_network(net, args.profile, args.timesteps, args.data)
+                print(f"quantized on netx's grid ({args.profile}, "
+                      f"{'sigma-delta' if net.is_sigma_delta else 'stock soft reset'})")
             notes = export_netx(net, tmp, approximate=args.approximate)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {out} ({args.format})")
     return 0
+
+
+def netx_network(net: Network, profile: str, timesteps: int, data: str | None = None,
+                 calib_samples: int = 2000, seed: int = 0) -> Network:
+    """The integer network ``export --format netx`` writes for a float one: the stock soft-reset
+    form on netx's grid (``quantize(netx=True)``, the input's payload bits chosen on
+    calibration items), or a sigma-delta network with netx's ``state_exp`` and weight
+    exponents (calibrated); calibration items from ``data``, default the data set recorded
+    in the network."""
+    from lavaconv.quantize.integer import quantize
+    from lavaconv.quantize.sigma_delta import quantize_sigma_delta
+
+    formats = load_profile(profile).formats
+    spec = data or net.meta.get("data")
+    if not isinstance(spec, str) or not spec:
+        raise LavaconvError("export --format netx: the network records no data set to "
+                            "calibrate netx's grid on: give --data")
+    x_calib = load_dataset(spec, n_eval=1, n_calib=calib_samples, seed=seed).x_calib
+    if not net.is_sigma_delta:
+        return quantize(net, formats, timesteps=timesteps, netx=True, x_calib=x_calib)[0]
+    return quantize_sigma_delta(net, formats, x_calib, netx=True)[0]
 
 
 def profiles(args: argparse.Namespace) -> int:

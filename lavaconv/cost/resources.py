@@ -52,7 +52,8 @@ def estimate(net: Network, profile) -> dict:
         syns = net.inputs_of(name)
         synapses = sum(neurons * _fan_in(s) for s in syns)
         extra = _stock_synapses(node, neurons, synapses)  # stock LIF graph: floor neuron etc.
-        if extra:
+        floor = extra and node.floor
+        if floor:
             neurons *= 2  # each neuron's floor neuron
         synapses += extra
         mem = math.ceil(synapses * weight_bits / 8)
@@ -62,7 +63,7 @@ def estimate(net: Network, profile) -> dict:
         axons = sum(_axons_per_core(s, net.nodes[s.source].shape, per_core, node.shape)
                     for s in syns)
         if extra:  # the floor's mirrored inputs share the axons; own and floor spikes; clock
-            axons += 2 * per_core + 1
+            axons += (2 if floor else 1) * per_core + 1
         if axons > st.max_fan_in_axons_per_core:
             cores = max(cores, math.ceil(neurons * axons / st.max_fan_in_axons_per_core / per_core))
         layers.append({"name": name, "neurons": neurons, "synapses": synapses,
@@ -81,10 +82,14 @@ def estimate(net: Network, profile) -> dict:
 def _stock_synapses(node, neurons: int, synapses: int) -> int:
     """Synapses the stock LIF soft-reset construction adds to a population
     (:mod:`lavaconv.ir.stock`): the floor neuron's mirrored copy of every input synapse, four
-    diagonals (self, mirror, floor self, lift) and every Sparse bias term twice, per neuron."""
+    diagonals (self, mirror, floor self, lift) and every Sparse bias term twice, per neuron;
+    without the floor neuron (``IF.floor`` off, netx's grid) the self-connection and the bias
+    terms once."""
     if not (isinstance(node, IF) and node.reset == "lif"):
         return 0
     bias = np.broadcast_to(np.asarray(node.bias), node.shape).reshape(-1)
+    if not node.floor:
+        return neurons * (1 + len(bias_terms(bias >> 6)))
     return synapses + neurons * (4 + 2 * len(bias_terms(bias >> 6)))
 
 

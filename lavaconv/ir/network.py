@@ -119,6 +119,7 @@ class IF:
     v_init: np.ndarray = field(default_factory=lambda: np.zeros(()))  # initial potential
     payload: np.ndarray = field(default_factory=lambda: np.ones(()))  # value of one spike
     burst: int = 1  # most spikes per step (one graded message)
+    floor: bool = True  # reset 'lif': with the stock form's floor neuron (off: netx's grid)
 
     def __post_init__(self) -> None:
         self.bias = _array(self.bias)

@@ -38,6 +38,7 @@ READOUT_VTH = 2**17 - 1  # the readout LIF's threshold mantissa (the largest: 17
 SIGNIFICANT_BITS = 7  # a threshold mantissa is (even 8-bit weight) << exponent
 BIAS_TERMS = 2  # Sparse bias synapses per population (hi, lo)
 FLOOR = 4  # the floor neuron's threshold in thresholds: u is lifted by FLOOR * vth below that
+NETX_M_MAX = 252  # netx dense_rec: -M and a clock unit's drive M + 2 on the even 8-bit grid
 
 
 def self_weight(vth_mant: int) -> tuple[int, int]:
@@ -60,6 +61,20 @@ def round_threshold(vth_mant: int) -> int:
     k = max(0, m.bit_length() - SIGNIFICANT_BITS)
     return (m >> k) << k
 
+
+
+def netx_threshold(vth_mant: int) -> int:
+    """The largest threshold mantissa <= ``vth_mant`` on netx's ``dense_rec`` grid: even, at
+    most :data:`NETX_M_MAX` (the self-connection ``-M`` and a clock unit's drive ``M + 2``
+    share the layer's 8-bit weights, :mod:`lavaconv.export.netx`); at least 2."""
+    return max(2, min(int(vth_mant), NETX_M_MAX) & ~1)
+
+
+def netx_bias(bias_float: np.ndarray, a_exp: int, step: int = 2) -> np.ndarray:
+    """A bias (state units) on netx's grid: ``bias * 2**-a_exp`` is ``64 *`` a multiple of
+    ``step`` (a weight of the clock unit's column, ``>> 6``, even on the 8-bit grid) (int64)."""
+    unit = 64 * step * 2**a_exp
+    return (np.round(np.asarray(bias_float, dtype=np.float64) / unit) * unit).astype(np.int64)
 
 
 def bias_terms(bias: np.ndarray) -> list[tuple[np.ndarray, int]]:

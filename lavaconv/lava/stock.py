@@ -10,7 +10,8 @@ its exact arithmetic are in :mod:`lavaconv.ir.stock` and docs/design.md section 
 - its floor neuron: the same ``LIF`` with ``vth = FLOOR * vth >> 6``, ``u = -v_init``, a negated
   copy of every input (synapses, bias columns, ``+w_s`` from the population's spikes, its own
   ``-FLOOR * w_s`` self-connection), and a ``Sparse`` diagonal ``+FLOOR * w_s`` back into the
-  population: it holds u above about ``-FLOOR * vth`` (u wraps, it does not saturate);
+  population: it holds u above about ``-FLOOR * vth`` (u wraps, it does not saturate); none
+  where ``IF.floor`` is off (netx's grid, ``quantize(netx=True)``);
 - a clock per bias start: ``LIF((1,), du=4095, dv=0, vth=0, bias_mant=1, v=-(t_start-1))``,
   which spikes at every step from ``t_start - 1`` on;
 - the readout: ``LIF(du=4095, dv=0, vth=2**17-1, bias, v=-t_start*bias)``;
@@ -198,18 +199,7 @@ def build_stock(net: Network, payload: np.ndarray, monitors: bool = True) -> Sto
                                                        e_s, f"{name}.self")
         _connect(lif.s_out, own.s_in)
         _connect(own.a_out, lif.a_in)
-        # the floor neuron: u_f = -u; above FLOOR * vth it fires and lifts u by as much
-        low = graph.floors[name] = LIF(shape=shape, du=0, dv=4095, vth=stock.FLOOR * vth,
-                                       bias_mant=0, u=-u0, v=0, name=f"{name}.floor")
-        graph.initial += [(low.u, -u0), (low.v, np.zeros(shape))]
-        eye = identity(n, dtype=np.int64)
-        for key, weights, exp, src, dst in (
-                (f"{name}.mirror", w_s * eye, e_s, lif, low),  # main spikes: +vth into u_f
-                (f"{name}.floor.self", -w_s * eye, e_s + 2, low, low),
-                (f"{name}.lift", w_s * eye, e_s + 2, low, lif)):
-            proc = graph.synapses[key] = _sparse(weights, exp, key)
-            _connect(src.s_out, proc.s_in)
-            _connect(proc.a_out, dst.a_in)
+        low = _floor_neuron(graph, name, lif, shape, vth, u0, (w_s, e_s)) if node.floor else None
         bias = _full(node.bias, node.shape).reshape(-1)
         if np.any(bias % 64):
             raise LavaconvError(f"layer {name}: bias is not on the stock grid (multiples of 64)")
@@ -226,7 +216,7 @@ def build_stock(net: Network, payload: np.ndarray, monitors: bool = True) -> Sto
                                   (graph.clocks[k].v, np.full(1, -k))]
         for i, (w, e) in enumerate(terms):
             for sign, target, key in ((1, lif, f"{name}.bias{i}"),
-                                      (-1, low, f"{name}.floor.bias{i}")):
+                                      (-1, low, f"{name}.floor.bias{i}"))[:1 + node.floor]:
                 proc = graph.synapses[key] = _sparse(sign * w.reshape(n, 1), e, key)
                 graph.clocks[node.t_start - 1].s_out.connect(proc.s_in)
                 _connect(proc.a_out, target.a_in)
@@ -247,6 +237,25 @@ def build_stock(net: Network, payload: np.ndarray, monitors: bool = True) -> Sto
         buffer = proc.a_buf if isinstance(proc, LavaConv) else proc.a_buff
         graph.initial.append((buffer, np.zeros(buffer.shape)))
     return graph
+
+
+def _floor_neuron(graph: StockGraph, name: str, lif: LIF, shape: tuple, vth: int,
+                  u0: np.ndarray, self_weight: tuple[int, int]) -> LIF:
+    """The floor neuron of population ``name``: u_f = -u; above FLOOR * vth it fires and
+    lifts u by as much."""
+    w_s, e_s = self_weight
+    low = graph.floors[name] = LIF(shape=shape, du=0, dv=4095, vth=stock.FLOOR * vth,
+                                   bias_mant=0, u=-u0, v=0, name=f"{name}.floor")
+    graph.initial += [(low.u, -u0), (low.v, np.zeros(shape))]
+    eye = identity(int(np.prod(shape)), dtype=np.int64)
+    for key, weights, exp, src, dst in (
+            (f"{name}.mirror", w_s * eye, e_s, lif, low),  # main spikes: +vth into u_f
+            (f"{name}.floor.self", -w_s * eye, e_s + 2, low, low),
+            (f"{name}.lift", w_s * eye, e_s + 2, low, lif)):
+        proc = graph.synapses[key] = _sparse(weights, exp, key)
+        _connect(src.s_out, proc.s_in)
+        _connect(proc.a_out, dst.a_in)
+    return low
 
 
 def hardware(graph: StockGraph) -> dict:

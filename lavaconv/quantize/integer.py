@@ -25,7 +25,7 @@ import numpy as np
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.fixedpoint import Formats
 from lavaconv.ir.network import IF, MaxPool, Network, Readout
-from lavaconv.ir.stock import obstacles, round_bias, round_threshold
+from lavaconv.ir.stock import netx_bias, netx_threshold, obstacles, round_bias, round_threshold
 
 WEIGHT_SCALES = ("layer", "channel")
 CHANNEL_SPREAD_BITS = 8  # most a channel's weight scale may exceed the layer's smallest by
@@ -58,6 +58,9 @@ def quantize(
     headroom_bits: int = 3,
     weight_scale: str = "layer",
     stock: bool = False,
+    netx: bool = False,
+    x_calib: np.ndarray | None = None,
+    input_bits: int | None = None,
 ) -> tuple[Network, list[LayerQuant]]:
     """Integer copy of ``net``; ``timesteps`` bounds the readout's accumulated state,
     ``input_max`` is max |x| over calibration data (the analog gain; default the input node's
@@ -67,7 +70,19 @@ def quantize(
     ``stock``: the grids of the stock LIF graph (:mod:`lavaconv.ir.stock`): reset 'subtract'
     becomes 'lif', populations get ``a_exp >= 0`` and threshold mantissas of 7 significant bits,
     biases on the Sparse-term grid, the readout is a ``lif`` one; a population's threshold
-    leaves one more headroom bit (room below the floor neuron's lift of ``FLOOR * vth``)."""
+    leaves one more headroom bit (room below the floor neuron's lift of ``FLOOR * vth``).
+    ``netx`` (implies ``stock``): the stock form on the grid of lava-dl netx's ``dense_rec``
+    layers (:mod:`lavaconv.export.netx`), where the feed-forward weights, the self-connection
+    ``-M`` and the bias columns ``bias >> 6`` share one 8-bit weight grid and exponent:
+    populations get ``a_exp = 0`` and an even threshold mantissa ``M <= NETX_M_MAX`` (its
+    weights and biases, in thresholds, quantized relative to it: even values of at most 254),
+    biases ``64 *`` an even integer; the readout ``a_exp >= 0`` and its bias (times
+    ``2**-a_exp``) ``64 *`` an even integer, so that nothing floors; populations have no
+    floor neuron (``IF.floor`` off: netx has no place for it, and with ``M <= 252`` u wraps
+    only some 520 thresholds down); an analog input gets the payload bits that make the first
+    synaptic sums most exact, and among it and its neighbours the one whose readout is nearest
+    the float network's on ``x_calib`` where given (:func:`_netx_input`), or ``input_bits``."""
+    stock = stock or netx
     if stock and obstacles(net, weight_scale, graph=False):
         raise LavaconvError(obstacles(net, weight_scale, graph=False)[0])
     if weight_scale not in WEIGHT_SCALES:
@@ -87,6 +102,15 @@ def quantize(
         inp.payload_bits = formats.input_payload_bits
         inp.gain = (2 ** (formats.input_payload_bits - 1) - 1) / max(input_max / inp.scale, 1e-12)
         unit[out.input_name] = 1.0 / inp.gain
+    if netx and inp.encoding == "analog":
+        if input_bits is None:
+            input_bits = _netx_input(net, formats, input_max, headroom_bits, timesteps, x_calib)
+        if not 2 <= input_bits <= formats.input_payload_bits:
+            raise LavaconvError(f"input_bits {input_bits}: expected 2 to the profile's "
+                                f"{formats.input_payload_bits} input payload bits")
+        inp.payload_bits = input_bits
+        inp.gain = (2 ** (input_bits - 1) - 1) / max(input_max / inp.scale, 1e-12)
+        unit[out.input_name] = 1.0 / inp.gain
     _check_graded(out, formats)
     shift = formats.threshold_shift
     step = 2 ** (9 - formats.weight_bits)  # Lava keeps 8 stored bits; mixed sign drops the rest
@@ -103,6 +127,8 @@ def quantize(
         spiking = isinstance(node, IF)
         per_channel = spiking and weight_scale == "channel"
         w_max = _row_max(w_unit, node.shape if per_channel else None)
+        if netx:  # the bias column shares the weights' grid: bias (in thresholds) <= w_max
+            w_max = np.maximum(w_max, float(np.abs(node.bias).max(initial=0)))
         r_max = step * m_max / w_max  # largest vth_mant * 2**-e keeping |W_int| in range
         # channels with far smaller weights than the rest do not take the others' threshold bits
         r_max = np.minimum(r_max, r_max.min() * 2.0**CHANNEL_SPREAD_BITS)
@@ -111,8 +137,12 @@ def quantize(
         exp = int(np.clip(math.floor(math.log2(cap / float(r_max.max()))),
                           max(formats.weight_exp_min, 0) if stock and spiking
                           else formats.weight_exp_min, formats.weight_exp_max))
+        if netx:  # netx's dense_rec: W and -M on one grid; its readout has no exponent
+            exp = 0 if spiking else max(exp, 0)
         vth_mant = np.minimum(np.floor(r_max * 2.0**exp), cap).astype(np.int64)
-        if stock and spiking:
+        if netx and spiking:
+            vth_mant = np.asarray(netx_threshold(int(vth_mant)), dtype=np.int64)
+        elif stock and spiking:
             vth_mant = np.asarray(round_threshold(int(vth_mant)), dtype=np.int64)
         if vth_mant.min() < 1:
             raise LavaconvError(
@@ -138,7 +168,9 @@ def quantize(
             raise LavaconvError(f"layer {name}: bias {np.abs(node.bias).max():.3g} x threshold "
                                 "exceeds the profile's bias range")
         bias_int = (np.round(bias_float / 2**bias_exp) * 2**bias_exp).astype(np.int64)
-        if stock and spiking:
+        if netx:
+            bias_int = netx_bias(bias_float, exp, step)
+        elif stock and spiking:
             bias_int = round_bias(bias_float)
         node.bias = bias_int
         node.a_exp = exp
@@ -146,6 +178,7 @@ def quantize(
         if stock:
             if spiking:
                 node.reset = "lif"
+                node.floor = not netx  # netx has no place for it; M <= 252: far from the wrap
             else:
                 node.lif = node.mode == "potential"
         if spiking:
@@ -159,8 +192,55 @@ def quantize(
         report.append(LayerQuant(name, int(vth_int.max()), exp, _rel_error(exact, approx),
                                  _rel_error(bias_float, bias_int.astype(float)), bias_exp))
     out.meta = {**net.meta, "formats": formats.__dict__, "headroom_bits": headroom_bits,
-                **({"graph": "stock"} if stock else {})}
+                **({"graph": "stock"} if stock else {}), **({"grid": "netx"} if netx else {})}
     return out, report
+
+
+def _netx_input(net: Network, formats: Formats, input_max: float, headroom_bits: int,
+                timesteps: int, x_calib: np.ndarray | None) -> int:
+    """The analog input's payload bits for netx's grid (float ``net``): the first populations'
+    weights and threshold ``M <= NETX_M_MAX`` share 8 bits, so a fine payload leaves each
+    weight per payload unit a few levels, a coarse one rounds the input. Of ``b = 2 ..
+    input_payload_bits`` the one with the smallest error of the first synaptic sums in
+    thresholds (RMS over neurons, the worst target; expected: per neuron ``sum_i e_i**2 p**2 +
+    W_i**2 / 12``, ``e`` a weight's rounding error, ``p`` half the largest payload, the payload's
+    own rounding uniform); with ``x_calib`` (up to 256 items), of it and its two neighbours the
+    one whose readout after ``timesteps`` steps is nearest the float network's (relative RMS;
+    the sums' error alone picked 3 bits on digits where 4 was better in two of three nets)."""
+    inp = net.nodes[net.input_name]
+    targets = [(s, net.nodes[s.target]) for s in net.synapses if s.source == net.input_name]
+    top_bits = formats.input_payload_bits
+    best = None
+    for bits in range(2, top_bits + 1):
+        levels = 2 ** (bits - 1) - 1
+        gain = levels / max(input_max / inp.scale, 1e-12)
+        err = 0.0
+        for syn, node in targets:
+            w = np.asarray(syn.weight, dtype=np.float64).reshape(len(syn.weight), -1) / gain
+            top = max(float(np.abs(w).max()), float(np.abs(node.bias).max(initial=0))) or 1.0
+            cap = _cap(node, formats, headroom_bits + 1, timesteps)
+            mant = netx_threshold(min(254 / top, cap)) if isinstance(node, IF) else \
+                min(254 / top, cap)
+            w_int = 2 * np.round(w * mant / 2)
+            rows = ((w_int - w * mant) ** 2 * (levels / 2) ** 2 + w_int**2 / 12).sum(axis=1)
+            err = max(err, float(np.sqrt(rows.mean())) / mant)
+        if best is None or err < best[0]:
+            best = (err, bits)
+    if x_calib is None:
+        return best[1]
+    from lavaconv.sim.engine import encode_input, simulate
+
+    x = np.asarray(x_calib[:256])
+    ref = simulate(net, encode_input(net, x, timesteps)).readout[timesteps].double()
+    scores = []
+    for bits in (best[1], best[1] - 1, best[1] + 1):
+        if 2 <= bits <= top_bits:
+            q, _ = quantize(net, formats, timesteps=timesteps, input_max=input_max,
+                            headroom_bits=headroom_bits, netx=True, input_bits=bits)
+            got = simulate(q, encode_input(q, x, timesteps)).readout[timesteps].double()
+            got = got / float(q.nodes[q.output_name].v_threshold)
+            scores.append((float((got - ref).norm() / max(float(ref.norm()), 1e-12)), bits))
+    return min(scores)[1]
 
 
 def _row_max(weights: list[np.ndarray], shape: tuple[int, ...] | None) -> np.ndarray:

@@ -488,7 +488,7 @@ def _lif_fire(node: IF, chunks, steps: int, out: torch.Tensor) -> int:
         x = torch.mul(a[t - start], 2**THRESHOLD_SHIFT, out=torch.empty_like(u_init))
         return x.add_(bias) if t >= node.t_start else x
 
-    return lif.lif_integrate_and_fire(current, steps, theta, u_init, out)
+    return lif.lif_integrate_and_fire(current, steps, theta, u_init, out, node.floor)
 
 
 def _lif_scores(node: Readout, a: torch.Tensor,

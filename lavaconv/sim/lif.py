@@ -42,15 +42,17 @@ SAFE_U = V_LIMIT - 2**11
 
 
 def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: torch.Tensor,
-                           out: torch.Tensor) -> int:
+                           out: torch.Tensor, floor: bool = True) -> int:
     """The stock soft-reset neuron and its floor neuron for ``steps`` steps; ``current(t)`` is
     ``A[t] << 6`` without the self-connections (a new tensor, which the loop modifies). The
     floor neuron (threshold ``FLOOR * theta``) receives the negated input, so its u is -u
     (the wrap is symmetric but at exactly +-2**23: from the first such u on, it is stepped
     itself); when it fires, u gets ``FLOOR * theta`` one step later (:mod:`lavaconv.ir.stock`).
     Writes s[t] (0/1) into ``out[t]``; returns the neuron-steps whose u wrapped or v
-    saturated. Computed in float64, where every value is an exact integer; the wrap and
-    saturation checks run only in steps where some |u| comes near the bounds."""
+    saturated. ``floor=False``: without the floor neuron (netx's grid, where u falls freely
+    and wraps where Lava's does). Computed in float64, where every value is an exact
+    integer; the wrap and saturation checks run only in steps where some |u| comes near the
+    bounds."""
     theta = theta.to(F64)
     lift = FLOOR * theta
     u = u_init.to(F64, copy=True)
@@ -61,7 +63,9 @@ def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: tor
     for t in range(steps):
         x = current(t).to(F64)
         if t:
-            x.addcmul_(s, theta, value=-1).addcmul_(s_f, lift)
+            x.addcmul_(s, theta, value=-1)
+            if floor:
+                x.addcmul_(s_f, lift)
         if u_f is not None:
             u_f = _leak_(u_f).sub_(x)
         u = _leak_(u).add_(x)
@@ -84,7 +88,9 @@ def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: tor
             clipped += int(torch.count_nonzero(v.abs() > V_LIMIT))
             v.clamp_(-V_LIMIT, V_LIMIT)
             v_f.clamp_(-V_LIMIT, V_LIMIT)
-        s, s_f = v > theta, v_f > lift
+        s = v > theta
+        if floor:
+            s_f = v_f > lift
         v.masked_fill_(s, 0)
         v_f.masked_fill_(s_f, 0)
         out[t] = s

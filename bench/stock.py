@@ -4,8 +4,9 @@
                                [--models vgg,resnet] [--steps 16,...,256] [--json FILE]
 
 Both bundled models with the default conversion (``--neuron rmp``, p99.9, analog input, v_init
-0.5, potential readout), calibrated once, quantized to the loihi2 profile twice — for our
-processes and for the stock graph (:mod:`lavaconv.ir.stock`) — and run through the integer engine
+0.5, potential readout), quantized to the loihi2 profile for our processes and for the stock
+graph (:mod:`lavaconv.ir.stock`; max-pools as IF units, ``--maxpool relu``, where ours keeps
+the gate) and run through the integer engine
 to max(steps) on the same items, batch by batch (a running line per batch on stderr). Prints a
 Markdown table: accuracy in %, the difference in points, and the paired discordant items
 (ours right and stock wrong / the reverse) with a 95 % interval of the difference (normal
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lavaconv.app.session import RunConfig, prepare  # noqa: E402
+from lavaconv.conversion import ConvertOptions  # noqa: E402
 from lavaconv.sim.engine import encode_input, simulate  # noqa: E402
 from lavaconv.sim.evaluation import auto_batch, chunks  # noqa: E402
 
@@ -37,9 +39,12 @@ GRAPHS = ("ours", "stock")
 
 def measure(model: str, items: int, calib: int, steps: list[int]) -> dict:
     """Per item and checkpoint: is each graph's prediction right (paired)."""
-    prep = prepare(RunConfig(ROOT / MODELS[model], "fashion-mnist", samples=items,
-                             calib_samples=calib, progress=False))
-    nets = {g: prep.integer("loihi2", max(steps), stock=g == "stock")[0] for g in GRAPHS}
+    nets = {}
+    for g in GRAPHS:  # the stock graph builds max-pools from IF units (--maxpool relu)
+        options = ConvertOptions(maxpool="relu" if g == "stock" else "gate")
+        prep = prepare(RunConfig(ROOT / MODELS[model], "fashion-mnist", samples=items,
+                                 calib_samples=calib, options=options, progress=False))
+        nets[g] = prep.integer("loihi2", max(steps), stock=g == "stock")[0]
     x, y = prep.dataset.x_eval, torch.as_tensor(prep.dataset.y_eval)
     right = {g: {t: [] for t in steps} for g in GRAPHS}
     seconds = dict.fromkeys(GRAPHS, 0.0)

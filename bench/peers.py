@@ -27,7 +27,8 @@ T = 16/32/64/128:
   Every lavaconv synapse delays by one step, as on Lava and Loihi, while SpikingJelly's step
   runs all layers at once: the float engine is also read at T + L, L the synapses on the
   longest input-to-readout path (:func:`longest_delay`), so that its readout has integrated T
-  steps of the whole network's signal (same run and throughput).
+  steps of the whole network's signal (same run and throughput); and its two Loihi 2 graphs,
+  integer: the stock LIF soft-reset graph (``--maxpool relu``) and ``--neuron sigma-delta``.
 
 Throughput is items x timesteps per second of simulation (input encoding included, conversion
 and calibration excluded), with the same batch size for both and ``--threads`` torch threads.
@@ -52,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import lavaconv  # noqa: E402
 from examples import models  # noqa: E402
-from lavaconv.ir.network import IF, MaxPool, Network  # noqa: E402
+from lavaconv.ir.network import IF, MaxPool, Network, SigmaDelta  # noqa: E402
 from lavaconv.sim import evaluation  # noqa: E402
 
 STEPS = [16, 32, 64, 128]
@@ -160,6 +161,22 @@ def lavaconv_runs(snn: lavaconv.Converted) -> dict[str, dict]:
     return out
 
 
+def stock_runs(pt2: Path, items: int, calib_items: int) -> dict[str, dict]:
+    """lavaconv's Loihi 2 graphs, integer (loihi2): the stock LIF soft-reset graph (max-pools
+    from IF units) and the sigma-delta network (stock SigmaDelta units)."""
+    out = {}
+    for key, methods in (("stock LIF graph int", {"maxpool": "relu"}),
+                         ("sigma-delta int", {"neuron": "sigma-delta"})):
+        snn = lavaconv.convert(pt2, data="fashion-mnist", samples=items,
+                               calib_samples=calib_items, seed=SEED, **methods)
+        q = snn.quantize("loihi2", timesteps=STEPS[-1], stock="neuron" not in methods)
+        accuracy = q.simulate(STEPS)
+        layers = sum(isinstance(n, (IF, SigmaDelta)) for n in q.network.nodes.values())
+        out[key] = {"accuracy": {t: accuracy[t] for t in STEPS}, "if_layers": layers,
+                    "item_steps_per_s": 1.0 / q.results["simulate"].seconds_per_step}
+    return out
+
+
 def bench_model(name: str, items: int, calib_items: int) -> dict:
     pt2 = ROOT / "examples" / MODELS[name][0]
     snn = lavaconv.convert(pt2, data="fashion-mnist", samples=items, calib_samples=calib_items,
@@ -170,7 +187,8 @@ def bench_model(name: str, items: int, calib_items: int) -> dict:
         plain_acc = float((ann(torch.from_numpy(data.x_eval)).argmax(1).numpy()
                            == data.y_eval).mean())
     batch = evaluation.auto_batch(snn.network, STEPS[-1])
-    runs = {f"lavaconv {k}": v for k, v in lavaconv_runs(snn).items()}
+    runs = {f"lavaconv {k}": v
+            for k, v in {**lavaconv_runs(snn), **stock_runs(pt2, items, calib_items)}.items()}
     calib = [torch.from_numpy(data.x_calib[i:i + SJ_CALIB_BATCH])
              for i in range(0, len(data.x_calib), SJ_CALIB_BATCH)]
     for label, recipe in spikingjelly_recipes(calib).items():

@@ -22,13 +22,12 @@ import torch.fx
 
 from lavaconv.ann.data import Dataset
 from lavaconv.ann.stats import ActivationStats
-from lavaconv.app.session import RunConfig, prepare
+from lavaconv.app.session import RunConfig, integer_network, prepare
 from lavaconv.conversion import ConvertOptions, NormSpec
 from lavaconv.cost.counting import ann_macs
 from lavaconv.cost.energy import DEFAULT_ANN_PROFILES, DEFAULT_SNN_PROFILES, profiles_of, summarize
-from lavaconv.cost.profiles import load_profile
 from lavaconv.ir.network import Network
-from lavaconv.quantize.integer import LayerQuant, quantize
+from lavaconv.quantize.integer import LayerQuant
 from lavaconv.sim import evaluation
 from lavaconv.sim.engine import encode_input
 
@@ -55,12 +54,13 @@ class Converted:
         return ev.accuracy
 
     def quantize(self, profile: str = "loihi2", *, timesteps: int = 64,
-                 weight_scale: str = "layer") -> Converted:
+                 weight_scale: str = "layer", stock: bool = False) -> Converted:
         """The integer network on ``profile``'s fixed-point formats (a new object);
-        ``weight_scale='channel'``: one weight scale (threshold) per output channel."""
-        prof = load_profile(profile)
-        net, report = quantize(self.network, prof.formats, timesteps=timesteps,
-                               weight_scale=weight_scale)
+        ``weight_scale='channel'``: one weight scale (threshold) per output channel;
+        ``stock``: for the graph of stock Lava processes (reset 'lif', docs/design.md
+        section 7). A sigma-delta network gets its own quantizer's formats."""
+        net, report = integer_network(self.network, profile, timesteps, self.dataset.x_calib,
+                                      weight_scale, stock)
         return Converted(net, self.model, self.dataset, self.stats, self.ann_accuracy, report)
 
     def payload(self, items: int, timesteps: int, seed: int = 0) -> np.ndarray:

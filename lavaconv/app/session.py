@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from lavaconv import distributed
 from lavaconv.ann import probe
 from lavaconv.ann.data import Dataset, load_dataset
@@ -68,11 +70,21 @@ class Prepared:
                 stock: bool = False) -> tuple[Network, list[LayerQuant]]:
         """The integer network on ``profile``'s formats (and what quantization cost); ``stock``:
         for the graph of stock Lava processes (reset 'lif', :mod:`lavaconv.ir.stock`)."""
-        prof = profile if isinstance(profile, Profile) else load_profile(profile)
-        if self.net.is_sigma_delta:
-            return quantize_sigma_delta(self.net, prof.formats, self.dataset.x_calib)
-        return quantize(self.net, prof.formats, timesteps=timesteps, weight_scale=weight_scale,
-                        stock=stock)
+        return integer_network(self.net, profile, timesteps, self.dataset.x_calib,
+                               weight_scale, stock)
+
+
+def integer_network(net: Network, profile: str | Profile, timesteps: int, x_calib: np.ndarray,
+                    weight_scale: str = "layer", stock: bool = False
+                    ) -> tuple[Network, list[LayerQuant]]:
+    """Float ``net`` on ``profile``'s formats: a sigma-delta network by its quantizer (which
+    picks exponents on the calibration items ``x_calib``), any other by
+    :func:`~lavaconv.quantize.integer.quantize`."""
+    prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    if net.is_sigma_delta:
+        return quantize_sigma_delta(net, prof.formats, x_calib)
+    return quantize(net, prof.formats, timesteps=timesteps, weight_scale=weight_scale,
+                    stock=stock)
 
 
 def prepare(config: RunConfig) -> Prepared:

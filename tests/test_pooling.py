@@ -90,3 +90,18 @@ def test_vgg_with_relu_pools_is_a_stock_graph():
     found = describe(net)["process_classes"]
     assert all(c.startswith(("lava.proc.", "lava.lib.dl.")) for c in found)
     assert found["lava.proc.conv.process.Conv"] >= 2 * 2  # each pool: two grouped convs
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed")
+def test_loihi2_refuses_a_max_pool_gate_before_calibration(tmp_path, capsys, monkeypatch):
+    from lavaconv.app import cli, session
+
+    def no_calibration(*_args, **_kwargs):
+        raise AssertionError("calibrated before refusing")
+
+    monkeypatch.setattr(session, "build", no_calibration)
+    code = cli.main(["deploy", str(ROOT / "examples" / "vgg_fmnist.pt2"), "--data",
+                     "fashion-mnist", "--target", "loihi2", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and not (tmp_path / "o").exists()
+    assert "max-pool needs lavaconv's MaxPoolGate" in err[0] and "--maxpool relu" in err[0]

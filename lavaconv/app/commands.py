@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lavaconv import distributed
 from lavaconv.ann.data import load_dataset
@@ -15,9 +16,9 @@ from lavaconv.app.session import RunConfig, prepare
 from lavaconv.conversion import ConvertOptions, NormSpec
 from lavaconv.cost.profiles import list_profiles, load_profile
 from lavaconv.errors import LavaconvError, shown
-from lavaconv.frontend import load_model
+from lavaconv.frontend import LoadedModel, load_model
 from lavaconv.ir.network import Network
-from lavaconv.ir.stock import option_obstacles
+from lavaconv.ir.stock import maxpool_obstacle, option_obstacles
 from lavaconv.sim import evaluation
 
 
@@ -156,12 +157,20 @@ def deploy(args: argparse.Namespace) -> int:
         raise LavaconvError("deploy runs in one process (Lava starts its own); use torchrun "
                             "for eval and convert")
     config = deploy_config(args)  # checked before the long work
+    check = None
     if config.target == "loihi2" or config.graph == "stock":
         found = option_obstacles(args.neuron, args.burst, args.readout, args.align,
                                  args.weights, args.norm)
         if found:
             raise LavaconvError(f"--target {config.target} --graph {config.graph}: {found[0]}")
-    return run_deploy(prepare(run_config(args)), config)
+        if args.maxpool != "relu" and args.neuron != "sigma-delta":
+            def check(model: LoadedModel) -> None:
+                pool = next((n for n in model.graph_module.graph.nodes
+                             if n.target == torch.ops.aten.max_pool2d.default), None)
+                if pool is not None:
+                    raise LavaconvError(f"--target {config.target} --graph {config.graph}: "
+                                        f"{maxpool_obstacle(pool.name)}")
+    return run_deploy(prepare(run_config(args), check), config)
 
 
 def energy(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ the float spiking network), shared by the commands, deploy and the Python API.""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,13 +88,16 @@ def integer_network(net: Network, profile: str | Profile, timesteps: int, x_cali
                     stock=stock)
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Load data and model, measure the ANN, compute activation statistics and convert."""
+def prepare(config: RunConfig, check: Callable[[LoadedModel], None] | None = None) -> Prepared:
+    """Load data and model, measure the ANN, compute activation statistics and convert;
+    ``check`` sees the loaded model first (a refusal there costs no calibration)."""
     start = time.perf_counter()
     dataset = load_dataset(config.data, n_eval=config.samples, n_calib=config.calib_samples,
                            seed=config.seed)
     model = load_model(config.model, tuple(dataset.x_eval.shape[1:]), arch=config.arch,
                        trust_pickle=config.trust_pickle)
+    if check is not None:
+        check(model)
     device = distributed.device(config.device)
     ann = probe.accuracy(model.graph_module, dataset.x_eval, dataset.y_eval, device=device)
     loaded = time.perf_counter()

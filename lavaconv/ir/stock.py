@@ -115,6 +115,12 @@ def round_bias(bias_float: np.ndarray) -> np.ndarray:
 
 
 
+def maxpool_obstacle(layer: str) -> str:
+    """Why max-pool ``layer`` (a gate) keeps a network off the stock graph, and the way on."""
+    return (f"layer {layer}: max-pool needs lavaconv's MaxPoolGate process; use --maxpool relu "
+            "(two layers of stock LIF units per 2x2 window, a rate approximation)")
+
+
 def obstacles(net: Network, weights: str = "layer", graph: bool = True) -> list[str]:
     """Why ``net`` (float or int) cannot be the stock LIF graph: one line per option, naming
     it and the stock alternative; empty when it can. ``graph=False``: only what the stock
@@ -123,9 +129,7 @@ def obstacles(net: Network, weights: str = "layer", graph: bool = True) -> list[
     neuron = {"zero": "if", "snm": "snm"}
     for name, node in net.nodes.items():
         if isinstance(node, MaxPool) and graph:
-            found.setdefault("maxpool", f"layer {name}: max-pool needs lavaconv's MaxPoolGate "
-                             "process; use --maxpool relu (two layers of stock LIF units per "
-                             "2x2 window, a rate approximation)")
+            found.setdefault("maxpool", maxpool_obstacle(name))
         elif isinstance(node, IF):
             if node.reset in neuron:
                 found.setdefault("neuron", f"--neuron {neuron[node.reset]}: needs lavaconv's "

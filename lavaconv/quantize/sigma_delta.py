@@ -162,7 +162,7 @@ def quantize_sigma_delta(net: Network, formats: Formats, x_calib: np.ndarray, *,
             vth = max(round(node.v_threshold * a / 2**shift), 1) << shift
             node.v_threshold = float(vth)
             if round_messages and node.state_exp > 0:
-                node.bias = node.bias + 2.0 ** (node.state_exp - 1)
+                node.bias = np.asarray(node.bias + 2.0 ** (node.state_exp - 1))
             node.state_bits = formats.state_bits
             need = ranges[name]["message"] * unit[name] * 2 + 1  # twice the calibration peak
             node.message_bits = int(min(formats.graded_payload_bits,

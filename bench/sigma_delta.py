@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/sigma_delta.py [--models vgg,resnet] [--thetas 0.01,0.03,0.1]
                                           [--items 2000] [--out sigma-delta.json]
+                                          [--floor-messages]
 
 For each bundled model and each delta threshold theta (in units of a layer's scale): convert
 with ``--neuron sigma-delta``, quantize to the loihi2 profile, and run the float and the integer
 engine once to T = 64 on the first ``--items`` test items; the checkpoints give the accuracy at
-T = 4 .. 64. Traffic at T = 64 (the network is quiet long before): messages per inference (the
-input's included) and synaptic operations (messages times fan-out), against the ANN's MACs.
+T = 4 .. 64 (``--floor-messages``: the integer units' first messages floored, as before the
+half-unit offset in their bias pulses; docs/sigma-delta.md). Traffic at T = 64 (the network
+is quiet long before): messages per inference (the input's included) and synaptic operations
+(messages times fan-out), against the ANN's MACs.
 Prints one table per model and writes every number to ``--out`` after each run.
 """
 
@@ -23,12 +26,14 @@ import torch
 from lavaconv.app.session import RunConfig, prepare
 from lavaconv.conversion import ConvertOptions
 from lavaconv.cost.counting import ann_macs, snn_synops
+from lavaconv.cost.profiles import load_profile
+from lavaconv.quantize.sigma_delta import quantize_sigma_delta
 from lavaconv.sim.evaluation import evaluate
 
 TIMESTEPS = [4, 6, 8, 10, 12, 14, 16, 20, 24, 32, 48, 64]
 
 
-def run(model: str, theta: float, items: int) -> dict:
+def run(model: str, theta: float, items: int, round_messages: bool = True) -> dict:
     cfg = RunConfig(f"examples/{model}_fmnist.pt2", "fashion-mnist",
                     ConvertOptions(neuron="sigma-delta", sd_threshold=theta), samples=items,
                     progress=False)
@@ -36,8 +41,9 @@ def run(model: str, theta: float, items: int) -> dict:
     shape = tuple(prep.dataset.x_eval.shape[1:])
     macs = sum(layer.ops for layer in ann_macs(prep.model.graph_module, shape))
     out = {"model": model, "theta": theta, "items": items, "ann_accuracy": prep.ann_accuracy,
-           "ann_macs": macs, "depth": prep.net.meta["depth"]}
-    net_int, report = prep.integer("loihi2", max(TIMESTEPS))
+           "ann_macs": macs, "depth": prep.net.meta["depth"], "round_messages": round_messages}
+    net_int, report = quantize_sigma_delta(prep.net, load_profile("loihi2").formats,
+                                           prep.dataset.x_calib, round_messages=round_messages)
     out["quantization"] = [{"name": r.name, "vth": r.vth_int, "weight_rel_error":
                             r.weight_rel_error, "out_of_range": bool(r.saturated)}
                            for r in report]
@@ -63,13 +69,15 @@ def main() -> None:
     ap.add_argument("--thetas", default="0.01,0.03,0.1")
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--out", default="sigma-delta.json")
+    ap.add_argument("--floor-messages", action="store_true",
+                    help="no half-unit offset: every integer message floored")
     args = ap.parse_args()
     torch.set_num_threads(1)
     results = []
     for model in args.models.split(","):
         print(f"{model}: T =", " ".join(f"{t:>6}" for t in TIMESTEPS), "  ops/MACs  msgs")
         for theta in (float(v) for v in args.thetas.split(",")):
-            r = run(model, theta, args.items)
+            r = run(model, theta, args.items, not args.floor_messages)
             results.append(r)
             Path(args.out).write_text(json.dumps(results, indent=1))
             for label in ("float", "int"):

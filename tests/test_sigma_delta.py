@@ -148,6 +148,46 @@ def test_integer_close_to_float(integer_net):
     assert np.abs(f - i).max() < 0.05 * np.abs(f).max()
 
 
+def test_half_unit_offset_rounds_the_first_message():
+    """Lava 0.10 floors a message (``s >> state_exp``) and drops the bits; with half a message
+    unit in the bias pulse a unit's first message (its whole activation) is rounded instead."""
+    from lavaconv.sim.sigma_delta import sigma_delta as sd_dynamics
+
+    st = 7
+    act = torch.arange(0, 5000, 37, dtype=torch.float64)[None, None]  # (1 step, 1 item, n)
+    out = {}
+    for offset in (0, 2 ** (st - 1)):
+        node = SigmaDelta((act.shape[-1],), np.full(act.shape[-1], float(offset)), 2.0**st, 0,
+                          1.0)
+        node.state_exp = st
+        out[offset] = sd_dynamics(node, act, True)[0][0, 0] * 2**st
+    sent = act[0, 0] >= 2**st - 2 ** (st - 1)  # what reaches the threshold with the offset
+    err_floor, err_round = out[0] - act[0, 0], out[2 ** (st - 1)] - act[0, 0]
+    assert torch.all(err_round[sent].abs() <= 2 ** (st - 1))
+    assert torch.all(err_floor[act[0, 0] >= 2**st] <= 0) and err_floor.min() > -(2**st)
+    assert abs(float(err_round[sent].mean())) < abs(float(err_floor[sent].mean())) / 4
+
+
+def test_round_messages_adds_half_a_unit_to_every_pulse():
+    """The same scales, weights and thresholds; every sigma-delta unit's bias pulse (the
+    max-pool's too, which has no bias of its own) carries ``2**(state_exp - 1)`` more."""
+    rng = np.random.default_rng(4)
+    sd = sigma_delta_network(_pool_net(rng, bias=0.3), 0.02)
+    x = rng.random((48, 2, 6, 6))
+    nets = {r: quantize_sigma_delta(sd, Formats(), x, items=48, round_messages=r)[0]
+            for r in (False, True)}
+    assert nets[True].meta["sd_scales"] == nets[False].meta["sd_scales"]
+    for a, b in zip(nets[True].synapses, nets[False].synapses, strict=True):
+        np.testing.assert_array_equal(a.weight, b.weight)
+    units = [k for k, n in nets[True].nodes.items() if isinstance(n, SigmaDelta)]
+    assert {"p.diff", "p.max"} <= set(units)
+    for name in units:
+        on, off = nets[True].nodes[name], nets[False].nodes[name]
+        assert on.v_threshold == off.v_threshold
+        np.testing.assert_array_equal(np.asarray(on.bias) - np.asarray(off.bias),
+                                      2.0 ** (on.state_exp - 1))
+
+
 def test_save_load_round_trip(integer_net, tmp_path):
     net, _, x = integer_net
     net.save(tmp_path)

@@ -71,7 +71,7 @@ class ConvertOptions:
     align: bool = False  # delay a population's early inputs (shortcuts) to arrive with the last
     calib_steps: int = 64  # timesteps of the SNN runs behind the data-driven methods
     calib_items: int = 256  # calibration items those runs use
-    sd_threshold: float = 0.03  # sigma-delta: delta threshold in units of each layer's lambda
+    sd_threshold: float = 0.02  # sigma-delta: delta threshold in units of each layer's lambda
 
     def __post_init__(self) -> None:
         checks = [("neuron", self.neuron, tuple(NEURONS)), ("input", self.input, ENCODINGS),

@@ -8,7 +8,10 @@ readout keeps 8-bit weights). ``A_P`` is the largest power of two that keeps the
 |sigma| seen on calibration items ``headroom_bits`` below the state bound and every Conv weight
 on the grid; ``state_exp`` is Lava's largest (7, its 3-bit field), the coarsest message grid
 and so the largest weights. Thresholds ``vth = round(theta * A_P / 2**st) << st`` (Lava's
-``vth << (spike_exp + state_exp)`` with spike_exp 0), bias pulses ``round(b * A_P)``.
+``vth << (spike_exp + state_exp)`` with spike_exp 0), bias pulses ``round(b * A_P)``, plus
+``2**(st - 1)`` for a sigma-delta unit (``round_messages``): Lava 0.10 floors every message
+(``s >> st``) and drops the bits, so a unit's first message, which is its whole activation,
+would lose half a message unit on average; with the offset it is rounded to the nearest unit.
 """
 
 from __future__ import annotations
@@ -134,16 +137,20 @@ def _balanced_scales(net: Network, ranges: dict[str, dict[str, float]], cap: flo
 
 
 def quantize_sigma_delta(net: Network, formats: Formats, x_calib: np.ndarray, *,
-                         items: int = 256, headroom_bits: int = 1, netx: bool = False
-                         ) -> tuple[Network, list[LayerQuant]]:
+                         items: int = 256, headroom_bits: int = 1, netx: bool = False,
+                         round_messages: bool = True) -> tuple[Network, list[LayerQuant]]:
     """Integer copy of float sigma-delta network ``net``; ranges measured on ``x_calib``.
     ``netx``: on the grid lava-dl netx builds (:mod:`lavaconv.export.netx`): ``state_exp``
     :data:`NETX_STATE_EXP` (netx fixes it), Dense ``weight_exp = 0`` with the weights on the
     8-bit grid like a Conv's (netx derives a dense layer's exponent from the stored integers,
     so a stored ``W << e`` beyond it is clipped, and a negative one would floor), messages of
-    at most 16 bits, and biases netx holds exactly (:func:`_netx_biases`)."""
+    at most 16 bits, and biases netx holds exactly (:func:`_netx_biases`).
+    ``round_messages`` (not with ``netx``, whose biases flow every step): each sigma-delta
+    unit's bias pulse carries half a message unit (``2**(state_exp - 1)``), so that its first
+    message is rounded, not floored."""
     state_exp = NETX_STATE_EXP if netx else STATE_EXP_MAX
     netx_bits = [NETX_MESSAGE_BITS] if netx else []
+    round_messages = round_messages and not netx
     if net.numeric != "float" or not net.is_sigma_delta:
         raise LavaconvError("quantize_sigma_delta takes a float sigma-delta network")
     steps = net.meta.get("depth", net.depth()) + 2
@@ -187,6 +194,7 @@ def quantize_sigma_delta(net: Network, formats: Formats, x_calib: np.ndarray, *,
         a = scale[name]
         bias = np.asarray(node.bias, dtype=np.float64)
         node.bias = np.asarray(np.round(bias * a))
+        bias_error = _rel_error(bias * a, node.bias)
         weights = [s for s in q.synapses if s.target == name]
         floats = [s for s in net.synapses if s.target == name]
         exact = np.concatenate([f.weight.ravel() * scale[name] / unit[f.source] for f in floats])
@@ -197,6 +205,8 @@ def quantize_sigma_delta(net: Network, formats: Formats, x_calib: np.ndarray, *,
             shift = node.state_exp + node.spike_exp
             vth = max(round(node.v_threshold * a / 2**shift), 1) << shift
             node.v_threshold = float(vth)
+            if round_messages and node.state_exp > 0:
+                node.bias = np.asarray(node.bias + 2.0 ** (node.state_exp - 1))
             node.state_bits = formats.state_bits
             need = ranges[name]["message"] * unit[name] * 2 + 1  # twice the calibration peak
             node.message_bits = int(min(formats.graded_payload_bits, *netx_bits,
@@ -206,14 +216,15 @@ def quantize_sigma_delta(net: Network, formats: Formats, x_calib: np.ndarray, *,
         if netx:
             _netx_biases(q, name, node)
         report.append(LayerQuant(name, vth, getattr(node, "state_exp", 0),
-                                 _rel_error(exact, approx), _rel_error(bias * a, node.bias),
+                                 _rel_error(exact, approx), bias_error,
                                  0))
     checked: dict[str, dict[str, float]] = {}
     engine.simulate(q, encode_input(q, x_calib[:items], steps), ranges=checked)
     bad = set(engine.within_bounds(q, checked))
     for lq in report:
         lq.saturated = 1.0 if lq.name in bad else 0.0
-    q.meta.update(profile_formats={"state_exp": state_exp, "headroom_bits": headroom_bits},
+    q.meta.update(profile_formats={"state_exp": state_exp, "headroom_bits": headroom_bits,
+                                   "round_messages": round_messages},
                   **({"grid": "netx"} if netx else {}),
                   sd_scales={k: v for k, v in scale.items()})
     return q, report

@@ -234,13 +234,19 @@ def test_cli_deploy_vgg_sigma_delta(tmp_path, capsys):
     assert report["lava"]["bit_exact"] is True
 
 
-def test_netx_export_refuses_a_pulse_bias_in_one_line(integer_net, tmp_path):
+def test_netx_export_refuses_in_one_line(integer_net, tmp_path):
+    """A join, lavaconv's own grid (state_exp 7), and a bias pulse at t_start (netx's SDNN bias
+    flows from step 0) are each refused naming the layer."""
     from lavaconv.export.netx import export_netx
 
     net = copy.deepcopy(integer_net[0])
     with pytest.raises(LavaconvError, match="layer out: 2 inputs"):
         export_netx(net, tmp_path / "x.net")
     net.synapses = [s for s in net.synapses if (s.source, s.target) != ("c1", "out")]
-    with pytest.raises(LavaconvError, match="layer c1: has a bias; lavaconv's sigma-delta bias "
-                                            "is one pulse into sigma at t_start = 1"):
+    if net.meta.get("grid") != "netx":
+        with pytest.raises(LavaconvError, match="layer c1: state_exp 7, spike_exp 0"):
+            export_netx(net, tmp_path / "x.net")
+        return
+    net.nodes["c1"].t_start = 1
+    with pytest.raises(LavaconvError, match="layer c1: has a bias from t_start = 1"):
         export_netx(net, tmp_path / "x.net")

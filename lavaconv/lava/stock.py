@@ -97,6 +97,11 @@ class StockGraph:
                 *self.synapses.values(), *self.monitors.values()]
 
     @property
+    def populations(self) -> list[str]:
+        """The spiking populations' names, in order (the readout is not one)."""
+        return [name for name in self.neurons if name != self.net.output_name]
+
+    @property
     def top(self) -> AbstractProcess:
         return self.neurons[self.net.output_name]
 
@@ -291,7 +296,7 @@ def fused_wrapper(graph: StockGraph) -> SpikingNetwork:
     LIF's v as the score, every item from the initial state."""
     if graph.monitors:
         raise LavaconvError("the fused model counts spikes itself: build without monitors")
-    populations = [graph.neurons[name] for name in graph.floors]  # every one has a floor
+    populations = [graph.neurons[name] for name in graph.populations]
     return SpikingNetwork(procs=graph.processes, counted=populations, readout=graph.top,
                           restart=graph.steps, name="stock")
 
@@ -311,7 +316,7 @@ def run_stock(net: Network, payload: np.ndarray, target: str = "sim", progress: 
     cfg = run_config(graph, target, top if fast else None)
     readout, running = [], 0.0
     out = net.nodes[net.output_name]
-    counted = list(graph.floors)  # the populations, in the order the fused model counts them
+    counted = graph.populations  # in the order the fused model counts them
     counts: dict[str, list[np.ndarray]] = {n: [] for n in counted}
     with _torch_single_thread():
         t0 = time.perf_counter()

@@ -52,7 +52,7 @@ def _netx_biases(q: Network, name: str, node: SigmaDelta | Readout) -> None:
     bias = np.asarray(node.bias, dtype=np.float64)
     if isinstance(node, SigmaDelta):
         node.t_start = 0
-        node.bias = np.round(bias / 2**NETX_STATE_EXP) * 2**NETX_STATE_EXP
+        node.bias = np.asarray(np.round(bias / 2**NETX_STATE_EXP) * 2**NETX_STATE_EXP)
         return
     syns = q.inputs_of(name)
     if not bias.any() or len(syns) != 1 or not isinstance(syns[0], Dense) or \
@@ -61,7 +61,7 @@ def _netx_biases(q: Network, name: str, node: SigmaDelta | Readout) -> None:
     prev, e = q.nodes[syns[0].source], int(syns[0].weight_exp)
     unit = pulse_message(int(prev.v_threshold) >> NETX_STATE_EXP,
                          float(np.abs(bias).max()), e) << e
-    node.bias = np.clip(2 * np.round(bias / unit / 2), -256, WEIGHT_MAX) * unit
+    node.bias = np.asarray(np.clip(2 * np.round(bias / unit / 2), -256, WEIGHT_MAX) * unit)
     node.t_start = 1
 
 

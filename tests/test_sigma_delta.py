@@ -228,10 +228,23 @@ def test_cli_deploy_vgg_sigma_delta(tmp_path, capsys):
              y=np.arange(60) % 10)
     code = main(["deploy", str(root / "examples" / "vgg_fmnist.pt2"), "--data",
                  str(tmp_path / "d.npz"), "--neuron", "sigma-delta", "--timesteps", "14",
-                 "--lava-samples", "1", "--out", str(tmp_path / "out"), "--quiet"])
+                 "--lava-samples", "1", "--compare-rate", "--out", str(tmp_path / "out"),
+                 "--quiet"])
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["lava"]["bit_exact"] is True
+    # --compare-rate: the rate-coded stock graph on the same items, as the API builds it
+    import lavaconv
+
+    rate = report["rate_coded"]
+    snn = lavaconv.convert(root / "examples" / "vgg_fmnist.pt2", data=str(tmp_path / "d.npz"),
+                           maxpool="relu").quantize("loihi2", timesteps=14, stock=True)
+    assert rate["snn_accuracy"]["14"] == snn.simulate([14])[14]
+    assert rate["energy"]["snn_synops"]["14"] > report["energy"]["snn_synops"]["14"] > 0
+    assert "Sigma-delta against rate coding" in (tmp_path / "out" / "report.md").read_text()
+    assert main(["deploy", str(root / "examples" / "vgg_fmnist.pt2"), "--data",
+                 str(tmp_path / "d.npz"), "--compare-rate", "--out", str(tmp_path / "o2")]) == 2
+    assert "--compare-rate compares a sigma-delta" in capsys.readouterr().err
 
 
 def test_netx_export_refuses_in_one_line(integer_net, tmp_path):

@@ -208,6 +208,9 @@ def parser() -> argparse.ArgumentParser:
     _weights_arg(p)
     p.add_argument("--lava-samples", type=COUNT, default=DeployConfig.lava_samples,
                    help="items run through Lava")
+    p.add_argument("--compare-rate", action="store_true",
+                   help="with --neuron sigma-delta: also evaluate the rate-coded network (CLI "
+                        "defaults, stock LIF graph) on the same items and report both")
     p.add_argument("--out", default=DeployConfig.out, type=_out_dir, help="output directory")
 
     p = sub.add_parser("export", parents=[common], help="write a converted network as NIR or netx")

@@ -42,7 +42,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def deploy_config(args: argparse.Namespace) -> DeployConfig:
     return DeployConfig(args.target, args.timesteps, args.profile, args.weights,
-                        args.lava_samples, args.out, args.graph)
+                        args.lava_samples, args.out, args.graph, args.compare_rate)
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -157,6 +157,9 @@ def deploy(args: argparse.Namespace) -> int:
         raise LavaconvError("deploy runs in one process (Lava starts its own); use torchrun "
                             "for eval and convert")
     config = deploy_config(args)  # checked before the long work
+    if config.compare_rate and args.neuron != "sigma-delta":
+        raise LavaconvError("--compare-rate compares a sigma-delta network with rate coding; "
+                            "use it with --neuron sigma-delta")
     check = None
     if config.target == "loihi2" or config.graph == "stock":
         found = option_obstacles(args.neuron, args.burst, args.readout, args.align,

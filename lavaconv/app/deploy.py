@@ -10,7 +10,8 @@ from pathlib import Path
 from lavaconv import distributed
 from lavaconv.app.outputs import atomic_dir, write_json
 from lavaconv.app.report import deploy_html, deploy_markdown, deploy_summary
-from lavaconv.app.session import Prepared
+from lavaconv.app.session import Prepared, integer_network
+from lavaconv.conversion import ConvertOptions, build_network
 from lavaconv.cost import energy
 from lavaconv.cost.counting import ann_macs
 from lavaconv.cost.profiles import Profile, load_profile
@@ -38,6 +39,7 @@ class DeployConfig:
     lava_samples: int = 2  # items run through Lava and compared with the engine
     out: str | Path = "out/deploy"
     graph: str = "auto"  # stock: stock Lava processes only; ours: lavaconv's; auto: stock if able
+    compare_rate: bool = False  # sigma-delta: also the rate-coded stock graph on the same items
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -123,6 +125,9 @@ def build_report(prep: Prepared, config: DeployConfig) -> tuple[dict, Network]:
         q.saturated = int_eval.saturated.get(q.name, 0.0)
     energy_section = _energy(prep, net_int, profile, int_eval)
     lap("energy")
+    rate = _rate_coded(prep, profile, steps, checkpoints) if config.compare_rate else None
+    if rate:
+        lap("rate_coded")
     report = {
         "model": str(run.model), "data": run.data, "items": len(data.y_eval),
         "options": prep.options.describe(),
@@ -135,9 +140,35 @@ def build_report(prep: Prepared, config: DeployConfig) -> tuple[dict, Network]:
         "quantization": [asdict(q) for q in quant],
         "resources": estimate(net_int, profile),
         "energy": energy_section,
+        **({"rate_coded": rate} if rate else {}),
         "seconds": seconds,
     }
     return report, net_int
+
+
+#: what --compare-rate runs next to a sigma-delta network: the CLI's rate-coded defaults on the
+#: stock LIF graph (max-pools from IF units)
+RATE_CODED = ConvertOptions(maxpool="relu")
+
+
+def _rate_coded(prep: Prepared, profile: Profile, steps: int, checkpoints: list[int]) -> dict:
+    """The rate-coded network (:data:`RATE_CODED`) from the same statistics, quantized for the
+    stock graph, on the same items: accuracy and energy, for the report's comparison."""
+    if not prep.net.is_sigma_delta:
+        raise LavaconvError("--compare-rate compares a sigma-delta network with rate coding; "
+                            "use it with --neuron sigma-delta")
+    data, run = prep.dataset, prep.config
+    net = build_network(prep.model.graph_module, data.x_calib, prep.stats, RATE_CODED,
+                        seed=run.seed)
+    if steps < net.depth():
+        raise LavaconvError(f"--compare-rate: --timesteps {steps} is shorter than the "
+                            f"rate-coded network's depth {net.depth()}")
+    q, _ = integer_network(net, profile, steps, data.x_calib, stock=True)
+    ev = evaluation.evaluate(q, data.x_eval, data.y_eval, checkpoints, seed=run.seed,
+                             device=distributed.device(run.device), progress=run.progress,
+                             per_neuron=True)
+    return {"options": RATE_CODED.describe(), "graph": "stock", "snn_accuracy": ev.accuracy,
+            "energy": _energy(prep, q, profile, ev)}
 
 
 def run_deploy(prep: Prepared, config: DeployConfig) -> int:

@@ -415,6 +415,27 @@ def _deploy_tables(report: dict) -> list[Table]:
     return [acc, quant, cores]
 
 
+def _rate_table(report: dict) -> Table:
+    """The deployed (sigma-delta) network next to the rate-coded one on the same items."""
+    rate = report["rate_coded"]
+    profiles = [n for n, p in _snn_profiles(report["energy"]).items() if p["status"] == "ok"]
+    rows = []
+    for label, acc, energy in (("sigma-delta (deployed)", report["snn_accuracy"],
+                                report["energy"]),
+                               (f"rate-coded, {rate['graph']} graph", rate["snn_accuracy"],
+                                rate["energy"])):
+        per = _snn_profiles(energy)
+        sops, messages = dict(by_t(energy["snn_synops"])), dict(by_t(energy["spike_messages"]))
+        for t, a in by_t(acc):
+            rows.append([label, str(t), f"{100 * a:.2f}", count(sops[t]), count(messages[t]),
+                         *(joules(dict(by_t(per[n]["by_t"]))[t]["total_j"]) for n in profiles)])
+    return Table("Per inference, integer, the same items", ["network", "T", "accuracy %",
+                 "SOPs", "messages", *(f"energy ({n})" for n in profiles)], rows,
+                 f"ANN: {100 * report['ann_accuracy']:.2f} %, {count(report['energy']['ann_macs'])}"
+                 " MACs. Rate-coded: " + ", ".join(f"{k} {v}" for k, v in
+                                                   sorted(rate["options"].items())))
+
+
 def _deploy_page(report: dict, figures: bool) -> Page:
     page = Page(f"lavaconv deploy report: {report['model']}")
     opts = report["options"]
@@ -435,6 +456,8 @@ def _deploy_page(report: dict, figures: bool) -> Page:
     page.parts += [("h2", "Energy"), *fig("energy per inference against T", energy_vs_t_png,
                    energy), *fig("energy per layer", energy_per_layer_png, energy)]
     page.parts += energy_tables(energy)
+    if "rate_coded" in report:
+        page.parts += [("h2", "Sigma-delta against rate coding"), _rate_table(report)]
     if energy.get("snm_eq15"):
         page.parts.append(("p", _snm_line(energy["snm_eq15"])))
     page.parts += [("h2", "Energy assumptions"), ("list", energy["assumptions"])]
@@ -467,9 +490,15 @@ def deploy_summary(report: dict, out: str) -> str:
         neuron = f", neuron updates {joules(e['neuron_j'])}" if e["neuron_j"] else ""
         parts.append(f"{name} {joules(e['total_j'])}{neuron}")
     res = report["resources"]
+    rate = report.get("rate_coded")
+    compared = [] if rate is None else [
+        f"rate-coded ({rate['graph']} graph) on the same items: "
+        f"{100 * dict(by_t(rate['snn_accuracy']))[t]:.2f} % at T = {t}, "
+        f"{count(dict(by_t(rate['energy']['snn_synops']))[t])} SOPs per inference against "
+        f"sigma-delta's {count(dict(by_t(energy['snn_synops']))[t])}"]
     return "\n".join([
         f"ANN {100 * report['ann_accuracy']:.2f} %; integer SNN {100 * acc:.2f} % at T = {t} "
-        f"({report['items']} items of {report['data']})",
+        f"({report['items']} items of {report['data']})", *compared,
         _lava_line(report),
         *[line for line in [_hardware_line(report)] if line],
         f"energy per inference at T = {t}: ANN {joules(ann['total_j'])} on {ann_name}; SNN "

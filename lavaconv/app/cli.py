@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """Run the command of ``args``; every error ends as one line and an exit code."""
     handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
-    previous = {s: signal.signal(s, _on_signal) for s in handled}
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT),  # ignored after an interrupt
+                **{s: signal.signal(s, _on_signal) for s in handled}}
     try:
         if args.max_seconds:
             signal.setitimer(signal.ITIMER_REAL, args.max_seconds)

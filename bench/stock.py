@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from lavaconv.app.session import RunConfig, prepare  # noqa: E402
 from lavaconv.conversion import ConvertOptions  # noqa: E402
+from lavaconv.ir.network import MaxPool  # noqa: E402
 from lavaconv.sim.engine import encode_input, simulate  # noqa: E402
 from lavaconv.sim.evaluation import auto_batch, chunks  # noqa: E402
 
@@ -39,12 +40,15 @@ GRAPHS = ("ours", "stock")
 
 def measure(model: str, items: int, calib: int, steps: list[int]) -> dict:
     """Per item and checkpoint: is each graph's prediction right (paired)."""
-    nets = {}
-    for g in GRAPHS:  # the stock graph builds max-pools from IF units (--maxpool relu)
-        options = ConvertOptions(maxpool="relu" if g == "stock" else "gate")
-        prep = prepare(RunConfig(ROOT / MODELS[model], "fashion-mnist", samples=items,
+    def prepared(options: ConvertOptions):
+        return prepare(RunConfig(ROOT / MODELS[model], "fashion-mnist", samples=items,
                                  calib_samples=calib, options=options, progress=False))
-        nets[g] = prep.integer("loihi2", max(steps), stock=g == "stock")[0]
+
+    prep = prepared(ConvertOptions())
+    nets = {"ours": prep.integer("loihi2", max(steps))[0]}
+    if any(isinstance(n, MaxPool) for n in prep.net.nodes.values()):  # the stock graph builds
+        prep = prepared(ConvertOptions(maxpool="relu"))  # max-pools from IF units
+    nets["stock"] = prep.integer("loihi2", max(steps), stock=True)[0]
     x, y = prep.dataset.x_eval, torch.as_tensor(prep.dataset.y_eval)
     right = {g: {t: [] for t in steps} for g in GRAPHS}
     seconds = dict.fromkeys(GRAPHS, 0.0)

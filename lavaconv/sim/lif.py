@@ -73,27 +73,28 @@ def lif_integrate_and_fire(current, steps: int, theta: torch.Tensor, u_init: tor
         near = bool(lo < -SAFE_U) or bool(hi > SAFE_U)
         if near:
             clipped += int(torch.count_nonzero(u.gt(U_HALF) | u.le(-U_HALF)))
-            if u_f is None and bool(torch.any(u.abs() == U_HALF)):
+            if floor and u_f is None and bool(torch.any(u.abs() == U_HALF)):
                 u_f = -u  # wrapping u, or -u, at +-2**23 is the one asymmetric case
             wrap_u(u)
         if u_f is not None:
             wrap_u(u_f)
         _carry_(v).add_(u)
-        _carry_(v_f)
-        if u_f is None:
-            v_f.sub_(u)
-        else:
-            v_f.add_(u_f)
         if near or u_f is not None:
             clipped += int(torch.count_nonzero(v.abs() > V_LIMIT))
             v.clamp_(-V_LIMIT, V_LIMIT)
-            v_f.clamp_(-V_LIMIT, V_LIMIT)
         s = v > theta
-        if floor:
-            s_f = v_f > lift
         v.masked_fill_(s, 0)
-        v_f.masked_fill_(s_f, 0)
         out[t] = s
+        if floor:
+            _carry_(v_f)
+            if u_f is None:
+                v_f.sub_(u)
+            else:
+                v_f.add_(u_f)
+            if near or u_f is not None:
+                v_f.clamp_(-V_LIMIT, V_LIMIT)
+            s_f = v_f > lift
+            v_f.masked_fill_(s_f, 0)
     return clipped
 
 

@@ -455,36 +455,36 @@ def test_netx_stock_file_holds_the_self_connection(tmp_path):
     assert int(b.neuron.vth.init) == 240
 
 
-def test_netx_stock_refuses_what_netx_cannot_hold(tmp_path):
-    path = tmp_path / "net.h5"
-    net = stock_chain(bias=True)
-    net.nodes["c"].t_start = 4
-    with pytest.raises(LavaconvError, match="layer c: its bias starts at t_start = 4"):
-        export_netx(net, path)
-    net = stock_chain(bias=True)
-    net.nodes["a"].reset = "zero"
-    with pytest.raises(LavaconvError, match="layer a: not in the stock form, but the chain's "
-                                            "biases need a clock unit"):
-        export_netx(net, path)
-    net = stock_chain(bias=True)
-    net.nodes["output"].t_start = 5
-    with pytest.raises(LavaconvError, match="layer output: its bias starts at t_start = 5"):
-        export_netx(net, path)
-    net = stock_chain(bias=True)
+def _bias_scaled(net: Network) -> None:
     net.nodes["c"].bias = net.nodes["c"].bias * 8  # bias >> 6 beyond the 8-bit grid
-    with pytest.raises(LavaconvError, match=r"layer c: .*the recurrent ones .*, 4\d\d\]"):
-        export_netx(net, path)
-    net = stock_chain()
-    net.nodes["b"].v_threshold = np.array(64 * 256)  # inhibitory-only weights stop at -255
-    with pytest.raises(LavaconvError, match="layer b: .*self-connection -256"):
-        export_netx(net, path)
-    net = stock_chain()
-    net.nodes["output"].a_exp = -1
-    with pytest.raises(LavaconvError, match="layer output: a_exp -1 the stock readout's Dense"):
-        export_netx(net, path)
-    net = int_chain(reset="lif")
+
+
+STOCK_REFUSALS = [  # (chain with biases, change, the refusal)
+    (True, lambda n: setattr(n.nodes["c"], "t_start", 4),
+     "layer c: its bias starts at t_start = 4"),
+    (True, lambda n: setattr(n.nodes["a"], "reset", "zero"),
+     "layer a: not in the stock form, but the chain's biases need a clock unit"),
+    (True, lambda n: setattr(n.nodes["output"], "t_start", 5),
+     "layer output: its bias starts at t_start = 5"),
+    (True, _bias_scaled, r"layer c: .*the recurrent ones .*, 4\d\d\]"),
+    (False, lambda n: setattr(n.nodes["b"], "v_threshold", np.array(64 * 256)),  # inhibitory-
+     "layer b: .*self-connection -256"),  # only weights stop at -255
+    (False, lambda n: setattr(n.nodes["output"], "a_exp", -1),
+     "layer output: a_exp -1 the stock readout's Dense"),
+]
+
+
+@pytest.mark.parametrize("bias,change,refusal", STOCK_REFUSALS)
+def test_netx_stock_refuses_what_netx_cannot_hold(tmp_path, bias, change, refusal):
+    net = stock_chain(bias=bias)
+    change(net)
+    with pytest.raises(LavaconvError, match=refusal):
+        export_netx(net, tmp_path / "net.h5")
+
+
+def test_netx_stock_form_of_a_conv_layer_is_refused(tmp_path):
     with pytest.raises(LavaconvError, match="layer a: .*dense layers only"):
-        export_netx(net, path)
+        export_netx(int_chain(reset="lif"), tmp_path / "net.h5")
 
 
 def sd_chain(bias: bool = False) -> Network:

@@ -28,13 +28,17 @@ import torch.nn.functional as F
 
 from lavaconv.ir.fixedpoint import THRESHOLD_SHIFT, wrap
 from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout, Synapse
-from lavaconv.sim import lif
+from lavaconv.sim import kernels, lif
 from lavaconv.sim.result import SimResult  # noqa: F401 - re-exported
 
 #: ``probe(name, current, train)`` after each IF population: ``current`` (T, B, *shape) is
 #: what the population adds to v at each step (synaptic input, gain and bias), ``train`` the
 #: payload it sent (T, B, *shape).
 Probe = Callable[[str, torch.Tensor, torch.Tensor], None]
+
+#: whether CPU tensors run the neuron loops as :mod:`lavaconv.sim.kernels` (the torch loops
+#: here are the reference, and the path on other devices)
+KERNELS = True
 
 #: synaptic input entries (steps x batch x neurons) computed at once: at least one step, a
 #: batch of items large enough for an efficient convolution, its output small enough to be
@@ -459,7 +463,9 @@ def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: se
     source = trains[net.inputs_of(name)[0].source]
     steps, batch = source.shape[:2]
     train = _empty((steps, batch, *node.shape), source, torch.float32)
-    if is_lif(net, node):
+    if train.device.type == "cpu" and KERNELS:
+        result.saturated[name] = _fire_cpu(net, node, chunks, train)
+    elif is_lif(net, node):
         result.saturated[name] = _lif_fire(node, chunks, steps, train)
     else:
         result.saturated[name] = integrate_and_fire(node, _Current(net, node, chunks), steps,
@@ -470,6 +476,41 @@ def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: se
     if probe is not None:
         probe(name, u, train)
     return train
+
+
+def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor) -> int:
+    """:func:`integrate_and_fire` or the stock LIF (:func:`_lif_fire`) on the CPU kernels of
+    :mod:`lavaconv.sim.kernels`, a chunk of steps per call; spikes into ``out``; returns the
+    neuron-steps saturated (wrapped or clipped: stock LIF)."""
+    order = kernels.memory_order(out)
+    spikes = kernels.flat(out, order)
+    if not np.shares_memory(spikes, out.numpy()):
+        raise AssertionError("the spike train is not laid out densely")
+    integer = net.numeric == "int"
+
+    def param(p, dtype: torch.dtype = torch.int64 if integer else torch.float32) -> np.ndarray:
+        return kernels.per_neuron(torch.as_tensor(np.asarray(p)), node.shape, order, dtype)
+
+    batch = out.shape[1]
+    v = np.tile(param(node.v_init), batch)
+    bias, vth = param(node.bias), param(node.v_threshold)
+    if is_lif(net, node):
+        u = np.stack([v, -v]).astype(np.int32)  # the floor neuron's u is -u
+        v, s = np.zeros_like(u), np.zeros(u.shape, dtype=np.uint8)
+        return sum(kernels.lif_chunk(kernels.flat(a, order), t0, node.t_start, bias, vth,
+                                     u, v, s, node.floor, spikes[t0:t0 + len(a)])
+                   for t0, a in chunks)
+    memory, reset = np.zeros(len(v), dtype=np.int64), kernels.RESETS[node.reset]
+    if not integer:
+        for t0, a in chunks:
+            kernels.if_chunk_float(kernels.flat(a, order), t0, node.t_start, bias, vth, v,
+                                   memory, node.burst, reset, spikes[t0:t0 + len(a)])
+        return 0
+    lo, hi = state_bounds(net, node)
+    return sum(kernels.if_chunk_int(kernels.flat(a, order), t0, node.t_start,
+                                    THRESHOLD_SHIFT + node.a_exp, bias, vth, v, memory, lo, hi,
+                                    node.burst, reset, spikes[t0:t0 + len(a)])
+               for t0, a in chunks)
 
 
 def _lif_fire(node: IF, chunks, steps: int, out: torch.Tensor) -> int:

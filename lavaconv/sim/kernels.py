@@ -1,0 +1,175 @@
+"""The engine's neuron updates as single-pass CPU kernels (numba).
+
+A population's update is a handful of elementwise operations per step; as torch operations each
+is one pass over the population's state (about six for an IF neuron, twenty for the stock LIF
+pair). Here each neuron is updated once per step with its state in registers: one read of the
+synaptic input and one write of the spike, for a chunk of steps at a time. The arithmetic is the
+torch loops' (:func:`lavaconv.sim.engine.integrate_and_fire`, :mod:`lavaconv.sim.lif`), which
+stay the reference and the path for tensors off the CPU: float mode in float32, integer mode and
+the stock LIF in int64 (exact; the stock LIF is Lava's ``PyLifModelBitAcc`` update transcribed,
+its floor neuron stepped in full).
+
+Arrays are flat in the memory order of the population's spike train (:func:`flat`): the batch
+outermost, so neuron ``i`` has the per-neuron parameters ``[i % M]`` of an item's ``M`` neurons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+import torch
+
+from lavaconv.ir.stock import FLOOR, U_HALF, V_LIMIT
+
+#: reset codes of :func:`if_chunk`
+RESETS = {"subtract": 0, "zero": 1, "snm": 2}
+
+
+def memory_order(x: torch.Tensor) -> list[int]:
+    """Dimensions of a ``(T, B, *shape)`` tensor, the first kept, the others by decreasing
+    stride: the order in which a dense tensor lays its entries out (channels-last or not)."""
+    return [0] + sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
+
+
+def flat(x: torch.Tensor, order: Sequence[int]) -> np.ndarray:
+    """``(T, B, *shape)`` as a ``(T, B * M)`` numpy array in ``order`` (a view where ``x`` is
+    laid out in that order, which the caller needs for arrays it writes)."""
+    return x.permute(*order).reshape(len(x), -1).numpy()
+
+
+def per_neuron(p: torch.Tensor, shape: Sequence[int], order: Sequence[int],
+               dtype: torch.dtype) -> np.ndarray:
+    """A parameter broadcastable to the population's ``shape`` as ``M`` entries in ``order``."""
+    full = torch.empty((1, 1, *shape), dtype=dtype)
+    full[:] = p.to(dtype)
+    return full.permute(*order).reshape(-1).numpy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _trunc12(x):
+    """``sgn(x) (|x| >> 12)``: x / 4096 rounded toward zero, without a branch."""
+    return (x + ((x >> 63) & 4095)) >> 12
+
+
+@numba.njit(cache=True, nogil=True)
+def _lif_row(x, theta, u, v, s):
+    """One ``PyLifModelBitAcc`` update (du = 0, dv = 4095) of a row of neurons on input ``x``
+    (``A << 6``, int64): u, v (int32) and s (the spikes, uint8) in place. Two loops with few
+    written arrays, so that each vectorizes. Returns how many u wrapped plus how many v clipped.
+
+        u = wrap24(L(u) + x),  L(u) = sgn(u) ((|u| 4095) >> 12)
+        v = clip(C(v) + u, +-V_LIMIT),  C(v) = sgn(v) (|v| >> 12);  s = v > theta;  v = 0 where s
+    """
+    events = 0
+    for j in range(len(u)):
+        w = _trunc12(np.int64(u[j]) * 4095) + x[j]
+        events += (w > U_HALF) | (w <= -U_HALF)
+        w = w - 2 * U_HALF if w > U_HALF else w
+        u[j] = w + 2 * U_HALF if w <= -U_HALF else w
+    for j in range(len(u)):
+        w = _trunc12(np.int64(v[j])) + u[j]
+        events += (w > V_LIMIT) | (w < -V_LIMIT)
+        w = min(max(w, -V_LIMIT), V_LIMIT)
+        spiked = w > theta[j]
+        v[j] = 0 if spiked else w
+        s[j] = spiked
+    return events
+
+
+@numba.njit(cache=True, nogil=True)
+def lif_chunk(a, t0, t_start, bias, theta, u, v, s, floor, out):
+    """Steps ``t0 .. t0 + len(a) - 1`` of the stock soft-reset LIF and its floor neuron
+    (:mod:`lavaconv.ir.stock`): ``a`` (k, N) the synaptic sums; ``bias``, ``theta`` (M,) int64 in
+    ``A << 6`` units; state ``u``, ``v`` (2, N) int32 and ``s`` (2, N) uint8, the neuron's and
+    its floor neuron's (``floor`` False: none), updated; spikes into ``out`` (k, N). Returns
+    the neuron-steps whose u wrapped plus those whose v clipped (the floor neuron's not
+    counted), as :func:`lavaconv.sim.lif.lif_integrate_and_fire`."""
+    m = theta.shape[0]
+    lift = FLOOR * theta
+    x = np.empty(m, dtype=np.int64)
+    nx = np.empty(m, dtype=np.int64)
+    events = 0
+    for t in range(a.shape[0]):
+        b = bias * (t0 + t >= t_start)
+        for first in range(0, a.shape[1], m):
+            last = first + m
+            row, sf, sm = a[t, first:last], s[1, first:last], s[0, first:last]
+            for j in range(m):
+                x[j] = np.int64(row[j]) * 64 + b[j] - theta[j] * sm[j] + floor * lift[j] * sf[j]
+                nx[j] = -x[j]
+            if floor:
+                _lif_row(nx, lift, u[1, first:last], v[1, first:last], sf)
+            events += _lif_row(x, theta, u[0, first:last], v[0, first:last], sm)
+            o = out[t, first:last]
+            for j in range(m):
+                o[j] = sm[j]
+    return events
+
+
+@numba.njit(cache=True, nogil=True)
+def _fire(v, vth, one, burst, reset, memory, out):
+    """Fire and reset one item's neurons at potentials ``v`` (in place; ``one``: 1 in v's type),
+    spikes into ``out``: :func:`lavaconv.sim.engine.integrate_and_fire`'s rule. The common case
+    (one spike at most, no SNM memory) is a loop of its own, which vectorizes."""
+    if burst == 1 and reset != 2:
+        for j in range(len(v)):
+            s = v[j] >= vth[j]
+            v[j] = (v[j] - vth[j] if reset == 0 else one - one) if s else v[j]
+            out[j] = s
+        return
+    for j in range(len(v)):
+        w, th, s, k = v[j], vth[j], 0, one
+        while s < burst and w >= th * k:
+            s += 1
+            k += one
+        if reset == 2:  # SNM eq. 9-11: negative spikes only up to the memory
+            neg, k = 0, one
+            while neg < burst and -w >= th * k:
+                neg += 1
+                k += one
+            s -= min(neg, max(memory[j], 0))
+            memory[j] += s
+        if s != 0:
+            v[j] = one - one if reset == 1 else w - (one * s) * th
+        out[j] = s
+
+
+@numba.njit(cache=True, nogil=True)
+def if_chunk_float(a, t0, t_start, bias, vth, v, memory, burst, reset, out):
+    """Steps ``t0 .. t0 + len(a) - 1`` of :class:`~lavaconv.ir.network.IF` in float mode
+    (float32 throughout, as :func:`lavaconv.sim.engine.integrate_and_fire` on the current of
+    :class:`lavaconv.sim.engine._Current`) on the synaptic input ``a`` (k, N): v += a + bias
+    (the bias from step ``t_start``), then fire (-burst .. burst spikes into ``out`` (k, N))
+    and reset (codes :data:`RESETS`; ``memory`` (N,) int64: SNM's spike memory)."""
+    m = vth.shape[0]
+    for t in range(a.shape[0]):
+        b = bias * (t0 + t >= t_start)
+        for first in range(0, a.shape[1], m):
+            last = first + m
+            x, vv = a[t, first:last], v[first:last]
+            for j in range(m):
+                vv[j] += x[j] + b[j]
+            _fire(vv, vth, np.float32(1), burst, reset, memory[first:last], out[t, first:last])
+
+
+@numba.njit(cache=True, nogil=True)
+def if_chunk_int(a, t0, t_start, gain, bias, vth, v, memory, lo, hi, burst, reset, out):
+    """:func:`if_chunk_float` in integer mode (int64, exact): v += G(a) + bias with ``G`` the
+    gain ``2**gain`` (a floor shift when negative), then v saturates to ``[lo, hi]``. Returns
+    the neuron-steps saturated."""
+    m = vth.shape[0]
+    saturated = 0
+    for t in range(a.shape[0]):
+        b = bias * (t0 + t >= t_start)
+        for first in range(0, a.shape[1], m):
+            last = first + m
+            x, vv = a[t, first:last], v[first:last]
+            for j in range(m):
+                g = np.int64(x[j])
+                w = vv[j] + (g << gain if gain >= 0 else g >> -gain) + b[j]
+                saturated += (w < lo) + (w > hi)
+                vv[j] = min(max(w, lo), hi)
+            _fire(vv, vth, np.int64(1), burst, reset, memory[first:last], out[t, first:last])
+    return saturated

@@ -62,7 +62,8 @@ def test_kernels_equal_the_torch_loops(monkeypatch, numeric, reset, burst, floor
 
     fast = engine.simulate(net, payload, [10, 30], probe=probe, counts_at=True)
     fast_trains, trains = trains, {}
-    monkeypatch.setattr(engine, "CHUNK_SIZE", 700)  # a few steps a chunk: state carried over
+    monkeypatch.setattr(engine, "CHUNK_SIZE", 700)  # chunks of a few steps and items (2 items
+    monkeypatch.setattr(engine, "STATE_SIZE", 700)  # in c1, 9 in c2): state carried over
     chunked = engine.simulate(net, payload, [10, 30], counts_at=True)
     monkeypatch.setattr(engine, "KERNELS", False)
     slow = engine.simulate(net, payload, [10, 30], probe=probe, counts_at=True)

@@ -40,6 +40,10 @@ Probe = Callable[[str, torch.Tensor, torch.Tensor], None]
 #: here are the reference, and the path on other devices)
 KERNELS = True
 
+#: neurons whose state the CPU kernels step a chunk of steps at a time (whole items): about a
+#: megabyte of state, which stays in cache from one step to the next
+STATE_SIZE = 2**16
+
 #: synaptic input entries (steps x batch x neurons) computed at once: at least one step, a
 #: batch of items large enough for an efficient convolution, its output small enough to be
 #: summed and consumed while still in cache
@@ -142,38 +146,43 @@ def _empty(shape: Sequence[int], like: torch.Tensor, dtype: torch.dtype) -> torc
 
 
 def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
-                  constant: set[str]):
-    """:func:`synaptic_input` in consecutive chunks of steps, ``(first step, a (k, B, ...))``,
-    of about CHUNK_SIZE entries each: small enough to be summed and consumed from cache."""
+                  constant: set[str], items: int | None = None):
+    """:func:`synaptic_input` in chunks ``(first step, first item, a (k, b, ...))`` of about
+    CHUNK_SIZE entries each, small enough to be summed and consumed from cache: blocks of
+    ``items`` items (all when None), each in consecutive blocks of steps."""
     syns = net.inputs_of(name)
     plans = [_plan(net, syn) for syn in syns]
     dtype = _widest(p[0] for p in plans)
+    shape = net.nodes[name].shape
     steps, batch = trains[syns[0].source].shape[:2]
-    per = max(1, CHUNK_SIZE // max(1, batch * int(np.prod(net.nodes[name].shape))))
+    items = batch if items is None else max(1, min(items, batch))
+    per = max(1, CHUNK_SIZE // max(1, items * int(np.prod(shape))))
     fixed = {}  # constant (analog) sources: the same output every step, computed once
-    for t0 in range(0, steps, per):
-        t1 = min(t0 + per, steps)
-        total = None
-        for i, (syn, plan) in enumerate(zip(syns, plans, strict=True)):
-            s, late = trains[syn.source], 1 + syn.delay  # late: first step it delivers
-            lo = min(max(t0, late), t1)
-            if syn.source in constant:
-                if i not in fixed:
-                    fixed[i] = _apply_synapse(syn, s[0], plan)
-                a = fixed[i]
-            elif lo < t1:
-                a = _apply_synapse(syn, s[lo - late:t1 - late].flatten(0, 1), plan)
-                a = a.reshape(t1 - lo, batch, *a.shape[1:])
-            if i == 0 and lo == t0 < t1 and syn.source not in constant and a.dtype == dtype:
-                total = a  # a new tensor: the sum starts in it
-            elif i == 0:
-                total = _empty((t1 - t0, batch, *net.nodes[name].shape), s, dtype)
-                total[:lo - t0] = 0
-                if lo < t1:
-                    total[lo - t0:] = a
-            elif lo < t1:
-                total[lo - t0:] += a
-        yield t0, total
+    for b0 in range(0, batch, items):
+        b1 = min(b0 + items, batch)
+        for t0 in range(0, steps, per):
+            t1 = min(t0 + per, steps)
+            total = None
+            for i, (syn, plan) in enumerate(zip(syns, plans, strict=True)):
+                s, late = trains[syn.source], 1 + syn.delay  # late: first step it delivers
+                lo = min(max(t0, late), t1)
+                if syn.source in constant:
+                    if i not in fixed:
+                        fixed[i] = _apply_synapse(syn, s[0], plan)
+                    a = fixed[i][b0:b1]
+                elif lo < t1:
+                    a = _apply_synapse(syn, s[lo - late:t1 - late, b0:b1].flatten(0, 1), plan)
+                    a = a.reshape(t1 - lo, b1 - b0, *a.shape[1:])
+                if i == 0 and lo == t0 < t1 and syn.source not in constant and a.dtype == dtype:
+                    total = a  # a new tensor: the sum starts in it
+                elif i == 0:
+                    total = _empty((t1 - t0, b1 - b0, *shape), s, dtype)
+                    total[:lo - t0] = 0
+                    if lo < t1:
+                        total[lo - t0:] = a
+                elif lo < t1:
+                    total[lo - t0:] += a
+            yield t0, b0, total
 
 
 def synaptic_input(
@@ -182,8 +191,8 @@ def synaptic_input(
     """``a[t] = sum_e syn_e(p_src[t-1-d_e])`` for all t at once, 0 before a synapse's first
     arrival ``1 + d_e`` (one step of delay per synapse plus its own ``delay``). Float32 or
     float64; in int mode every entry is an exact integer."""
-    chunks = list(_input_chunks(net, name, trains, constant))
-    return torch.cat([a for _, a in chunks]) if len(chunks) > 1 else chunks[0][1]
+    chunks = [a for _, _, a in _input_chunks(net, name, trains, constant)]
+    return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
 
 def _gain(a: torch.Tensor, a_exp: int) -> torch.Tensor:
@@ -214,14 +223,14 @@ class _Current:
     def __init__(self, net: Network, node: IF | Readout, chunks) -> None:
         self.chunks, self.node = iter(chunks), node
         self.int_mode = net.numeric == "int"
-        self.start, self.a = next(self.chunks)
+        self.start, _, self.a = next(self.chunks)
         self.x = torch.empty_like(self.a[0])
         self.bias = _tensor(node.bias, self.x)
         self.shift = THRESHOLD_SHIFT + (0 if is_lif(net, node) else node.a_exp)
 
     def __call__(self, t: int) -> torch.Tensor:
         while t >= self.start + len(self.a):
-            self.start, self.a = next(self.chunks)
+            self.start, _, self.a = next(self.chunks)
         x, a = self.x, self.a[t - self.start]
         if self.int_mode:
             torch.mul(a, 2.0**self.shift, out=x)
@@ -456,14 +465,16 @@ def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: se
     """Run IF population ``name`` on its synaptic input, chunk by chunk; record its activity;
     return the float32 payload train it sends."""
     node = net.nodes[name]
-    chunks = _input_chunks(net, name, trains, constant)
-    if probe is not None:  # the probe needs the whole current
-        a = synaptic_input(net, name, trains, constant)
-        u, chunks = input_current(net, node, a), [(0, a)]
     source = trains[net.inputs_of(name)[0].source]
     steps, batch = source.shape[:2]
     train = _empty((steps, batch, *node.shape), source, torch.float32)
-    if train.device.type == "cpu" and KERNELS:
+    cpu = train.device.type == "cpu" and KERNELS
+    chunks = _input_chunks(net, name, trains, constant,
+                           max(1, STATE_SIZE // int(np.prod(node.shape))) if cpu else None)
+    if probe is not None:  # the probe needs the whole current
+        a = synaptic_input(net, name, trains, constant)
+        u, chunks = input_current(net, node, a), [(0, 0, a)]
+    if cpu:
         result.saturated[name] = _fire_cpu(net, node, chunks, train)
     elif is_lif(net, node):
         result.saturated[name] = _lif_fire(node, chunks, steps, train)
@@ -480,8 +491,8 @@ def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: se
 
 def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor) -> int:
     """:func:`integrate_and_fire` or the stock LIF (:func:`_lif_fire`) on the CPU kernels of
-    :mod:`lavaconv.sim.kernels`, a chunk of steps per call; spikes into ``out``; returns the
-    neuron-steps saturated (wrapped or clipped: stock LIF)."""
+    :mod:`lavaconv.sim.kernels`, a chunk (a block of items and of steps) per call; spikes into
+    ``out``; returns the neuron-steps saturated (wrapped or clipped: stock LIF)."""
     order = kernels.memory_order(out)
     spikes = kernels.flat(out, order)
     if not np.shares_memory(spikes, out.numpy()):
@@ -491,33 +502,31 @@ def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor) -> int:
     def param(p, dtype: torch.dtype = torch.int64 if integer else torch.float32) -> np.ndarray:
         return kernels.per_neuron(torch.as_tensor(np.asarray(p)), node.shape, order, dtype)
 
-    batch = out.shape[1]
+    batch, size = out.shape[1], int(np.prod(node.shape))
     v = np.tile(param(node.v_init), batch)
     bias, vth = param(node.bias), param(node.v_threshold)
     if is_lif(net, node):
         u = np.stack([v, -v]).astype(np.int32)  # the floor neuron's u is -u
         v, s = np.zeros_like(u), np.zeros(u.shape, dtype=np.uint8)
-        return sum(kernels.lif_chunk(kernels.flat(a, order), t0, node.t_start, bias, vth,
-                                     u, v, s, node.floor, spikes[t0:t0 + len(a)])
-                   for t0, a in chunks)
+        return sum(kernels.lif_chunk(kernels.flat(a, order), t0, b0 * size, node.t_start, bias,
+                                     vth, u, v, s, node.floor, spikes) for t0, b0, a in chunks)
     memory, reset = np.zeros(len(v), dtype=np.int64), kernels.RESETS[node.reset]
     if not integer:
-        for t0, a in chunks:
-            kernels.if_chunk_float(kernels.flat(a, order), t0, node.t_start, bias, vth, v,
-                                   memory, node.burst, reset, spikes[t0:t0 + len(a)])
+        for t0, b0, a in chunks:
+            kernels.if_chunk_float(kernels.flat(a, order), t0, b0 * size, node.t_start, bias,
+                                   vth, v, memory, node.burst, reset, spikes)
         return 0
     lo, hi = state_bounds(net, node)
-    return sum(kernels.if_chunk_int(kernels.flat(a, order), t0, node.t_start,
+    return sum(kernels.if_chunk_int(kernels.flat(a, order), t0, b0 * size, node.t_start,
                                     THRESHOLD_SHIFT + node.a_exp, bias, vth, v, memory, lo, hi,
-                                    node.burst, reset, spikes[t0:t0 + len(a)])
-               for t0, a in chunks)
+                                    node.burst, reset, spikes) for t0, b0, a in chunks)
 
 
 def _lif_fire(node: IF, chunks, steps: int, out: torch.Tensor) -> int:
     """The stock LIF soft-reset population (:func:`lavaconv.sim.lif.lif_integrate_and_fire`)
     on its synaptic input ``chunks`` (see :func:`_input_chunks`); spikes into ``out``."""
     parts = iter(chunks)
-    start, a = next(parts)
+    start, _, a = next(parts)
     u_init = torch.zeros_like(a[0], dtype=torch.float64)  # exact integers: u wraps
     bias, theta = _tensor(node.bias, u_init), _tensor(node.v_threshold, u_init)
     u_init += _tensor(node.v_init, u_init)
@@ -525,7 +534,7 @@ def _lif_fire(node: IF, chunks, steps: int, out: torch.Tensor) -> int:
     def current(t: int) -> torch.Tensor:
         nonlocal start, a
         while t >= start + len(a):
-            start, a = next(parts)
+            start, _, a = next(parts)
         x = torch.mul(a[t - start], 2**THRESHOLD_SHIFT, out=torch.empty_like(u_init))
         return x.add_(bias) if t >= node.t_start else x
 

@@ -54,9 +54,9 @@ def _trunc12(x):
 
 
 @numba.njit(cache=True, nogil=True)
-def _lif_row(x, theta, u, v, s):
-    """One ``PyLifModelBitAcc`` update (du = 0, dv = 4095) of a row of neurons on input ``x``
-    (``A << 6``, int64): u, v (int32) and s (the spikes, uint8) in place. Two loops with few
+def _lif_row(x, sign, theta, u, v, s):
+    """One ``PyLifModelBitAcc`` update (du = 0, dv = 4095) of a row of neurons on input
+    ``sign * x`` (``A << 6``, int64): u, v (int32) and s (the spikes, uint8) in place. Two loops with few
     written arrays, so that each vectorizes. Returns how many u wrapped plus how many v clipped.
 
         u = wrap24(L(u) + x),  L(u) = sgn(u) ((|u| 4095) >> 12)
@@ -64,7 +64,7 @@ def _lif_row(x, theta, u, v, s):
     """
     events = 0
     for j in range(len(u)):
-        w = _trunc12(np.int64(u[j]) * 4095) + x[j]
+        w = _trunc12(np.int64(u[j]) * 4095) + (x[j] if sign > 0 else -x[j])
         events += (w > U_HALF) | (w <= -U_HALF)
         w = w - 2 * U_HALF if w > U_HALF else w
         u[j] = w + 2 * U_HALF if w <= -U_HALF else w
@@ -79,30 +79,30 @@ def _lif_row(x, theta, u, v, s):
 
 
 @numba.njit(cache=True, nogil=True)
-def lif_chunk(a, t0, t_start, bias, theta, u, v, s, floor, out):
+def lif_chunk(a, t0, first, t_start, bias, theta, u, v, s, floor, out):
     """Steps ``t0 .. t0 + len(a) - 1`` of the stock soft-reset LIF and its floor neuron
-    (:mod:`lavaconv.ir.stock`): ``a`` (k, N) the synaptic sums; ``bias``, ``theta`` (M,) int64 in
-    ``A << 6`` units; state ``u``, ``v`` (2, N) int32 and ``s`` (2, N) uint8, the neuron's and
-    its floor neuron's (``floor`` False: none), updated; spikes into ``out`` (k, N). Returns
-    the neuron-steps whose u wrapped plus those whose v clipped (the floor neuron's not
-    counted), as :func:`lavaconv.sim.lif.lif_integrate_and_fire`."""
+    (:mod:`lavaconv.ir.stock`) for neurons ``first ..`` (whole items): ``a`` (k, n) their synaptic
+    sums; ``bias``, ``theta`` (M,) int64 in ``A << 6`` units; state ``u``, ``v`` (2, N) int32 and
+    ``s`` (2, N) uint8, the neuron's and its floor neuron's (``floor`` False: none), updated;
+    spikes into ``out`` (T, N). Returns the neuron-steps whose u wrapped plus those whose v
+    clipped (the floor neuron's not counted), as :func:`lavaconv.sim.lif.lif_integrate_and_fire`.
+    """
     m = theta.shape[0]
     lift = FLOOR * theta
     x = np.empty(m, dtype=np.int64)
-    nx = np.empty(m, dtype=np.int64)
     events = 0
     for t in range(a.shape[0]):
         b = bias * (t0 + t >= t_start)
-        for first in range(0, a.shape[1], m):
-            last = first + m
-            row, sf, sm = a[t, first:last], s[1, first:last], s[0, first:last]
+        for c in range(0, a.shape[1], m):
+            lo, hi = first + c, first + c + m
+            row, sf, sm = a[t, c:c + m], s[1, lo:hi], s[0, lo:hi]
             for j in range(m):
-                x[j] = np.int64(row[j]) * 64 + b[j] - theta[j] * sm[j] + floor * lift[j] * sf[j]
-                nx[j] = -x[j]
+                x[j] = (np.int64(row[j]) * 64 + b[j] - (theta[j] if sm[j] else 0)
+                        + (lift[j] if sf[j] and floor else 0))
             if floor:
-                _lif_row(nx, lift, u[1, first:last], v[1, first:last], sf)
-            events += _lif_row(x, theta, u[0, first:last], v[0, first:last], sm)
-            o = out[t, first:last]
+                _lif_row(x, -1, lift, u[1, lo:hi], v[1, lo:hi], sf)
+            events += _lif_row(x, 1, theta, u[0, lo:hi], v[0, lo:hi], sm)
+            o = out[t0 + t, lo:hi]
             for j in range(m):
                 o[j] = sm[j]
     return events
@@ -137,25 +137,27 @@ def _fire(v, vth, one, burst, reset, memory, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def if_chunk_float(a, t0, t_start, bias, vth, v, memory, burst, reset, out):
+def if_chunk_float(a, t0, first, t_start, bias, vth, v, memory, burst, reset, out):
     """Steps ``t0 .. t0 + len(a) - 1`` of :class:`~lavaconv.ir.network.IF` in float mode
     (float32 throughout, as :func:`lavaconv.sim.engine.integrate_and_fire` on the current of
-    :class:`lavaconv.sim.engine._Current`) on the synaptic input ``a`` (k, N): v += a + bias
-    (the bias from step ``t_start``), then fire (-burst .. burst spikes into ``out`` (k, N))
-    and reset (codes :data:`RESETS`; ``memory`` (N,) int64: SNM's spike memory)."""
+    :class:`lavaconv.sim.engine._Current`) for neurons ``first ..`` (whole items) on their
+    synaptic input ``a`` (k, n): v += a + bias (the bias from step ``t_start``), then fire
+    (-burst .. burst spikes into ``out`` (T, N)) and reset (codes :data:`RESETS`; ``memory``
+    (N,) int64: SNM's spike memory)."""
     m = vth.shape[0]
     for t in range(a.shape[0]):
         b = bias * (t0 + t >= t_start)
-        for first in range(0, a.shape[1], m):
-            last = first + m
-            x, vv = a[t, first:last], v[first:last]
+        for c in range(0, a.shape[1], m):
+            i, x = first + c, a[t, c:c + m]
+            vv = v[i:i + m]
             for j in range(m):
                 vv[j] += x[j] + b[j]
-            _fire(vv, vth, np.float32(1), burst, reset, memory[first:last], out[t, first:last])
+            _fire(vv, vth, np.float32(1), burst, reset, memory[i:i + m], out[t0 + t, i:i + m])
 
 
 @numba.njit(cache=True, nogil=True)
-def if_chunk_int(a, t0, t_start, gain, bias, vth, v, memory, lo, hi, burst, reset, out):
+def if_chunk_int(a, t0, first, t_start, gain, bias, vth, v, memory, lo, hi, burst, reset,
+                 out):
     """:func:`if_chunk_float` in integer mode (int64, exact): v += G(a) + bias with ``G`` the
     gain ``2**gain`` (a floor shift when negative), then v saturates to ``[lo, hi]``. Returns
     the neuron-steps saturated."""
@@ -163,13 +165,13 @@ def if_chunk_int(a, t0, t_start, gain, bias, vth, v, memory, lo, hi, burst, rese
     saturated = 0
     for t in range(a.shape[0]):
         b = bias * (t0 + t >= t_start)
-        for first in range(0, a.shape[1], m):
-            last = first + m
-            x, vv = a[t, first:last], v[first:last]
+        for c in range(0, a.shape[1], m):
+            i, x = first + c, a[t, c:c + m]
+            vv = v[i:i + m]
             for j in range(m):
                 g = np.int64(x[j])
                 w = vv[j] + (g << gain if gain >= 0 else g >> -gain) + b[j]
                 saturated += (w < lo) + (w > hi)
                 vv[j] = min(max(w, lo), hi)
-            _fire(vv, vth, np.int64(1), burst, reset, memory[first:last], out[t, first:last])
+            _fire(vv, vth, np.int64(1), burst, reset, memory[i:i + m], out[t0 + t, i:i + m])
     return saturated

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lavaconv.ir.network import IF, Dense, Input, MaxPool, Network, Readout
+from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
+from lavaconv.sim import engine
 from lavaconv.sim.engine import encode_input, maxpool_gate, simulate
 
 
@@ -169,3 +170,117 @@ def test_tf32_convolutions_are_off_while_simulating():
     simulate(net, encode_input(net, [[1.0]], 4),
              probe=lambda *_: seen.append(torch.backends.cudnn.allow_tf32))
     assert seen == [False] and torch.backends.cudnn.allow_tf32
+
+
+int8 = pytest.mark.skipif(not engine._onednn(), reason="no oneDNN int8 kernels")
+
+
+def _binary(shape, seed: int = 0, channels_last: bool = True) -> torch.Tensor:
+    """Random 0/1 payloads, a 4-d batch laid out channels-last like the engine's trains."""
+    s = (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.3).float()
+    return s.contiguous(memory_format=torch.channels_last) if channels_last else s
+
+
+def _int8_weight(rng, shape) -> np.ndarray:
+    """Integers in [-127, 127], each output channel times its own power of two (up to 8)."""
+    w = rng.integers(-127, 128, shape)
+    return w * (2 ** rng.integers(0, 4, len(w))).reshape(-1, *[1] * (len(shape) - 1))
+
+
+@int8
+@pytest.mark.parametrize("shift", [0, 2])
+@pytest.mark.parametrize("ch,out,k,stride,pad,groups", [
+    (8, 16, 3, 1, 1, 1), (8, 16, 3, 2, 1, 1), (8, 16, 3, 1, 0, 4), (8, 8, 3, 1, 1, 8),
+    (8, 16, 1, 1, 0, 1), (8, 16, 1, 2, 0, 1), (6, 12, 5, 2, 2, 3)])
+def test_int8_convolution_equals_the_float_one(ch, out, k, stride, pad, groups, shift):
+    rng = np.random.default_rng(ch * out + k + stride + groups)
+    syn = Conv("a", "b", _int8_weight(rng, (out, ch // groups, k, k)), (stride, stride),
+               (pad, pad), groups)
+    kernel = engine._int8(syn, shift)
+    assert kernel is not None and int(kernel.scale.max()) > 2**shift  # a factor divided out
+    for s in (_binary((20, ch, 11, 9)), _binary((3, ch, 11, 9), 1, channels_last=False)):
+        expected = engine._apply_synapse(syn, s, engine._Plan(torch.float32, False, shift))
+        got = engine._apply_synapse(syn, s, engine._Plan(torch.float32, False, shift, kernel))
+        assert got.abs().max() > 0 and torch.equal(got, expected)
+
+
+@int8
+@pytest.mark.parametrize("src,out,shift,channels_last", [
+    ((64,), 10, 0, False), ((64,), 50, -3, False), ((4, 5, 3), 10, -2, True),
+    ((4, 5, 3), 30, 1, False)])
+def test_int8_dense_equals_the_float_one(src, out, shift, channels_last):
+    # a negative shift (a stock LIF readout's a_exp) floors each sum after the scaling
+    rng = np.random.default_rng(out)
+    syn = Dense("a", "b", _int8_weight(rng, (out, int(np.prod(src)))))
+    kernel = engine._int8(syn, shift, src if channels_last else None)
+    assert kernel is not None and kernel.channels_last == channels_last
+    s = _binary((50, *src), channels_last=len(src) == 3)
+    expected = engine._apply_synapse(syn, s, engine._Plan(torch.float32, False, shift))
+    got = engine._apply_synapse(syn, s, engine._Plan(torch.float32, False, shift, kernel))
+    assert torch.equal(got, expected)
+    exact = s.double().flatten(1) @ torch.as_tensor(syn.weight, dtype=torch.float64).T
+    exact *= 2.0**shift
+    assert torch.equal(got.double(), exact.floor())
+    assert (shift < 0) == (not torch.equal(exact, exact.floor()))  # the floor matters
+
+
+@int8
+def test_int8_kernel_refuses_weights_beyond_int8():
+    w = np.full((4, 3), 6)
+    assert engine._int8(Dense("a", "b", w * 127 // 6 * 2 + 1), 0) is None  # 255: odd
+    assert engine._int8(Dense("a", "b", w / 4), 0) is None  # not integers
+    ok = engine._int8(Dense("a", "b", w * 64), 0)  # 384 = 3 * 2**7
+    assert ok is not None and ok.scale.tolist() == [128.0] * 4
+
+
+def _int_net(shape=(2, 6, 6), ch: int = 16) -> Network:
+    """int mode: Poisson input -> conv -> IF a -> (3x3 conv + depthwise 3x3) -> IF b -> Dense
+    -> readout; even weights (2 x int8)."""
+    rng = np.random.default_rng(0)
+    hw = shape[1:]
+    vth = np.array(64 * 300, dtype=np.int64)
+    nodes = {
+        "x": Input(shape, "poisson"),
+        "a": IF((ch, *hw), np.full((ch, 1, 1), 64 * 20), vth, "subtract", 1),
+        "b": IF((ch, *hw), np.zeros((ch, 1, 1), dtype=np.int64), vth, "subtract", 2),
+        "output": Readout((10,), np.zeros(10, dtype=np.int64), 3),
+    }
+    syn = [Conv("x", "a", rng.integers(-127, 128, (ch, shape[0], 3, 3)) * 2, padding=(1, 1)),
+           Conv("a", "b", rng.integers(-100, 128, (ch, ch, 3, 3)) * 2, padding=(1, 1)),
+           Conv("a", "b", rng.integers(-127, 128, (ch, 1, 3, 3)) * 2, padding=(1, 1),
+                groups=ch),
+           Dense("b", "output", rng.integers(-127, 128, (10, ch * hw[0] * hw[1])) * 2)]
+    return Network(nodes, syn, numeric="int")
+
+
+@int8
+def test_int8_synapses_run_where_planned_and_change_nothing(monkeypatch):
+    net = _int_net()
+    payload = encode_input(net, np.random.default_rng(1).uniform(0, 1, (3, *net.nodes["x"].shape)),
+                           16)
+    train = engine._empty((16, 3, *net.nodes["a"].shape), payload, torch.float32)
+    plans = [engine._plan(net, syn, train) for syn in net.synapses]
+    # the Poisson input is signed; a depthwise conv is faster in float32; the Dense reads a
+    # channels-last train
+    assert [p.int8 is not None for p in plans] == [False, True, False, True]
+    assert engine._plan(net, net.synapses[1], train.to("meta")).int8 is None
+    calls = []
+    spy = engine._apply_int8
+    monkeypatch.setattr(engine, "_apply_int8", lambda *a: calls.append(a[0]) or spy(*a))
+    fast = simulate(net, payload, [8, 16])
+    assert set(map(id, calls)) == {id(net.synapses[1]), id(net.synapses[3])}
+    monkeypatch.setattr(engine, "_onednn", lambda: False)
+    slow = simulate(net, payload, [8, 16])
+    assert fast.spike_counts["b"].sum() > 0 and fast.spike_counts["b"].sum() < 16 * 3 * 576
+    for name in ("a", "b"):
+        assert torch.equal(fast.spike_counts[name], slow.spike_counts[name])
+    assert all(torch.equal(fast.readout[t], slow.readout[t]) for t in (8, 16))
+
+
+def test_int_plan_bounds_the_unshifted_sum():
+    # a stock readout's negative a_exp scales the sum after it is taken: float32 must hold the
+    # sum itself exactly (here 2**24 - 2**10: float64, though 2**-6 times it is small)
+    nodes = {"x": Input((1024,), "poisson"),
+             "output": Readout((1,), np.zeros(1, dtype=np.int64), 1, a_exp=-6, lif=True)}
+    net = Network(nodes, [Dense("x", "output", np.full((1, 1024), 2**14 - 1))], numeric="int")
+    assert engine._plan(net, net.synapses[0]).dtype == torch.float64

@@ -14,13 +14,16 @@ In integer mode every synaptic sum is an integer. A synapse whose worst case
 ``max_o sum_i |W[o, i]| * max |payload|`` stays below 2**23 is computed in float32, which is
 then exact whatever the order of summation (every partial sum is an integer below 2**24) and
 never wraps; any other synapse runs in float64 (exact below 2**53), with Lava's 24-bit wrap
-for convolutions.
+for convolutions. A float32-exact synapse from a binary source (spikes 0 or 1) on the CPU whose
+weights are int8 times a power of two per output channel runs as a oneDNN u8 x s8 kernel
+(:class:`_Int8`): its int32 sums, times the power of two, are the same integers.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -95,16 +98,99 @@ def _shift(net: Network, syn: Synapse) -> int:
     return target.a_exp if is_lif(net, target) else 0
 
 
-def _plan(net: Network, syn: Synapse) -> tuple[torch.dtype, bool, int]:
-    """Arithmetic of one synapse: (dtype of the sum, whether it must wrap to 24 bits, the
-    exponent applied before the wrap)."""
+class _Int8(NamedTuple):
+    """A synapse as a oneDNN u8 x s8 kernel with int32 sums: ``weight`` is prepacked ``W / g``
+    (int8, ``g`` a power of two per output channel), ``scale`` (O,) is ``g * 2**max(shift, 0)``.
+    The plan's bound keeps every sum times ``scale`` below 2**23, so the float32 output is
+    exact. Its source sends 0 or 1 only: on CPUs without VNNI, oneDNN sums pairs of u8 x s8
+    products into int16 with saturation, which |w1 + w2| <= 254 never reaches."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor
+    channels_last: bool = False  # a dense synapse's (C, H, W) source read as (H, W, C)
+
+
+class _Plan(NamedTuple):
+    """Arithmetic of one synapse: the dtype of the sum, whether it must wrap to 24 bits, the
+    exponent applied before the wrap, and the int8 kernel when it runs as one."""
+
+    dtype: torch.dtype
+    wraps: bool
+    shift: int
+    int8: _Int8 | None = None
+
+
+#: multiply-adds per source entry from which the int8 kernel beats the float one (it casts
+#: each entry to uint8 first; measured on one core with AMX: a 1x1 or depthwise convolution
+#: is slower, a 3x3 one 1.6-4x faster; a dense synapse: its output count)
+INT8_MIN_MACS = 48
+
+
+def _plan(net: Network, syn: Synapse, train: torch.Tensor | None = None) -> _Plan:
+    """How to compute ``syn``'s sums from its source's payload ``train`` (T, B, *shape), see
+    the module docstring."""
     if net.numeric != "int":
-        return torch.float32, False, 0
+        return _Plan(torch.float32, False, 0)
     shift = _shift(net, syn)
     w = np.abs(syn.weight).reshape(len(syn.weight), -1).sum(axis=1).max(initial=0)
-    if float(w) * net.max_payload(syn.source) * 2.0**shift < 2**23:
-        return torch.float32, False, shift
-    return torch.float64, isinstance(syn, Conv), shift
+    if float(w) * net.max_payload(syn.source) * 2.0 ** max(shift, 0) >= 2**23:
+        return _Plan(torch.float64, isinstance(syn, Conv), shift)
+    if train is None or train.device.type != "cpu" or not (
+            net.is_binary(syn.source) and _onednn()):
+        return _Plan(torch.float32, False, shift)
+    last = train.dim() == 5 and train[0].is_contiguous(memory_format=torch.channels_last)
+    if isinstance(syn, Conv):
+        kh, kw = syn.weight.shape[2:]
+        macs = len(syn.weight) // syn.groups * kh * kw / (syn.stride[0] * syn.stride[1])
+        worth = macs >= INT8_MIN_MACS
+    else:  # on top of its multiply-adds, the float path transposes a channels-last source
+        worth = last or len(syn.weight) >= INT8_MIN_MACS
+    int8 = _int8(syn, shift, train.shape[2:] if last else None) if worth else None
+    return _Plan(torch.float32, False, shift, int8)
+
+
+@functools.cache
+def _onednn() -> bool:
+    """Whether oneDNN's int8 convolution and linear kernels run here (tried once on a small
+    case: a build or CPU may lack them)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    w = np.arange(-72, 72).reshape(4, 4, 3, 3) * 2
+    s = (torch.arange(2 * 4 * 5 * 5) % 3 == 0).float().reshape(2, 4, 5, 5)
+    cases = ((Conv("s", "a", w, padding=(1, 1)), s), (Dense("s", "a", w.reshape(4, -1)),
+                                                         s[:, :, :3, :3]))
+    try:
+        return all(torch.equal(_apply_int8(syn, x, _int8(syn, 0)),
+                               _apply_synapse(syn, x, _Plan(torch.float32, False, 0)))
+                   for syn, x in cases)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _int8(syn: Synapse, shift: int, chw: Sequence[int] | None = None) -> _Int8 | None:
+    """``syn`` as an int8 kernel (weights prepacked), or None where its weights are not int8
+    times a power of two per output channel. A dense synapse reads its source channels-last
+    if given its shape ``chw`` (C, H, W) (its weight columns reordered to match)."""
+    w = np.asarray(syn.weight).reshape(len(syn.weight), -1)
+    if not np.issubdtype(w.dtype, np.integer):
+        if not np.all(np.isfinite(w) & (w == np.round(w)) & (np.abs(w) < 2**62)):
+            return None
+        w = w.astype(np.int64)
+    bits = np.bitwise_or.reduce(np.abs(w).astype(np.int64), axis=1)
+    g = np.where(bits == 0, 1, bits & -bits)  # each row's largest power-of-two factor
+    q = w // g[:, None]
+    if np.abs(q).max(initial=0) > 127:
+        return None
+    scale = torch.as_tensor(g * 2.0 ** max(shift, 0), dtype=torch.float32)
+    if isinstance(syn, Dense):
+        if chw is not None:
+            q = q.reshape(len(q), *chw).transpose(0, 2, 3, 1)
+        weight = torch.as_tensor(q.reshape(len(q), -1), dtype=torch.int8)
+        return _Int8(torch.ops.onednn.qlinear_prepack(weight, None), scale, chw is not None)
+    weight = torch.as_tensor(q.reshape(syn.weight.shape), dtype=torch.int8)
+    packed = torch.ops.onednn.qconv_prepack(weight, scale, 1.0, 0, list(syn.stride),
+                                            list(syn.padding), [1, 1], syn.groups, None)
+    return _Int8(packed, scale)
 
 
 def _pointwise(syn: Conv) -> bool:
@@ -114,10 +200,29 @@ def _pointwise(syn: Conv) -> bool:
         syn.stride) == (1, 1) and tuple(syn.padding) == (0, 0)
 
 
-def _apply_synapse(syn: Synapse, s: torch.Tensor,
-                   plan: tuple[torch.dtype, bool, int]) -> torch.Tensor:
+def _apply_int8(syn: Synapse, s: torch.Tensor, k: _Int8) -> torch.Tensor:
+    """``syn``'s float32 sums for 0/1 payloads ``s`` (N, *src_shape) by the int8 kernel."""
+    zero = torch.zeros(len(k.scale), dtype=torch.int64)
+    if isinstance(syn, Dense):
+        if k.channels_last:  # (N, H, W, C), like the weight columns
+            x = s.to(dtype=torch.uint8, memory_format=torch.channels_last)
+            x = x.permute(0, 2, 3, 1).reshape(len(x), -1)
+        else:
+            x = s.to(torch.uint8).flatten(1)
+        return torch.ops.onednn.qlinear_pointwise(
+            x, 1.0, 0, k.weight, k.scale, zero, None, 1.0, 0, torch.float32, "none", [], "")
+    x = s.to(dtype=torch.uint8, memory_format=torch.channels_last)  # one pass
+    return torch.ops.onednn.qconv2d_pointwise(
+        x, 1.0, 0, k.weight, k.scale, zero, None, list(syn.stride), list(syn.padding), [1, 1],
+        syn.groups, 1.0, 0, torch.float32, "none", [], "")
+
+
+def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: _Plan) -> torch.Tensor:
     """Synaptic output for a batch of source payloads ``s`` (N, *src_shape)."""
-    dtype, wraps, shift = plan
+    dtype, wraps, shift, int8 = plan
+    if int8 is not None:
+        a = _apply_int8(syn, s, int8)
+        return a.mul_(2.0**shift).floor_() if shift < 0 and isinstance(syn, Dense) else a
     w = torch.as_tensor(syn.weight, dtype=dtype, device=s.device) * 2.0 ** max(shift, 0)
     if isinstance(syn, Dense):  # a negative weight_exp floors each synapse's sum (stock Dense)
         a = s.to(dtype).flatten(1) @ w.T
@@ -151,8 +256,8 @@ def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
     CHUNK_SIZE entries each, small enough to be summed and consumed from cache: blocks of
     ``items`` items (all when None), each in consecutive blocks of steps."""
     syns = net.inputs_of(name)
-    plans = [_plan(net, syn) for syn in syns]
-    dtype = _widest(p[0] for p in plans)
+    plans = [_plan(net, syn, trains[syn.source]) for syn in syns]  # int8 weights packed once
+    dtype = _widest(p.dtype for p in plans)
     shape = net.nodes[name].shape
     steps, batch = trains[syns[0].source].shape[:2]
     items = batch if items is None else max(1, min(items, batch))

@@ -56,8 +56,9 @@ def _trunc12(x):
 @numba.njit(cache=True, nogil=True)
 def _lif_row(x, sign, theta, u, v, s):
     """One ``PyLifModelBitAcc`` update (du = 0, dv = 4095) of a row of neurons on input
-    ``sign * x`` (``A << 6``, int64): u, v (int32) and s (the spikes, uint8) in place. Two loops with few
-    written arrays, so that each vectorizes. Returns how many u wrapped plus how many v clipped.
+    ``sign * x`` (``A << 6``, int64): u, v (int32) and s (the spikes, uint8) in place. Two
+    loops with few written arrays, so that each vectorizes. Returns how many u wrapped plus
+    how many v clipped.
 
         u = wrap24(L(u) + x),  L(u) = sgn(u) ((|u| 4095) >> 12)
         v = clip(C(v) + u, +-V_LIMIT),  C(v) = sgn(v) (|v| >> 12);  s = v > theta;  v = 0 where s

@@ -69,7 +69,7 @@ def test_kernels_equal_the_torch_loops(monkeypatch, numeric, reset, burst, floor
     slow = engine.simulate(net, payload, [10, 30], probe=probe, counts_at=True)
     assert set(fast_trains) == {"c1", "c2"}
     for name, train in trains.items():
-        assert torch.equal(fast_trains[name], train), name
+        assert torch.equal(fast_trains[name], train), name  # the probe's float32 trains
     assert sum(float(t.abs().sum()) for t in trains.values()) > 0  # the layers spiked
     for result in (fast, chunked):
         for t in (10, 30):

@@ -237,6 +237,20 @@ def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: _Plan) -> torch.Tensor:
     return wrap(a) if wraps else a
 
 
+def _batch(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Payloads ``(k, b, ...)`` as one batch ``(k * b, ...)`` of ``dtype``, channels-last if
+    4-d (what :func:`_apply_synapse` computes on): a view where the layout allows, else one
+    pass."""
+    if s.dim() != 5:
+        return s.flatten(0, 1).to(dtype)
+    if s.dtype == dtype and s.stride(0) == s.shape[1] * s.stride(1):
+        return s.flatten(0, 1)  # all items of consecutive steps: a view, channels-last
+    out = torch.empty((s.shape[0] * s.shape[1], *s.shape[2:]), dtype=dtype, device=s.device,
+                      memory_format=torch.channels_last)
+    out.unflatten(0, s.shape[:2]).copy_(s)
+    return out
+
+
 def _widest(dtypes) -> torch.dtype:
     return torch.float64 if torch.float64 in set(dtypes) else torch.float32
 
@@ -276,7 +290,9 @@ def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
                         fixed[i] = _apply_synapse(syn, s[0], plan)
                     a = fixed[i][b0:b1]
                 elif lo < t1:
-                    a = _apply_synapse(syn, s[lo - late:t1 - late, b0:b1].flatten(0, 1), plan)
+                    x = _batch(s[lo - late:t1 - late, b0:b1],
+                               torch.uint8 if plan.int8 is not None else plan.dtype)
+                    a = _apply_synapse(syn, x, plan)
                     a = a.reshape(t1 - lo, b1 - b0, *a.shape[1:])
                 if i == 0 and lo == t0 < t1 and syn.source not in constant and a.dtype == dtype:
                     total = a  # a new tensor: the sum starts in it
@@ -568,12 +584,13 @@ def simulate(
 def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: set[str],
           result: SimResult, checkpoints: Sequence[int], probe: Probe | None) -> torch.Tensor:
     """Run IF population ``name`` on its synaptic input, chunk by chunk; record its activity;
-    return the float32 payload train it sends."""
+    return the payload train it sends (float32; uint8 where binary, on the CPU kernels)."""
     node = net.nodes[name]
     source = trains[net.inputs_of(name)[0].source]
     steps, batch = source.shape[:2]
-    train = _empty((steps, batch, *node.shape), source, torch.float32)
-    cpu = train.device.type == "cpu" and KERNELS
+    cpu = source.device.type == "cpu" and KERNELS  # binary trains as bytes there
+    train = _empty((steps, batch, *node.shape), source,
+                   torch.uint8 if cpu and net.is_binary(name) else torch.float32)
     chunks = _input_chunks(net, name, trains, constant,
                            max(1, STATE_SIZE // int(np.prod(node.shape))) if cpu else None)
     if probe is not None:  # the probe needs the whole current
@@ -590,7 +607,7 @@ def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: se
     if not np.all(node.payload == 1):
         train.mul_(_tensor(node.payload, train))
     if probe is not None:
-        probe(name, u, train)
+        probe(name, u, train.float())
     return train
 
 
@@ -658,22 +675,29 @@ def _lif_scores(node: Readout, a: torch.Tensor,
 def _count(result: SimResult, name: str, spikes: torch.Tensor, checkpoints: Sequence[int],
            numeric: str, graded: bool) -> None:
     """Spike events (positive, negative or bursts: ``graded``) per neuron and in total up to
-    each checkpoint, from a float32 train whose nonzero entries are the events (float32 sums of
-    fewer than 2**24 ones are exact). Sums run over the neurons in memory order (the train is
-    channels-last), each step once."""
-    order = [0] + sorted(range(1, spikes.dim()), key=lambda d: -spikes.stride(d))
+    each checkpoint, from a train (float32, or uint8 where binary) whose nonzero entries are the
+    events (float32 sums of fewer than 2**24 ones are exact). Sums run over the neurons in
+    memory order (the train is channels-last), each step once."""
+    order = kernels.memory_order(spikes)
     flat = spikes.permute(order).reshape(len(spikes), -1)
-    events = torch.ne(flat, 0, out=torch.empty_like(flat)) if graded else flat
-    wide = events.shape[1] >= 2**24
-    per_step = events.sum(1, dtype=torch.float64 if wide else torch.float32
-                          ).cumsum(0, dtype=torch.float64)
-    dtype = torch.int64 if numeric == "int" else events.dtype
+    ends = sorted({*checkpoints, len(spikes)})
+    if flat.dtype == torch.uint8 and flat.device.type == "cpu":  # the kernels' binary trains
+        per_step = np.zeros(len(spikes))
+        sums = np.zeros((len(ends), flat.shape[1]), dtype=np.float32)
+        kernels.count_events(flat.numpy(), np.array(ends), per_step, sums)
+        per_step, sums = np.cumsum(per_step), torch.from_numpy(sums)
+    else:
+        events = torch.ne(flat, 0, out=torch.empty_like(flat)) if graded else flat
+        wide = events.shape[1] >= 2**24
+        per_step = events.sum(1, dtype=torch.float64 if wide else torch.float32
+                              ).cumsum(0, dtype=torch.float64)
+        sums = torch.cumsum(torch.stack([events[start:t].sum(dim=0, dtype=torch.float32)
+                                         for start, t in zip([0, *ends[:-1]], ends, strict=True)]),
+                            dim=0)
+    dtype = torch.int64 if numeric == "int" else torch.float32
     shape = [spikes.shape[d] for d in order[1:]]
     back = [order[1:].index(d) for d in range(1, spikes.dim())]  # memory order -> logical
-    total, start = torch.zeros_like(events[0]), 0
-    for t in sorted({*checkpoints, len(spikes)}):
-        total = total + events[start:t].sum(dim=0)
-        start = t
+    for t, total in zip(ends, sums, strict=True):
         counts = total.view(shape).permute(back).to(dtype)
         if t in checkpoints:
             result.spikes_at[t][name] = float(per_step[t - 1])

@@ -176,3 +176,27 @@ def if_chunk_int(a, t0, first, t_start, gain, bias, vth, v, memory, lo, hi, burs
                 vv[j] = min(max(w, lo), hi)
             _fire(vv, vth, np.int64(1), burst, reset, memory[i:i + m], out[t0 + t, i:i + m])
     return saturated
+
+
+@numba.njit(cache=True, nogil=True)
+def count_events(train, ends, per_step, counts):
+    """Events (nonzero entries) of ``train`` (T, N): per step into ``per_step`` (T,) float64,
+    and per neuron in steps ``[0, ends[c])`` into ``counts[c]`` (C, N) float32 (``ends``
+    increasing, the last T). Blocks of neurons, all steps each, so the sums stay in cache."""
+    block = 4096
+    acc = np.zeros(block, dtype=np.float32)
+    for first in range(0, train.shape[1], block):
+        last = min(first + block, train.shape[1])
+        acc[:] = 0
+        c = 0
+        for t in range(train.shape[0]):
+            row = train[t, first:last]
+            n = 0
+            for j in range(last - first):
+                e = row[j] != 0
+                acc[j] += e
+                n += e
+            per_step[t] += n
+            if t + 1 == ends[c]:
+                counts[c, first:last] = acc[:last - first]
+                c += 1

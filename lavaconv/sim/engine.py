@@ -10,6 +10,12 @@ synapse is computed once (the payload is the same every step). Convolutions run 
 channels-last layout. Spikes are written in place into the population's train, and the
 statistics (spike counts per step, per neuron and checkpoint; saturation) take one pass.
 
+On the CPU the neuron updates run as the single-pass kernels of :mod:`lavaconv.sim.kernels`
+(the torch loops here are their reference and the path on other devices): a chunk is then a
+block of items (:data:`STATE_SIZE` neurons, whose state stays in cache) times a block of
+steps, and a binary population's train is held as bytes (uint8), which the next synapse reads
+in one pass and the counting kernel sums.
+
 In integer mode every synaptic sum is an integer. A synapse whose worst case
 ``max_o sum_i |W[o, i]| * max |payload|`` stays below 2**23 is computed in float32, which is
 then exact whatever the order of summation (every partial sum is an integer below 2**24) and
@@ -561,7 +567,8 @@ def simulate(
         if isinstance(node, MaxPool):
             trains[name] = maxpool_gate(node, trains[node.source],
                                         net.max_payload(node.source))
-            _count(result, name, trains[name], checkpoints, net.numeric, not net.is_binary(name))
+            tally = _count(trains[name], checkpoints, not net.is_binary(name))
+            _record(result, name, trains[name], checkpoints, net.numeric, tally)
         elif isinstance(node, Readout):
             a = synaptic_input(net, name, trains, constant)
             u = input_current(net, node, a)
@@ -597,13 +604,16 @@ def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: se
         a = synaptic_input(net, name, trains, constant)
         u, chunks = input_current(net, node, a), [(0, 0, a)]
     if cpu:
-        result.saturated[name] = _fire_cpu(net, node, chunks, train)
-    elif is_lif(net, node):
-        result.saturated[name] = _lif_fire(node, chunks, steps, train)
+        tally = _new_tally(train, checkpoints)
+        result.saturated[name] = _fire_cpu(net, node, chunks, train, tally)
     else:
-        result.saturated[name] = integrate_and_fire(node, _Current(net, node, chunks), steps,
-                                                    train, state_bounds(net, node))
-    _count(result, name, train, checkpoints, net.numeric, not net.is_binary(name))
+        if is_lif(net, node):
+            result.saturated[name] = _lif_fire(node, chunks, steps, train)
+        else:
+            result.saturated[name] = integrate_and_fire(node, _Current(net, node, chunks), steps,
+                                                        train, state_bounds(net, node))
+        tally = _count(train, checkpoints, not net.is_binary(name))
+    _record(result, name, train, checkpoints, net.numeric, tally)
     if not np.all(node.payload == 1):
         train.mul_(_tensor(node.payload, train))
     if probe is not None:
@@ -611,10 +621,11 @@ def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: se
     return train
 
 
-def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor) -> int:
+def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor, tally: tuple) -> int:
     """:func:`integrate_and_fire` or the stock LIF (:func:`_lif_fire`) on the CPU kernels of
     :mod:`lavaconv.sim.kernels`, a chunk (a block of items and of steps) per call; spikes into
-    ``out``; returns the neuron-steps saturated (wrapped or clipped: stock LIF)."""
+    ``out``, their events into ``tally`` (:func:`_new_tally`); returns the neuron-steps saturated
+    (wrapped or clipped: stock LIF)."""
     order = kernels.memory_order(out)
     spikes = kernels.flat(out, order)
     if not np.shares_memory(spikes, out.numpy()):
@@ -631,17 +642,18 @@ def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor) -> int:
         u = np.stack([v, -v]).astype(np.int32)  # the floor neuron's u is -u
         v, s = np.zeros_like(u), np.zeros(u.shape, dtype=np.uint8)
         return sum(kernels.lif_chunk(kernels.flat(a, order), t0, b0 * size, node.t_start, bias,
-                                     vth, u, v, s, node.floor, spikes) for t0, b0, a in chunks)
+                                     vth, u, v, s, node.floor, spikes, tally)
+                   for t0, b0, a in chunks)
     memory, reset = np.zeros(len(v), dtype=np.int64), kernels.RESETS[node.reset]
     if not integer:
         for t0, b0, a in chunks:
             kernels.if_chunk_float(kernels.flat(a, order), t0, b0 * size, node.t_start, bias,
-                                   vth, v, memory, node.burst, reset, spikes)
+                                   vth, v, memory, node.burst, reset, spikes, tally)
         return 0
     lo, hi = state_bounds(net, node)
     return sum(kernels.if_chunk_int(kernels.flat(a, order), t0, b0 * size, node.t_start,
                                     THRESHOLD_SHIFT + node.a_exp, bias, vth, v, memory, lo, hi,
-                                    node.burst, reset, spikes) for t0, b0, a in chunks)
+                                    node.burst, reset, spikes, tally) for t0, b0, a in chunks)
 
 
 def _lif_fire(node: IF, chunks, steps: int, out: torch.Tensor) -> int:
@@ -672,31 +684,46 @@ def _lif_scores(node: Readout, a: torch.Tensor,
     return {t: v[t - 1] for t in checkpoints}, clipped
 
 
-def _count(result: SimResult, name: str, spikes: torch.Tensor, checkpoints: Sequence[int],
-           numeric: str, graded: bool) -> None:
-    """Spike events (positive, negative or bursts: ``graded``) per neuron and in total up to
-    each checkpoint, from a train (float32, or uint8 where binary) whose nonzero entries are the
-    events (float32 sums of fewer than 2**24 ones are exact). Sums run over the neurons in
-    memory order (the train is channels-last), each step once."""
-    order = kernels.memory_order(spikes)
-    flat = spikes.permute(order).reshape(len(spikes), -1)
-    ends = sorted({*checkpoints, len(spikes)})
+def _new_tally(train: torch.Tensor, checkpoints: Sequence[int]) -> tuple:
+    """Empty event sums for ``train`` (T, B, ...) and ``checkpoints``, as the kernels fill them:
+    (interval of each step (T,), events per step (T,), events per neuron in each interval
+    (C, B * M) in the train's memory order); the intervals end at the checkpoints and T."""
+    ends = sorted({*checkpoints, len(train)})
+    interval = np.searchsorted(ends, np.arange(len(train)), side="right")
+    return (interval, np.zeros(len(train)),
+            np.zeros((len(ends), train[0].numel()), dtype=np.float32))
+
+
+def _count(spikes: torch.Tensor, checkpoints: Sequence[int], graded: bool) -> tuple:
+    """:func:`_new_tally` of a train's spike events (positive, negative or bursts: ``graded``),
+    its nonzero entries, counted from the train (float32 sums of fewer than 2**24 ones are
+    exact), running over the neurons in memory order."""
+    flat = spikes.permute(kernels.memory_order(spikes)).reshape(len(spikes), -1)
     if flat.dtype == torch.uint8 and flat.device.type == "cpu":  # the kernels' binary trains
-        per_step = np.zeros(len(spikes))
-        sums = np.zeros((len(ends), flat.shape[1]), dtype=np.float32)
-        kernels.count_events(flat.numpy(), np.array(ends), per_step, sums)
-        per_step, sums = np.cumsum(per_step), torch.from_numpy(sums)
-    else:
-        events = torch.ne(flat, 0, out=torch.empty_like(flat)) if graded else flat
-        wide = events.shape[1] >= 2**24
-        per_step = events.sum(1, dtype=torch.float64 if wide else torch.float32
-                              ).cumsum(0, dtype=torch.float64)
-        sums = torch.cumsum(torch.stack([events[start:t].sum(dim=0, dtype=torch.float32)
-                                         for start, t in zip([0, *ends[:-1]], ends, strict=True)]),
-                            dim=0)
+        tally = _new_tally(spikes, checkpoints)
+        kernels.count_events(flat.numpy(), tally)
+        return tally
+    events = torch.ne(flat, 0, out=torch.empty_like(flat)) if graded else flat
+    wide = events.shape[1] >= 2**24
+    per_step = events.sum(1, dtype=torch.float64 if wide else torch.float32)
+    ends = sorted({*checkpoints, len(spikes)})
+    sums = torch.stack([events[start:t].sum(dim=0, dtype=torch.float32)
+                        for start, t in zip([0, *ends[:-1]], ends, strict=True)])
+    return None, per_step.double().cpu().numpy(), sums
+
+
+def _record(result: SimResult, name: str, spikes: torch.Tensor, checkpoints: Sequence[int],
+            numeric: str, tally: tuple) -> None:
+    """Spike events of population ``name`` from its ``tally``: in total up to each checkpoint,
+    and per neuron there (``counts_at``) and over the run."""
+    _, per_step, sums = tally
+    order = kernels.memory_order(spikes)
+    per_step = np.cumsum(per_step)
+    sums = torch.cumsum(torch.as_tensor(sums, device=spikes.device), dim=0)
     dtype = torch.int64 if numeric == "int" else torch.float32
     shape = [spikes.shape[d] for d in order[1:]]
     back = [order[1:].index(d) for d in range(1, spikes.dim())]  # memory order -> logical
+    ends = sorted({*checkpoints, len(spikes)})
     for t, total in zip(ends, sums, strict=True):
         counts = total.view(shape).permute(back).to(dtype)
         if t in checkpoints:

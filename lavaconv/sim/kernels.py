@@ -66,12 +66,12 @@ def _lif_row(x, sign, theta, u, v, s):
     events = 0
     for j in range(len(u)):
         w = _trunc12(np.int64(u[j]) * 4095) + (x[j] if sign > 0 else -x[j])
-        events += (w > U_HALF) | (w <= -U_HALF)
+        events += np.int64(w > U_HALF) + np.int64(w <= -U_HALF)  # (sums of bools: slower)
         w = w - 2 * U_HALF if w > U_HALF else w
         u[j] = w + 2 * U_HALF if w <= -U_HALF else w
     for j in range(len(u)):
         w = _trunc12(np.int64(v[j])) + u[j]
-        events += (w > V_LIMIT) | (w < -V_LIMIT)
+        events += np.int64(w > V_LIMIT) + np.int64(w < -V_LIMIT)
         w = min(max(w, -V_LIMIT), V_LIMIT)
         spiked = w > theta[j]
         v[j] = 0 if spiked else w
@@ -80,15 +80,18 @@ def _lif_row(x, sign, theta, u, v, s):
 
 
 @numba.njit(cache=True, nogil=True)
-def lif_chunk(a, t0, first, t_start, bias, theta, u, v, s, floor, out):
+def lif_chunk(a, t0, first, t_start, bias, theta, u, v, s, floor, out, tally):
     """Steps ``t0 .. t0 + len(a) - 1`` of the stock soft-reset LIF and its floor neuron
     (:mod:`lavaconv.ir.stock`) for neurons ``first ..`` (whole items): ``a`` (k, n) their synaptic
     sums; ``bias``, ``theta`` (M,) int64 in ``A << 6`` units; state ``u``, ``v`` (2, N) int32 and
     ``s`` (2, N) uint8, the neuron's and its floor neuron's (``floor`` False: none), updated;
-    spikes into ``out`` (T, N). Returns the neuron-steps whose u wrapped plus those whose v
+    spikes into ``out`` (T, N), and their events into ``tally`` = (interval (T,) int64, events
+    per step (T,) float64, events per neuron and interval (C, N) float32): step t's go to
+    interval ``interval[t]``. Returns the neuron-steps whose u wrapped plus those whose v
     clipped (the floor neuron's not counted), as :func:`lavaconv.sim.lif.lif_integrate_and_fire`.
     """
     m = theta.shape[0]
+    interval, per_step, counts = tally
     lift = FLOOR * theta
     x = np.empty(m, dtype=np.int64)
     events = 0
@@ -106,6 +109,7 @@ def lif_chunk(a, t0, first, t_start, bias, theta, u, v, s, floor, out):
             o = out[t0 + t, lo:hi]
             for j in range(m):
                 o[j] = sm[j]
+            per_step[t0 + t] += _tally(o, counts[interval[t0 + t], lo:hi])
     return events
 
 
@@ -138,14 +142,15 @@ def _fire(v, vth, one, burst, reset, memory, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def if_chunk_float(a, t0, first, t_start, bias, vth, v, memory, burst, reset, out):
+def if_chunk_float(a, t0, first, t_start, bias, vth, v, memory, burst, reset, out, tally):
     """Steps ``t0 .. t0 + len(a) - 1`` of :class:`~lavaconv.ir.network.IF` in float mode
     (float32 throughout, as :func:`lavaconv.sim.engine.integrate_and_fire` on the current of
     :class:`lavaconv.sim.engine._Current`) for neurons ``first ..`` (whole items) on their
     synaptic input ``a`` (k, n): v += a + bias (the bias from step ``t_start``), then fire
-    (-burst .. burst spikes into ``out`` (T, N)) and reset (codes :data:`RESETS`; ``memory``
-    (N,) int64: SNM's spike memory)."""
+    (-burst .. burst spikes into ``out`` (T, N), events into ``tally`` as :func:`lif_chunk`)
+    and reset (codes :data:`RESETS`; ``memory`` (N,) int64: SNM's spike memory)."""
     m = vth.shape[0]
+    interval, per_step, counts = tally
     for t in range(a.shape[0]):
         b = bias * (t0 + t >= t_start)
         for c in range(0, a.shape[1], m):
@@ -154,15 +159,17 @@ def if_chunk_float(a, t0, first, t_start, bias, vth, v, memory, burst, reset, ou
             for j in range(m):
                 vv[j] += x[j] + b[j]
             _fire(vv, vth, np.float32(1), burst, reset, memory[i:i + m], out[t0 + t, i:i + m])
+            per_step[t0 + t] += _tally(out[t0 + t, i:i + m], counts[interval[t0 + t], i:i + m])
 
 
 @numba.njit(cache=True, nogil=True)
 def if_chunk_int(a, t0, first, t_start, gain, bias, vth, v, memory, lo, hi, burst, reset,
-                 out):
+                 out, tally):
     """:func:`if_chunk_float` in integer mode (int64, exact): v += G(a) + bias with ``G`` the
     gain ``2**gain`` (a floor shift when negative), then v saturates to ``[lo, hi]``. Returns
     the neuron-steps saturated."""
     m = vth.shape[0]
+    interval, per_step, counts = tally
     saturated = 0
     for t in range(a.shape[0]):
         b = bias * (t0 + t >= t_start)
@@ -175,28 +182,28 @@ def if_chunk_int(a, t0, first, t_start, gain, bias, vth, v, memory, lo, hi, burs
                 saturated += (w < lo) + (w > hi)
                 vv[j] = min(max(w, lo), hi)
             _fire(vv, vth, np.int64(1), burst, reset, memory[i:i + m], out[t0 + t, i:i + m])
+            per_step[t0 + t] += _tally(out[t0 + t, i:i + m], counts[interval[t0 + t], i:i + m])
     return saturated
 
 
 @numba.njit(cache=True, nogil=True)
-def count_events(train, ends, per_step, counts):
-    """Events (nonzero entries) of ``train`` (T, N): per step into ``per_step`` (T,) float64,
-    and per neuron in steps ``[0, ends[c])`` into ``counts[c]`` (C, N) float32 (``ends``
-    increasing, the last T). Blocks of neurons, all steps each, so the sums stay in cache."""
-    block = 4096
-    acc = np.zeros(block, dtype=np.float32)
-    for first in range(0, train.shape[1], block):
-        last = min(first + block, train.shape[1])
-        acc[:] = 0
-        c = 0
+def _tally(spikes, counts):
+    """``counts += spikes != 0`` over a row; returns the row's events."""
+    n = 0
+    for j in range(len(spikes)):
+        e = spikes[j] != 0
+        counts[j] += e
+        n += e
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def count_events(train, tally):
+    """Tally the events (nonzero entries) of ``train`` (T, N) into ``tally`` (see
+    :func:`lif_chunk`), blocks of neurons at a time (all steps each: their sums stay in
+    cache)."""
+    interval, per_step, counts = tally
+    for first in range(0, train.shape[1], 4096):
+        last = min(first + 4096, train.shape[1])
         for t in range(train.shape[0]):
-            row = train[t, first:last]
-            n = 0
-            for j in range(last - first):
-                e = row[j] != 0
-                acc[j] += e
-                n += e
-            per_step[t] += n
-            if t + 1 == ends[c]:
-                counts[c, first:last] = acc[:last - first]
-                c += 1
+            per_step[t] += _tally(train[t, first:last], counts[interval[t], first:last])

@@ -1,6 +1,7 @@
 """The arithmetic of the stock LIF soft-reset construction (:mod:`lavaconv.ir.stock`) on int64
-tensors, as Lava's ``PyLifModelBitAcc`` computes it, for the engine; and the potentials that size
-its threshold."""
+tensors, as Lava's ``PyLifModelBitAcc`` computes it, for the engine off the CPU (on the CPU:
+:func:`lavaconv.sim.kernels.lif_chunk`, tested against this); and the potentials that size its
+threshold."""
 
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ batch (lavaconv's float batch for T), each runner simulates every item for T ste
 runners take turns, ``--rounds`` times, and each keeps its fastest round (the machine is
 shared; the load average is printed). Throughput is item-steps per second:
 
-- lavaconv float and int (loihi2 profile): ``engine.simulate`` with input encoding, as
-  ``lavaconv eval`` runs it;
-- ``--baseline DIR``: the same two with ``DIR/lavaconv/sim/engine.py`` (another checkout,
+- lavaconv float, int (loihi2 profile) and stock int (the loihi2 profile's graph of stock
+  Lava processes, what ``deploy`` runs by default): ``engine.simulate`` with input encoding,
+  as ``lavaconv eval`` runs it;
+- ``--baseline DIR``: the same three with ``DIR/lavaconv/sim/engine.py`` (another checkout,
   say the commit before a change), on the same networks;
 - the dense limit: the ANN's forward on the batch, T times (one forward per item-step): the
   trained ``nn.Module`` (BatchNorm apart) and lavaconv's canonical graph (BatchNorm folded);
@@ -100,12 +101,15 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     q = snn.quantize("loihi2", timesteps=args.timesteps)
     x, steps = snn.dataset.x_eval, args.timesteps
     batch = evaluation.auto_batch(snn.network, steps)
+    stock = snn.quantize("loihi2", timesteps=args.timesteps, stock=True)
     runners = {"lavaconv float": engine_runner(engine, snn.network, x, steps, batch),
-               "lavaconv int": engine_runner(engine, q.network, x, steps, batch)}
+               "lavaconv int": engine_runner(engine, q.network, x, steps, batch),
+               "lavaconv stock int": engine_runner(engine, stock.network, x, steps, batch)}
     if args.baseline:
         base = load_engine(args.baseline)
         runners["baseline float"] = engine_runner(base, snn.network, x, steps, batch)
         runners["baseline int"] = engine_runner(base, q.network, x, steps, batch)
+        runners["baseline stock int"] = engine_runner(base, stock.network, x, steps, batch)
     runners["ANN nn.Module"] = ann_runner(peers.plain_ann(name), x, steps, batch)
     runners["ANN BN folded"] = ann_runner(snn.model, x, steps, batch)
     if importlib.util.find_spec("spikingjelly") is not None:
@@ -119,12 +123,12 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     rate = {label: len(x) * steps / seconds for label, seconds in best.items()}
     dense = max(rate["ANN nn.Module"], rate["ANN BN folded"])
     ratios = {}
-    for mode in ("float", "int"):
+    for mode in ("float", "int", "stock int"):
         mine = rate[f"lavaconv {mode}"]
         ratios[f"{mode} / dense limit"] = mine / dense
         if "spikingjelly 99.9%" in rate:
             ratios[f"{mode} / spikingjelly"] = mine / rate["spikingjelly 99.9%"]
-        if args.baseline:
+        if args.baseline and f"baseline {mode}" in rate:
             ratios[f"{mode} / baseline"] = mine / rate[f"baseline {mode}"]
     return {"batch": batch, "item_steps_per_s": rate, "ratios": ratios}
 

@@ -2,15 +2,17 @@
 
 A population's update is a handful of elementwise operations per step; as torch operations each
 is one pass over the population's state (about six for an IF neuron, twenty for the stock LIF
-pair). Here each neuron is updated once per step with its state in registers: one read of the
-synaptic input and one write of the spike, for a chunk of steps at a time. The arithmetic is the
-torch loops' (:func:`lavaconv.sim.engine.integrate_and_fire`, :mod:`lavaconv.sim.lif`), which
-stay the reference and the path for tensors off the CPU: float mode in float32, integer mode and
-the stock LIF in int64 (exact; the stock LIF is Lava's ``PyLifModelBitAcc`` update transcribed,
-its floor neuron stepped in full).
+pair). Here a chunk (a block of items times a block of steps) is stepped item by item, a few
+vectorized loops over the item's neurons per step, while the block's state stays in cache; the
+step's events are tallied as the spikes are written. The arithmetic is the torch loops'
+(:func:`lavaconv.sim.engine.integrate_and_fire`, :mod:`lavaconv.sim.lif`), which stay the
+reference and the path for tensors off the CPU: float mode in float32, integer mode in int64
+(exact), the stock LIF pair as Lava's ``PyLifModelBitAcc`` update transcribed (int64
+arithmetic on int32 state, its floor neuron stepped in full).
 
-Arrays are flat in the memory order of the population's spike train (:func:`flat`): the batch
-outermost, so neuron ``i`` has the per-neuron parameters ``[i % M]`` of an item's ``M`` neurons.
+Arrays are flat in the memory order of the population's spike train (:func:`flat`): ``(T, B *
+M)``, the batch outermost, so an item's ``M`` neurons are one row and the per-neuron
+parameters ``(M,)`` are in the same order.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from lavaconv.ir.stock import FLOOR, U_HALF, V_LIMIT
 
-#: reset codes of :func:`if_chunk`
+#: reset codes of :func:`if_chunk_float` and :func:`if_chunk_int`
 RESETS = {"subtract": 0, "zero": 1, "snm": 2}
 
 

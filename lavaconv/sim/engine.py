@@ -124,6 +124,7 @@ class _Plan(NamedTuple):
     wraps: bool
     shift: int
     int8: _Int8 | None = None
+    weight: torch.Tensor | None = None  # :func:`_weight`, made once for a run
 
 
 #: multiply-adds per source entry from which the int8 kernel beats the float one (it casts
@@ -135,24 +136,42 @@ INT8_MIN_MACS = 48
 def _plan(net: Network, syn: Synapse, train: torch.Tensor | None = None) -> _Plan:
     """How to compute ``syn``'s sums from its source's payload ``train`` (T, B, *shape), see
     the module docstring."""
+    plan = _float_plan(net, syn)
+    if train is None:
+        return plan
+    int8 = None
+    if plan.dtype == torch.float32 and train.device.type == "cpu" and (
+            net.numeric == "int" and net.is_binary(syn.source) and _onednn()):
+        last = train.dim() == 5 and train[0].is_contiguous(memory_format=torch.channels_last)
+        if isinstance(syn, Conv):
+            kh, kw = syn.weight.shape[2:]
+            macs = len(syn.weight) // syn.groups * kh * kw / (syn.stride[0] * syn.stride[1])
+            worth = macs >= INT8_MIN_MACS
+        else:  # on top of its multiply-adds, the float path transposes a channels-last source
+            worth = last or len(syn.weight) >= INT8_MIN_MACS
+        int8 = _int8(syn, plan.shift, train.shape[2:] if last else None) if worth else None
+    if int8 is not None:
+        return plan._replace(int8=int8)
+    return plan._replace(weight=_weight(syn, plan.dtype, plan.shift, train.device))
+
+
+def _float_plan(net: Network, syn: Synapse) -> _Plan:
+    """:func:`_plan` without the int8 kernel: float32, or float64 where an integer sum may not
+    be exact in float32."""
     if net.numeric != "int":
         return _Plan(torch.float32, False, 0)
     shift = _shift(net, syn)
     w = np.abs(syn.weight).reshape(len(syn.weight), -1).sum(axis=1).max(initial=0)
     if float(w) * net.max_payload(syn.source) * 2.0 ** max(shift, 0) >= 2**23:
         return _Plan(torch.float64, isinstance(syn, Conv), shift)
-    if train is None or train.device.type != "cpu" or not (
-            net.is_binary(syn.source) and _onednn()):
-        return _Plan(torch.float32, False, shift)
-    last = train.dim() == 5 and train[0].is_contiguous(memory_format=torch.channels_last)
-    if isinstance(syn, Conv):
-        kh, kw = syn.weight.shape[2:]
-        macs = len(syn.weight) // syn.groups * kh * kw / (syn.stride[0] * syn.stride[1])
-        worth = macs >= INT8_MIN_MACS
-    else:  # on top of its multiply-adds, the float path transposes a channels-last source
-        worth = last or len(syn.weight) >= INT8_MIN_MACS
-    int8 = _int8(syn, shift, train.shape[2:] if last else None) if worth else None
-    return _Plan(torch.float32, False, shift, int8)
+    return _Plan(torch.float32, False, shift)
+
+
+def _weight(syn: Synapse, dtype: torch.dtype, shift: int, device: torch.device) -> torch.Tensor:
+    """``syn``'s weights as :func:`_apply_synapse` computes with them (times ``2**shift`` where
+    the shift is positive; a convolution's channels-last)."""
+    w = torch.as_tensor(syn.weight, dtype=dtype, device=device) * 2.0 ** max(shift, 0)
+    return w.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w
 
 
 @functools.cache
@@ -225,11 +244,11 @@ def _apply_int8(syn: Synapse, s: torch.Tensor, k: _Int8) -> torch.Tensor:
 
 def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: _Plan) -> torch.Tensor:
     """Synaptic output for a batch of source payloads ``s`` (N, *src_shape)."""
-    dtype, wraps, shift, int8 = plan
+    dtype, wraps, shift, int8, _ = plan
     if int8 is not None:
         a = _apply_int8(syn, s, int8)
         return a.mul_(2.0**shift).floor_() if shift < 0 and isinstance(syn, Dense) else a
-    w = torch.as_tensor(syn.weight, dtype=dtype, device=s.device) * 2.0 ** max(shift, 0)
+    w = plan.weight if plan.weight is not None else _weight(syn, dtype, shift, s.device)
     if isinstance(syn, Dense):  # a negative weight_exp floors each synapse's sum (stock Dense)
         a = s.to(dtype).flatten(1) @ w.T
         return a.mul_(2.0**shift).floor_() if shift < 0 else a
@@ -238,7 +257,7 @@ def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: _Plan) -> torch.Tensor:
     if _pointwise(syn):  # a per-channel scale (identity shortcut): no convolution needed
         a = s * w.reshape(1, -1, 1, 1)
     else:
-        a = F.conv2d(s, w.contiguous(memory_format=layout), stride=tuple(syn.stride),
+        a = F.conv2d(s, w, stride=tuple(syn.stride),
                      padding=tuple(syn.padding), groups=syn.groups)
     return wrap(a) if wraps else a
 
@@ -640,10 +659,9 @@ def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor, tally: tuple) -
     bias, vth = param(node.bias), param(node.v_threshold)
     if is_lif(net, node):
         u = np.stack([v, -v]).astype(np.int32)  # the floor neuron's u is -u
-        v, s = np.zeros_like(u), np.zeros(u.shape, dtype=np.uint8)
+        v, floor = np.zeros_like(u), np.zeros(len(v), dtype=np.uint8) if node.floor else None
         return sum(kernels.lif_chunk(kernels.flat(a, order), t0, b0 * size, node.t_start, bias,
-                                     vth, u, v, s, node.floor, spikes, tally)
-                   for t0, b0, a in chunks)
+                                     vth, u, v, floor, spikes, tally) for t0, b0, a in chunks)
     memory, reset = np.zeros(len(v), dtype=np.int64), kernels.RESETS[node.reset]
     if not integer:
         for t0, b0, a in chunks:

@@ -82,36 +82,38 @@ def _lif_row(x, sign, theta, u, v, s):
 
 
 @numba.njit(cache=True, nogil=True)
-def lif_chunk(a, t0, first, t_start, bias, theta, u, v, s, floor, out, tally):
+def lif_chunk(a, t0, first, t_start, bias, theta, u, v, floor_spikes, out, tally):
     """Steps ``t0 .. t0 + len(a) - 1`` of the stock soft-reset LIF and its floor neuron
     (:mod:`lavaconv.ir.stock`) for neurons ``first ..`` (whole items): ``a`` (k, n) their synaptic
-    sums; ``bias``, ``theta`` (M,) int64 in ``A << 6`` units; state ``u``, ``v`` (2, N) int32 and
-    ``s`` (2, N) uint8, the neuron's and its floor neuron's (``floor`` False: none), updated;
-    spikes into ``out`` (T, N), and their events into ``tally`` = (interval (T,) int64, events
-    per step (T,) float64, events per neuron and interval (C, N) float32): step t's go to
-    interval ``interval[t]``. Returns the neuron-steps whose u wrapped plus those whose v
-    clipped (the floor neuron's not counted), as :func:`lavaconv.sim.lif.lif_integrate_and_fire`.
+    sums; ``bias``, ``theta`` (M,) int64 in ``A << 6`` units; state ``u``, ``v`` (2, N) int32, the
+    neuron's and its floor neuron's, and the floor neuron's last spikes (N,) uint8 (``None``:
+    no floor neuron), updated; spikes into ``out`` (T, N) (read back as the last step's), and
+    their events into ``tally`` = (interval (T,) int64, events per step (T,) float64, events
+    per neuron and interval (C, N) float32): step t's go to interval ``interval[t]``. Returns
+    the neuron-steps whose u wrapped plus those whose v clipped (the floor neuron's not
+    counted), as :func:`lavaconv.sim.lif.lif_integrate_and_fire`.
     """
     m = theta.shape[0]
     interval, per_step, counts = tally
     lift = FLOOR * theta
     x = np.empty(m, dtype=np.int64)
+    silent = np.zeros(m, dtype=out.dtype)
     events = 0
     for t in range(a.shape[0]):
         b = bias * (t0 + t >= t_start)
         for c in range(0, a.shape[1], m):
             lo, hi = first + c, first + c + m
-            row, sf, sm = a[t, c:c + m], s[1, lo:hi], s[0, lo:hi]
+            row, s = a[t, c:c + m], out[t0 + t, lo:hi]
+            last = out[t0 + t - 1, lo:hi] if t0 + t else silent
             for j in range(m):
-                x[j] = (np.int64(row[j]) * 64 + b[j] - (theta[j] if sm[j] else 0)
-                        + (lift[j] if sf[j] and floor else 0))
-            if floor:
+                x[j] = np.int64(row[j]) * 64 + b[j] - (theta[j] if last[j] else 0)
+            if floor_spikes is not None:
+                sf = floor_spikes[lo:hi]
+                for j in range(m):
+                    x[j] += lift[j] if sf[j] else 0
                 _lif_row(x, -1, lift, u[1, lo:hi], v[1, lo:hi], sf)
-            events += _lif_row(x, 1, theta, u[0, lo:hi], v[0, lo:hi], sm)
-            o = out[t0 + t, lo:hi]
-            for j in range(m):
-                o[j] = sm[j]
-            per_step[t0 + t] += _tally(o, counts[interval[t0 + t], lo:hi])
+            events += _lif_row(x, 1, theta, u[0, lo:hi], v[0, lo:hi], s)
+            per_step[t0 + t] += _tally(s, counts[interval[t0 + t], lo:hi])
     return events
 
 

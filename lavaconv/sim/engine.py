@@ -262,16 +262,19 @@ def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: _Plan) -> torch.Tensor:
     return wrap(a) if wraps else a
 
 
-def _batch(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _batch(s: torch.Tensor, dtype: torch.dtype, channels_last: bool = True) -> torch.Tensor:
     """Payloads ``(k, b, ...)`` as one batch ``(k * b, ...)`` of ``dtype``, channels-last if
-    4-d (what :func:`_apply_synapse` computes on): a view where the layout allows, else one
+    4-d and ``channels_last`` (a convolution's input; a dense float synapse reads (C, H, W)
+    order), as :func:`_apply_synapse` computes on it: a view where the layout allows, else one
     pass."""
     if s.dim() != 5:
         return s.flatten(0, 1).to(dtype)
-    if s.dtype == dtype and s.stride(0) == s.shape[1] * s.stride(1):
-        return s.flatten(0, 1)  # all items of consecutive steps: a view, channels-last
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    batch = s.flatten(0, 1) if s.stride(0) == s.shape[1] * s.stride(1) else None
+    if batch is not None and s.dtype == dtype and batch.is_contiguous(memory_format=layout):
+        return batch  # all items of consecutive steps: a view
     out = torch.empty((s.shape[0] * s.shape[1], *s.shape[2:]), dtype=dtype, device=s.device,
-                      memory_format=torch.channels_last)
+                      memory_format=layout)
     out.unflatten(0, s.shape[:2]).copy_(s)
     return out
 
@@ -316,7 +319,8 @@ def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
                     a = fixed[i][b0:b1]
                 elif lo < t1:
                     x = _batch(s[lo - late:t1 - late, b0:b1],
-                               torch.uint8 if plan.int8 is not None else plan.dtype)
+                               torch.uint8 if plan.int8 is not None else plan.dtype,
+                               isinstance(syn, Conv) or plan.int8 is not None)
                     a = _apply_synapse(syn, x, plan)
                     a = a.reshape(t1 - lo, b1 - b0, *a.shape[1:])
                 if i == 0 and lo == t0 < t1 and syn.source not in constant and a.dtype == dtype:

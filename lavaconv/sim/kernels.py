@@ -118,16 +118,20 @@ def lif_chunk(a, t0, first, t_start, bias, theta, u, v, floor_spikes, out, tally
 
 
 @numba.njit(cache=True, nogil=True)
-def _fire(v, vth, one, burst, reset, memory, out):
+def _fire(v, vth, one, burst, reset, memory, out, counts):
     """Fire and reset one item's neurons at potentials ``v`` (in place; ``one``: 1 in v's type),
-    spikes into ``out``: :func:`lavaconv.sim.engine.integrate_and_fire`'s rule. The common case
-    (one spike at most, no SNM memory) is a loop of its own, which vectorizes."""
+    spikes into ``out``: :func:`lavaconv.sim.engine.integrate_and_fire`'s rule; ``counts`` +=
+    the events (spikes != 0); returns the events. The common case (one spike at most, no SNM
+    memory) is a loop of its own, which vectorizes."""
+    events = 0
     if burst == 1 and reset != 2:
         for j in range(len(v)):
             s = v[j] >= vth[j]
             v[j] = (v[j] - vth[j] if reset == 0 else one - one) if s else v[j]
             out[j] = s
-        return
+            counts[j] += s
+            events += s
+        return events
     for j in range(len(v)):
         w, th, s, k = v[j], vth[j], 0, one
         while s < burst and w >= th * k:
@@ -143,6 +147,9 @@ def _fire(v, vth, one, burst, reset, memory, out):
         if s != 0:
             v[j] = one - one if reset == 1 else w - (one * s) * th
         out[j] = s
+        counts[j] += s != 0
+        events += s != 0
+    return events
 
 
 @numba.njit(cache=True, nogil=True)
@@ -162,8 +169,8 @@ def if_chunk_float(a, t0, first, t_start, bias, vth, v, memory, burst, reset, ou
             vv = v[i:i + m]
             for j in range(m):
                 vv[j] += x[j] + b[j]
-            _fire(vv, vth, np.float32(1), burst, reset, memory[i:i + m], out[t0 + t, i:i + m])
-            per_step[t0 + t] += _tally(out[t0 + t, i:i + m], counts[interval[t0 + t], i:i + m])
+            per_step[t0 + t] += _fire(vv, vth, np.float32(1), burst, reset, memory[i:i + m],
+                                      out[t0 + t, i:i + m], counts[interval[t0 + t], i:i + m])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -185,8 +192,8 @@ def if_chunk_int(a, t0, first, t_start, gain, bias, vth, v, memory, lo, hi, burs
                 w = vv[j] + (g << gain if gain >= 0 else g >> -gain) + b[j]
                 saturated += (w < lo) + (w > hi)
                 vv[j] = min(max(w, lo), hi)
-            _fire(vv, vth, np.int64(1), burst, reset, memory[i:i + m], out[t0 + t, i:i + m])
-            per_step[t0 + t] += _tally(out[t0 + t, i:i + m], counts[interval[t0 + t], i:i + m])
+            per_step[t0 + t] += _fire(vv, vth, np.int64(1), burst, reset, memory[i:i + m],
+                                      out[t0 + t, i:i + m], counts[interval[t0 + t], i:i + m])
     return saturated
 
 

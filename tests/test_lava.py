@@ -518,3 +518,16 @@ def test_delay_lines_are_bit_exact(encoding, reset, burst):
     for fast in (False, True):
         _assert_same(net, payload, run_lava(net, payload.numpy(), fast=fast), exact=True)
     assert len(build(net, payload.numpy()).delays) == 3
+
+
+@pytest.mark.parametrize("steps", [1, 7, 128, 1000, 2**20])
+def test_packed_counts_round_trip_through_float64(steps):
+    """The fused model's counts Var is packed (Lava's get sends one float64 message per
+    element): every count from 0 to ``steps`` comes back, in fewer words."""
+    from lavaconv.lava.dynamics import pack_counts, unpack_counts
+
+    counts = np.random.default_rng(steps).integers(0, steps + 1, 1001)
+    counts[:2] = 0, steps
+    words = pack_counts(counts, steps).astype(np.float64)  # as Lava's messages carry them
+    assert words.max() < 2**52 and len(words) <= -(-len(counts) // 2)
+    assert np.array_equal(unpack_counts(words, len(counts), steps), counts)

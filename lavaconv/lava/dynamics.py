@@ -345,3 +345,28 @@ class ConvKernel(Kernel):
                          dilation=self.dilation, groups=self.groups)
         a = y[0].permute(1, 2, 0).numpy().astype(np.int64)  # integral already, (W, H, C)
         return wrap(a) if self.wraps else a
+
+
+def count_words(counts: int, steps: int) -> tuple[int, int, int]:
+    """How :func:`pack_counts` lays ``counts`` spike counts of at most ``steps`` out: (bits a
+    count, counts a word, words)."""
+    bits = max(1, int(steps).bit_length())
+    per = 52 // bits  # a word below 2**52: exact as Lava's float64 messages carry it
+    return bits, per, -(-int(counts) // per)
+
+
+def pack_counts(counts: np.ndarray, steps: int) -> np.ndarray:
+    """Spike counts (each at most ``steps``) packed several to an int64 word: Lava's ``get`` of
+    a Var sends one message per element (tens of microseconds each: over a second for a
+    ResNet's 60,000 neurons), the packed counts 6 to 52 times fewer."""
+    bits, per, words = count_words(len(counts), steps)
+    padded = np.zeros(words * per, np.int64)
+    padded[:len(counts)] = counts
+    return (padded.reshape(words, per) << (np.arange(per) * bits)).sum(axis=1)
+
+
+def unpack_counts(words: np.ndarray, counts: int, steps: int) -> np.ndarray:
+    """The ``counts`` spike counts :func:`pack_counts` packed (from Lava's float64 values)."""
+    bits, per, _ = count_words(counts, steps)
+    fields = np.rint(np.asarray(words)).astype(np.int64).reshape(-1, 1) >> (np.arange(per) * bits)
+    return (fields & ((1 << bits) - 1)).reshape(-1)[:counts]

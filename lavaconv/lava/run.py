@@ -20,6 +20,7 @@ from tqdm import tqdm
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.network import Network
 from lavaconv.lava import fused, lifecycle
+from lavaconv.lava.dynamics import unpack_counts
 from lavaconv.lava.graph import LavaGraph, build, to_lava
 from lavaconv.lava.hardware import loihi2_available, missing_hw_models
 from lavaconv.lava.procs import models
@@ -102,7 +103,9 @@ def _read(graph: LavaGraph, fast: bool) -> tuple[dict[str, np.ndarray], np.ndarr
     counted = [n for n, p in graph.nodes.items() if isinstance(p, COUNTED)]
     if fast:
         shapes = [graph.nodes[n].count.shape for n in counted]
-        flat = np.split(graph.top.count.get(), np.cumsum([np.prod(s) for s in shapes])[:-1])
+        sizes = [int(np.prod(s)) for s in shapes]
+        flat = np.split(unpack_counts(graph.top.count.get(), sum(sizes), graph.steps),
+                        np.cumsum(sizes)[:-1])
         counts = {n: x.reshape(s) for n, x, s in zip(counted, flat, shapes, strict=True)}
         score = graph.top.score.get()
     else:

@@ -250,7 +250,7 @@ class PySpikingNetworkModelFused(PyAsyncProcessModel):
     which steps through Lava's timesteps itself: with no ports there is nothing to synchronise
     with, so Lava's per-step handshake (most of its per-step cost) is left out."""
 
-    count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    count: np.ndarray = LavaPyType(np.ndarray, np.int64)  # packed
     score: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params) -> None:
@@ -260,10 +260,11 @@ class PySpikingNetworkModelFused(PyAsyncProcessModel):
         self.time_step = 0
 
     def run_async(self) -> None:
-        self.count, self.score = self.net.count, self.net.score  # Lava reads Vars by name
+        self.score = self.net.score  # Lava reads Vars by name
         for _ in range(self.num_steps):
             self.time_step += 1
             self.net.step(self.time_step)
+        self.count = dynamics.pack_counts(self.net.count, self.net.steps)
 
 
 @implements(proc=SpikingNetwork, protocol=LoihiProtocol)

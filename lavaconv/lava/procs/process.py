@@ -20,6 +20,8 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 
+from lavaconv.lava.dynamics import count_words
+
 RESETS = ("subtract", "zero", "snm")
 READOUTS = ("potential", "count", "softmax")
 
@@ -172,7 +174,8 @@ class SpikingNetwork(AbstractProcess):
     them as they are (Lava's stock models in simulation; Loihi 2), the fused CPU model
     (``fixed_pt``) steps all of them in one OS process with the same arithmetic. Either way::
 
-        count = spike counts of the counted processes in the current item, flat, concatenated
+        count = spike counts of the counted processes in the current item, flat, concatenated,
+                packed (:func:`lavaconv.lava.dynamics.pack_counts`)
         score = what the readout's mode reads: its potential v, or its spike count
 
     (the fused model's Vars; with the sub-process model read the sub-processes' own Vars).
@@ -194,5 +197,6 @@ class SpikingNetwork(AbstractProcess):
         super().__init__(procs=procs, counted=counted, readout=readout, restart=restart,
                          name=name)
         sizes = [int(np.prod(p.s_out.shape)) for p in counted]
-        self.count = Var(shape=(sum(sizes),), init=0)
+        steps = restart or int(procs[0].proc_params["steps"])
+        self.count = Var(shape=(count_words(sum(sizes), steps)[2],), init=0)
         self.score = Var(shape=readout.v.shape, init=readout.v.init)

@@ -56,21 +56,39 @@ def _trunc12(x):
 
 
 @numba.njit(cache=True, nogil=True)
-def _lif_row(x, sign, theta, u, v, s):
-    """One ``PyLifModelBitAcc`` update (du = 0, dv = 4095) of a row of neurons on input
-    ``sign * x`` (``A << 6``, int64): u, v (int32) and s (the spikes, uint8) in place. Two
-    loops with few written arrays, so that each vectorizes. Returns how many u wrapped plus
-    how many v clipped.
+def _wrapped(u, x):
+    """``wrap24(L(u) + x)``, ``L(u) = sgn(u) ((|u| 4095) >> 12)``, and whether it wrapped."""
+    w = _trunc12(np.int64(u) * 4095) + x
+    wraps = np.int64(w > U_HALF) + np.int64(w <= -U_HALF)  # (sums of bools: slower)
+    w = w - 2 * U_HALF if w > U_HALF else w
+    return (w + 2 * U_HALF if w <= -U_HALF else w), wraps
 
-        u = wrap24(L(u) + x),  L(u) = sgn(u) ((|u| 4095) >> 12)
-        v = clip(C(v) + u, +-V_LIMIT),  C(v) = sgn(v) (|v| >> 12);  s = v > theta;  v = 0 where s
-    """
+
+@numba.njit(cache=True, nogil=True)
+def _lif_u(x, u, floor_u):
+    """The u half of one ``PyLifModelBitAcc`` update (du = 0) of a row of neurons on input ``x``
+    (``A << 6``, int64), and of their floor neurons' on ``-x`` where ``floor_u`` is not None
+    (int32, in place); returns how many of the neurons' u wrapped. (Two written arrays at most a
+    loop, so that it vectorizes.)"""
     events = 0
+    if floor_u is None:
+        for j in range(len(u)):
+            u[j], e = _wrapped(u[j], x[j])
+            events += e
+        return events
     for j in range(len(u)):
-        w = _trunc12(np.int64(u[j]) * 4095) + (x[j] if sign > 0 else -x[j])
-        events += np.int64(w > U_HALF) + np.int64(w <= -U_HALF)  # (sums of bools: slower)
-        w = w - 2 * U_HALF if w > U_HALF else w
-        u[j] = w + 2 * U_HALF if w <= -U_HALF else w
+        u[j], e = _wrapped(u[j], x[j])
+        floor_u[j], _ = _wrapped(floor_u[j], -x[j])
+        events += e
+    return events
+
+
+@numba.njit(cache=True, nogil=True)
+def _lif_v(u, theta, v, s):
+    """The v half (dv = 4095): ``v = clip(C(v) + u, +-V_LIMIT)``, ``C(v) = sgn(v) (|v| >> 12)``;
+    ``s = v > theta``; ``v = 0`` where s (v int32, s its spikes, in place); returns how many v
+    clipped."""
+    events = 0
     for j in range(len(u)):
         w = _trunc12(np.int64(v[j])) + u[j]
         events += np.int64(w > V_LIMIT) + np.int64(w < -V_LIMIT)
@@ -105,14 +123,18 @@ def lif_chunk(a, t0, first, t_start, bias, theta, u, v, floor_spikes, out, tally
             lo, hi = first + c, first + c + m
             row, s = a[t, c:c + m], out[t0 + t, lo:hi]
             last = out[t0 + t - 1, lo:hi] if t0 + t else silent
-            for j in range(m):
-                x[j] = np.int64(row[j]) * 64 + b[j] - (theta[j] if last[j] else 0)
-            if floor_spikes is not None:
+            if floor_spikes is None:
+                for j in range(m):
+                    x[j] = np.int64(row[j]) * 64 + b[j] - (theta[j] if last[j] else 0)
+                events += _lif_u(x, u[0, lo:hi], None)
+            else:
                 sf = floor_spikes[lo:hi]
                 for j in range(m):
-                    x[j] += lift[j] if sf[j] else 0
-                _lif_row(x, -1, lift, u[1, lo:hi], v[1, lo:hi], sf)
-            events += _lif_row(x, 1, theta, u[0, lo:hi], v[0, lo:hi], s)
+                    x[j] = (np.int64(row[j]) * 64 + b[j] - (theta[j] if last[j] else 0)
+                            + (lift[j] if sf[j] else 0))
+                events += _lif_u(x, u[0, lo:hi], u[1, lo:hi])
+                _lif_v(u[1, lo:hi], lift, v[1, lo:hi], sf)
+            events += _lif_v(u[0, lo:hi], theta, v[0, lo:hi], s)
             per_step[t0 + t] += _tally(s, counts[interval[t0 + t], lo:hi])
     return events
 

@@ -31,7 +31,7 @@ $(SYSTEM) &:
 # One torch thread: on the shared 2-core machine two threads slowed the engine tenfold (README)
 demo: setup system
 	OMP_NUM_THREADS=1 $(BIN)/lavaconv deploy examples/resnet_fmnist.pt2 --data fashion-mnist \
-		--timesteps 64 --samples 250 --lava-samples 4 --out out/demo
+		--timesteps 64 --samples 1000 --lava-samples 4 --out out/demo
 
 test: setup system
 	$(BIN)/python -m pytest -q

@@ -113,12 +113,13 @@ def lif_chunk(a, t0, first, t_start, bias, theta, u, v, floor_spikes, out, tally
     """
     m = theta.shape[0]
     interval, per_step, counts = tally
+    none = np.zeros_like(bias)  # the bias before t_start
     lift = FLOOR * theta
     x = np.empty(m, dtype=np.int64)
     silent = np.zeros(m, dtype=out.dtype)
     events = 0
     for t in range(a.shape[0]):
-        b = bias * (t0 + t >= t_start)
+        b = bias if t0 + t >= t_start else none
         for c in range(0, a.shape[1], m):
             lo, hi = first + c, first + c + m
             row, s = a[t, c:c + m], out[t0 + t, lo:hi]
@@ -184,8 +185,9 @@ def if_chunk_float(a, t0, first, t_start, bias, vth, v, memory, burst, reset, ou
     and reset (codes :data:`RESETS`; ``memory`` (N,) int64: SNM's spike memory)."""
     m = vth.shape[0]
     interval, per_step, counts = tally
+    none = np.zeros_like(bias)  # the bias before t_start
     for t in range(a.shape[0]):
-        b = bias * (t0 + t >= t_start)
+        b = bias if t0 + t >= t_start else none
         for c in range(0, a.shape[1], m):
             i, x = first + c, a[t, c:c + m]
             vv = v[i:i + m]
@@ -203,9 +205,10 @@ def if_chunk_int(a, t0, first, t_start, gain, bias, vth, v, memory, lo, hi, burs
     the neuron-steps saturated."""
     m = vth.shape[0]
     interval, per_step, counts = tally
+    none = np.zeros_like(bias)  # the bias before t_start
     saturated = 0
     for t in range(a.shape[0]):
-        b = bias * (t0 + t >= t_start)
+        b = bias if t0 + t >= t_start else none
         for c in range(0, a.shape[1], m):
             i, x = first + c, a[t, c:c + m]
             vv = v[i:i + m]

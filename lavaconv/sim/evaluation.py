@@ -100,7 +100,7 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray | None, timesteps: Seque
                 spikes[t][name] = spikes[t].get(name, 0.0) + n
             if per_neuron:
                 for name, c in res.counts_at[t].items():
-                    per[("n", t, name)] += c.sum(dim=0).double().cpu().numpy()
+                    per[("n", t, name)] += c.cpu().numpy().sum(axis=0)  # (torch's: 7x slower)
                 events = (res.input_counts[t] if res.input_counts is not None
                           else (payload[:t] != 0).sum(dim=0))
                 per[("i", t)] += events.sum(dim=0).double().cpu().numpy()

@@ -667,15 +667,10 @@ def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor, tally: tuple) -
         return sum(kernels.lif_chunk(kernels.flat(a, order), t0, b0 * size, node.t_start, bias,
                                      vth, u, v, floor, spikes, tally) for t0, b0, a in chunks)
     memory, reset = np.zeros(len(v), dtype=np.int64), kernels.RESETS[node.reset]
-    if not integer:
-        for t0, b0, a in chunks:
-            kernels.if_chunk_float(kernels.flat(a, order), t0, b0 * size, node.t_start, bias,
-                                   vth, v, memory, node.burst, reset, spikes, tally)
-        return 0
-    lo, hi = state_bounds(net, node)
-    return sum(kernels.if_chunk_int(kernels.flat(a, order), t0, b0 * size, node.t_start,
-                                    THRESHOLD_SHIFT + node.a_exp, bias, vth, v, memory, lo, hi,
-                                    node.burst, reset, spikes, tally) for t0, b0, a in chunks)
+    return sum(kernels.if_chunk(kernels.flat(a, order), t0, b0 * size, node.t_start,
+                                THRESHOLD_SHIFT + node.a_exp, bias, vth, v, memory,
+                                state_bounds(net, node), node.burst, reset, spikes, tally)
+               for t0, b0, a in chunks)
 
 
 def _lif_fire(node: IF, chunks, steps: int, out: torch.Tensor) -> int:

@@ -25,7 +25,7 @@ import torch
 
 from lavaconv.ir.stock import FLOOR, U_HALF, V_LIMIT
 
-#: reset codes of :func:`if_chunk_float` and :func:`if_chunk_int`
+#: reset codes of :func:`if_chunk`
 RESETS = {"subtract": 0, "zero": 1, "snm": 2}
 
 
@@ -176,48 +176,42 @@ def _fire(v, vth, one, burst, reset, memory, out, counts):
 
 
 @numba.njit(cache=True, nogil=True)
-def if_chunk_float(a, t0, first, t_start, bias, vth, v, memory, burst, reset, out, tally):
-    """Steps ``t0 .. t0 + len(a) - 1`` of :class:`~lavaconv.ir.network.IF` in float mode
-    (float32 throughout, as :func:`lavaconv.sim.engine.integrate_and_fire` on the current of
+def if_chunk(a, t0, first, t_start, gain, bias, vth, v, memory, bounds, burst, reset, out,
+             tally):
+    """Steps ``t0 .. t0 + len(a) - 1`` of :class:`~lavaconv.ir.network.IF` (as
+    :func:`lavaconv.sim.engine.integrate_and_fire` on the current of
     :class:`lavaconv.sim.engine._Current`) for neurons ``first ..`` (whole items) on their
-    synaptic input ``a`` (k, n): v += a + bias (the bias from step ``t_start``), then fire
-    (-burst .. burst spikes into ``out`` (T, N), events into ``tally`` as :func:`lif_chunk`)
-    and reset (codes :data:`RESETS`; ``memory`` (N,) int64: SNM's spike memory)."""
+    synaptic input ``a`` (k, n). Float mode (``bounds`` None, ``v`` float32): v += a + bias, in
+    float32. Integer mode (``bounds`` (lo, hi), ``v`` int64, exact): v += G(a) + bias with
+    ``G`` the gain ``2**gain`` (a floor shift when negative), then v saturates to the bounds.
+    The bias from step ``t_start``; then fire (-burst .. burst spikes into ``out`` (T, N),
+    events into ``tally`` as :func:`lif_chunk`) and reset (codes :data:`RESETS`; ``memory``
+    (N,) int64: SNM's spike memory). Returns the neuron-steps saturated. (numba compiles the
+    two modes apart: a branch on an argument that is None is pruned.)"""
     m = vth.shape[0]
     interval, per_step, counts = tally
     none = np.zeros_like(bias)  # the bias before t_start
-    for t in range(a.shape[0]):
-        b = bias if t0 + t >= t_start else none
-        for c in range(0, a.shape[1], m):
-            i, x = first + c, a[t, c:c + m]
-            vv = v[i:i + m]
-            for j in range(m):
-                vv[j] += x[j] + b[j]
-            per_step[t0 + t] += _fire(vv, vth, np.float32(1), burst, reset, memory[i:i + m],
-                                      out[t0 + t, i:i + m], counts[interval[t0 + t], i:i + m])
-
-
-@numba.njit(cache=True, nogil=True)
-def if_chunk_int(a, t0, first, t_start, gain, bias, vth, v, memory, lo, hi, burst, reset,
-                 out, tally):
-    """:func:`if_chunk_float` in integer mode (int64, exact): v += G(a) + bias with ``G`` the
-    gain ``2**gain`` (a floor shift when negative), then v saturates to ``[lo, hi]``. Returns
-    the neuron-steps saturated."""
-    m = vth.shape[0]
-    interval, per_step, counts = tally
-    none = np.zeros_like(bias)  # the bias before t_start
+    if bounds is None:
+        one = np.float32(1)
+    else:
+        one = np.int64(1)
     saturated = 0
     for t in range(a.shape[0]):
         b = bias if t0 + t >= t_start else none
         for c in range(0, a.shape[1], m):
             i, x = first + c, a[t, c:c + m]
             vv = v[i:i + m]
-            for j in range(m):
-                g = np.int64(x[j])
-                w = vv[j] + (g << gain if gain >= 0 else g >> -gain) + b[j]
-                saturated += (w < lo) + (w > hi)
-                vv[j] = min(max(w, lo), hi)
-            per_step[t0 + t] += _fire(vv, vth, np.int64(1), burst, reset, memory[i:i + m],
+            if bounds is None:
+                for j in range(m):
+                    vv[j] += x[j] + b[j]
+            else:
+                lo, hi = bounds
+                for j in range(m):
+                    g = np.int64(x[j])
+                    w = vv[j] + (g << gain if gain >= 0 else g >> -gain) + b[j]
+                    saturated += (w < lo) + (w > hi)
+                    vv[j] = min(max(w, lo), hi)
+            per_step[t0 + t] += _fire(vv, vth, one, burst, reset, memory[i:i + m],
                                       out[t0 + t, i:i + m], counts[interval[t0 + t], i:i + m])
     return saturated
 

@@ -14,7 +14,7 @@ from lavaconv.lava import run_stock
 from lavaconv.lava.fused import FusedNetwork
 from lavaconv.lava.graph import lava_shape, to_lava
 from lavaconv.lava.stock import build_stock, describe
-from lavaconv.sim import lif
+from lavaconv.sim import kernels, lif
 from lavaconv.sim.engine import encode_input, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,6 +309,17 @@ def test_lif_loop_matches_lavas_update_at_the_wrap_edges():
                                torch.as_tensor(u0), out)
     assert np.array_equal(out.numpy(), np.array(want))
     assert not mirrored[0] and np.array(want)[:, 4:8].sum() > 0  # the edges were reached
+    # the CPU kernel, items of 4 neurons: it steps an item's floor neurons as the mirror of its
+    # neurons until one u lands on 2**23 (item 0 at step 0), then in full
+    m = 4
+    keep = np.ones(n // m, dtype=np.bool_)
+    spikes = np.zeros((steps, n), dtype=np.uint8)
+    tally = (np.zeros(steps, np.int64), np.zeros(steps), np.zeros((1, n), np.float32))
+    kernels.lif_chunk((cur >> 6).astype(np.float32), 0, 0, 0, np.zeros(m, np.int64),
+                      np.full(m, theta), np.stack([u0, -u0]).astype(np.int32),
+                      np.zeros((2, n), np.int32), np.zeros(n, np.uint8), keep, spikes, tally)
+    assert np.array_equal(spikes, np.array(want))
+    assert not keep[0] and keep[2:].all()
 
 
 def test_fused_model_matches_the_stock_models_beyond_what_build_stock_emits():

@@ -664,8 +664,10 @@ def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor, tally: tuple) -
     if is_lif(net, node):
         u = np.stack([v, -v]).astype(np.int32)  # the floor neuron's u is -u
         v, floor = np.zeros_like(u), np.zeros(len(v), dtype=np.uint8) if node.floor else None
+        mirrored = np.ones(batch, dtype=np.bool_)
         return sum(kernels.lif_chunk(kernels.flat(a, order), t0, b0 * size, node.t_start, bias,
-                                     vth, u, v, floor, spikes, tally) for t0, b0, a in chunks)
+                                     vth, u, v, floor, mirrored, spikes, tally)
+                   for t0, b0, a in chunks)
     memory, reset = np.zeros(len(v), dtype=np.int64), kernels.RESETS[node.reset]
     return sum(kernels.if_chunk(kernels.flat(a, order), t0, b0 * size, node.t_start,
                                 THRESHOLD_SHIFT + node.a_exp, bias, vth, v, memory,

@@ -8,7 +8,7 @@ step's events are tallied as the spikes are written. The arithmetic is the torch
 (:func:`lavaconv.sim.engine.integrate_and_fire`, :mod:`lavaconv.sim.lif`), which stay the
 reference and the path for tensors off the CPU: float mode in float32, integer mode in int64
 (exact), the stock LIF pair as Lava's ``PyLifModelBitAcc`` update transcribed (int64
-arithmetic on int32 state, its floor neuron stepped in full).
+arithmetic on int32 state; the floor neuron's u as the mirror of the neuron's while that is exact).
 
 Arrays are flat in the memory order of the population's spike train (:func:`flat`): ``(T, B *
 M)``, the batch outermost, so an item's ``M`` neurons are one row and the per-neuron
@@ -65,22 +65,36 @@ def _wrapped(u, x):
 
 
 @numba.njit(cache=True, nogil=True)
-def _lif_u(x, u, floor_u):
+def _lif_u(x, u, floor_u, mirrored):
     """The u half of one ``PyLifModelBitAcc`` update (du = 0) of a row of neurons on input ``x``
     (``A << 6``, int64), and of their floor neurons' on ``-x`` where ``floor_u`` is not None
-    (int32, in place); returns how many of the neurons' u wrapped. (Two written arrays at most a
-    loop, so that it vectorizes.)"""
+    (int32, in place); returns how many of the neurons' u wrapped, and whether the floor
+    neurons' u are still the neurons' mirror. (Two written arrays at most a loop, so that it
+    vectorizes.)
+
+    ``mirrored``: every floor u is the neuron's ``-u``. ``wrap24`` into (-2**23, 2**23] is odd
+    except at 2**23 (``L`` is odd), so it then stays ``-u`` unless the new u is 2**23, where the
+    floor's is 2**23 as well: the floor's update is that select, and the row is stepped in full
+    from then on (rows hardly ever leave the mirror)."""
     events = 0
     if floor_u is None:
         for j in range(len(u)):
             u[j], e = _wrapped(u[j], x[j])
             events += e
-        return events
+        return events, mirrored
+    if mirrored:
+        hits = 0
+        for j in range(len(u)):
+            w, e = _wrapped(u[j], x[j])
+            u[j], floor_u[j] = w, U_HALF if w == U_HALF else -w
+            events += e
+            hits += w == U_HALF
+        return events, hits == 0
     for j in range(len(u)):
         u[j], e = _wrapped(u[j], x[j])
         floor_u[j], _ = _wrapped(floor_u[j], -x[j])
         events += e
-    return events
+    return events, False
 
 
 @numba.njit(cache=True, nogil=True)
@@ -100,12 +114,13 @@ def _lif_v(u, theta, v, s):
 
 
 @numba.njit(cache=True, nogil=True)
-def lif_chunk(a, t0, first, t_start, bias, theta, u, v, floor_spikes, out, tally):
+def lif_chunk(a, t0, first, t_start, bias, theta, u, v, floor_spikes, mirrored, out, tally):
     """Steps ``t0 .. t0 + len(a) - 1`` of the stock soft-reset LIF and its floor neuron
     (:mod:`lavaconv.ir.stock`) for neurons ``first ..`` (whole items): ``a`` (k, n) their synaptic
     sums; ``bias``, ``theta`` (M,) int64 in ``A << 6`` units; state ``u``, ``v`` (2, N) int32, the
-    neuron's and its floor neuron's, and the floor neuron's last spikes (N,) uint8 (``None``:
-    no floor neuron), updated; spikes into ``out`` (T, N) (read back as the last step's), and
+    neuron's and its floor neuron's, the floor neuron's last spikes (N,) uint8 (``None``:
+    no floor neuron) and whether each item's floor u are still the mirror of its u (B,) bool
+    (see :func:`_lif_u`), updated; spikes into ``out`` (T, N) (read back as the last step's), and
     their events into ``tally`` = (interval (T,) int64, events per step (T,) float64, events
     per neuron and interval (C, N) float32): step t's go to interval ``interval[t]``. Returns
     the neuron-steps whose u wrapped plus those whose v clipped (the floor neuron's not
@@ -127,13 +142,14 @@ def lif_chunk(a, t0, first, t_start, bias, theta, u, v, floor_spikes, out, tally
             if floor_spikes is None:
                 for j in range(m):
                     x[j] = np.int64(row[j]) * 64 + b[j] - (theta[j] if last[j] else 0)
-                events += _lif_u(x, u[0, lo:hi], None)
+                events += _lif_u(x, u[0, lo:hi], None, False)[0]
             else:
                 sf = floor_spikes[lo:hi]
                 for j in range(m):
                     x[j] = (np.int64(row[j]) * 64 + b[j] - (theta[j] if last[j] else 0)
                             + (lift[j] if sf[j] else 0))
-                events += _lif_u(x, u[0, lo:hi], u[1, lo:hi])
+                e, mirrored[lo // m] = _lif_u(x, u[0, lo:hi], u[1, lo:hi], mirrored[lo // m])
+                events += e
                 _lif_v(u[1, lo:hi], lift, v[1, lo:hi], sf)
             events += _lif_v(u[0, lo:hi], theta, v[0, lo:hi], s)
             per_step[t0 + t] += _tally(s, counts[interval[t0 + t], lo:hi])

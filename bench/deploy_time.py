@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from lavaconv.app.deploy import DeployConfig, run_deploy  # noqa: E402
 from lavaconv.app.session import RunConfig, prepare  # noqa: E402
+from lavaconv.sim import heap  # noqa: E402
 from lavaconv.sim.evaluation import auto_batch  # noqa: E402
 
 
@@ -37,6 +38,7 @@ def main() -> int:
     ap.add_argument("--lava-samples", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    heap.keep_freed_memory()  # as the CLI does
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "deploy"
         start = time.perf_counter()

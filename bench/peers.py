@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 import lavaconv  # noqa: E402
 from examples import models  # noqa: E402
 from lavaconv.ir.network import IF, MaxPool, Network, SigmaDelta  # noqa: E402
-from lavaconv.sim import evaluation  # noqa: E402
+from lavaconv.sim import evaluation, heap  # noqa: E402
 
 STEPS = [16, 32, 64, 128]
 MODELS = {"vgg": ("vgg_fmnist.pt2", models.VGGStyle, "vgg_state_dict.pt"),
@@ -219,6 +219,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "peers.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    heap.keep_freed_memory()  # as the CLI does
     torch.manual_seed(SEED)
     from importlib.metadata import version
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import peers  # noqa: E402
 
 import lavaconv  # noqa: E402
-from lavaconv.sim import engine, evaluation  # noqa: E402
+from lavaconv.sim import engine, evaluation, heap  # noqa: E402
 
 SJ_CALIB_ITEMS = 2000  # SpikingJelly's thresholds: speed does not depend on them
 
@@ -144,6 +144,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    heap.keep_freed_memory()  # as the CLI does
     results = {"items": args.items, "timesteps": args.timesteps, "rounds": args.rounds,
                "threads": args.threads, "cpu_count": os.cpu_count(),
                "load_before": os.getloadavg()[0], "models": {}}

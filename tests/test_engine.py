@@ -1,13 +1,15 @@
 """Fast engine against closed-form neuron dynamics and hand-computed examples."""
 
 import math
+import platform
+import resource
 
 import numpy as np
 import pytest
 import torch
 
 from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
-from lavaconv.sim import engine
+from lavaconv.sim import engine, heap
 from lavaconv.sim.engine import encode_input, maxpool_gate, simulate
 
 
@@ -284,3 +286,15 @@ def test_int_plan_bounds_the_unshifted_sum():
              "output": Readout((1,), np.zeros(1, dtype=np.int64), 1, a_exp=-6, lif=True)}
     net = Network(nodes, [Dense("x", "output", np.full((1, 1024), 2**14 - 1))], numeric="int")
     assert engine._plan(net, net.synapses[0]).dtype == torch.float64
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings")
+def test_freed_memory_is_kept_and_reused_without_page_faults():
+    def faults_of_a_fresh_buffer() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(64 << 20, dtype=torch.uint8)  # touched, then freed
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    assert heap.keep_freed_memory()
+    faults_of_a_fresh_buffer()  # the heap grows once
+    assert faults_of_a_fresh_buffer() < 100  # 64 MB in 4 KB pages would be 16,384

@@ -300,7 +300,9 @@ def _run(args: argparse.Namespace) -> int:
             signal.setitimer(signal.ITIMER_REAL, args.max_seconds)
         from lavaconv import distributed
         from lavaconv.app import commands
+        from lavaconv.sim import heap
 
+        heap.keep_freed_memory()
         distributed.init()
         return getattr(commands, args.command)(args)
     except KeyboardInterrupt:

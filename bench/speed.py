@@ -46,12 +46,19 @@ SJ_CALIB_ITEMS = 2000  # SpikingJelly's thresholds: speed does not depend on the
 
 
 def load_engine(checkout: Path):
-    """``lavaconv/sim/engine.py`` of another checkout, as a module of its own."""
-    spec = importlib.util.spec_from_file_location("baseline_engine",
-                                                  checkout / "lavaconv" / "sim" / "engine.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    """``lavaconv/sim/engine.py`` of another checkout, as a module of its own, with that
+    checkout's ``kernels.py`` where it has one (their signatures change together)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(
+            f"baseline_{name}", checkout / "lavaconv" / "sim" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        return module
+
+    module = load("engine")
+    if (checkout / "lavaconv" / "sim" / "kernels.py").exists():
+        module.kernels = load("kernels")
     return module
 
 

@@ -242,6 +242,13 @@ def _apply_int8(syn: Synapse, s: torch.Tensor, k: _Int8) -> torch.Tensor:
         syn.groups, 1.0, 0, torch.float32, "none", [], "")
 
 
+def _scales_bytes(syn: Synapse, plan: _Plan, train: torch.Tensor) -> bool:
+    """Whether ``syn`` scales each channel of a byte train (0/1: every product exact), which
+    :func:`_input_chunks` adds to the sum in one pass (an identity shortcut)."""
+    return (train.dtype == torch.uint8 and isinstance(syn, Conv) and _pointwise(syn)
+            and plan.weight is not None and not plan.wraps)
+
+
 def _apply_synapse(syn: Synapse, s: torch.Tensor, plan: _Plan) -> torch.Tensor:
     """Synaptic output for a batch of source payloads ``s`` (N, *src_shape)."""
     dtype, wraps, shift, int8, _ = plan
@@ -317,6 +324,10 @@ def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
                     if i not in fixed:
                         fixed[i] = _apply_synapse(syn, s[0], plan)
                     a = fixed[i][b0:b1]
+                elif i and lo < t1 and _scales_bytes(syn, plan, s):  # one pass, into the sum
+                    total[lo - t0:].addcmul_(s[lo - late:t1 - late, b0:b1],
+                                             plan.weight.reshape(1, 1, -1, 1, 1))
+                    continue
                 elif lo < t1:
                     x = _batch(s[lo - late:t1 - late, b0:b1],
                                torch.uint8 if plan.int8 is not None else plan.dtype,

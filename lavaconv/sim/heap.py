@@ -3,7 +3,7 @@
 A simulation allocates and frees its spike trains (tens to hundreds of megabytes a batch) and
 its chunks' buffers (megabytes, thousands of times). glibc's malloc hands large blocks back to
 the kernel (``mmap``/``munmap``, and trimming the heap's top), so every new buffer faults its
-pages in again: 10-18 % of an evaluation's time on the 2-core machine of docs/speed.md, as
+pages in again: 5-18 % of an evaluation's time on the 2-core machine of docs/speed.md, as
 system time. Serving every block from the heap and keeping up to :data:`KEEP` bytes free at its
 top removes those faults; the process's resident size then stays at its peak.
 """

@@ -370,3 +370,11 @@ def unpack_counts(words: np.ndarray, counts: int, steps: int) -> np.ndarray:
     bits, per, _ = count_words(counts, steps)
     fields = np.rint(np.asarray(words)).astype(np.int64).reshape(-1, 1) >> (np.arange(per) * bits)
     return (fields & ((1 << bits) - 1)).reshape(-1)[:counts]
+
+
+def unpack_shaped(words: np.ndarray, shapes: list[tuple[int, ...]], steps: int
+                  ) -> list[np.ndarray]:
+    """The packed spike counts of several processes, one array of each ``shapes`` entry."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    flat = np.split(unpack_counts(words, sum(sizes), steps), np.cumsum(sizes)[:-1])
+    return [x.reshape(s) for x, s in zip(flat, shapes, strict=True)]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from lavaconv.errors import LavaconvError
 from lavaconv.ir.network import Network
 from lavaconv.lava import fused, lifecycle
-from lavaconv.lava.dynamics import unpack_counts
+from lavaconv.lava.dynamics import unpack_shaped
 from lavaconv.lava.graph import LavaGraph, build, to_lava
 from lavaconv.lava.hardware import loihi2_available, missing_hw_models
 from lavaconv.lava.procs import models
@@ -103,10 +103,8 @@ def _read(graph: LavaGraph, fast: bool) -> tuple[dict[str, np.ndarray], np.ndarr
     counted = [n for n, p in graph.nodes.items() if isinstance(p, COUNTED)]
     if fast:
         shapes = [graph.nodes[n].count.shape for n in counted]
-        sizes = [int(np.prod(s)) for s in shapes]
-        flat = np.split(unpack_counts(graph.top.count.get(), sum(sizes), graph.steps),
-                        np.cumsum(sizes)[:-1])
-        counts = {n: x.reshape(s) for n, x, s in zip(counted, flat, shapes, strict=True)}
+        counts = dict(zip(counted, unpack_shaped(graph.top.count.get(), shapes, graph.steps),
+                          strict=True))
         score = graph.top.score.get()
     else:
         counts = {n: graph.nodes[n].count.get() for n in counted}

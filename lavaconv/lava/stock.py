@@ -49,7 +49,7 @@ from lavaconv.errors import LavaconvError
 from lavaconv.ir import stock
 from lavaconv.ir.network import IF, Conv, Dense, Input, Network, Readout
 from lavaconv.lava import lifecycle
-from lavaconv.lava.dynamics import unpack_counts
+from lavaconv.lava.dynamics import unpack_shaped
 from lavaconv.lava.fused import kernel
 from lavaconv.lava.graph import _check_int_weights, _connect, lava_shape, lava_synapse, to_lava
 from lavaconv.lava.hardware import loihi2_available
@@ -331,12 +331,9 @@ def run_stock(net: Network, payload: np.ndarray, target: str = "sim", progress: 
                 readout.append(to_lava(np.rint(v).astype(np.int64), out.shape).reshape(-1))
                 if fast:
                     shapes = [graph.neurons[n].s_out.shape for n in counted]
-                    sizes = [int(np.prod(s)) for s in shapes]
-                    flat = np.split(unpack_counts(top.count.get(), sum(sizes), graph.steps),
-                                    np.cumsum(sizes)[:-1])
-                    for name, x, shape in zip(counted, flat, shapes, strict=True):
-                        counts[name].append(to_lava(np.rint(x).astype(np.int64).reshape(shape),
-                                                    net.nodes[name].shape))
+                    for name, x in zip(counted, unpack_shaped(top.count.get(), shapes,
+                                                              graph.steps), strict=True):
+                        counts[name].append(to_lava(x, net.nodes[name].shape))
                 elif k + 1 < graph.items:
                     for var, value in graph.initial:
                         var.set(np.asarray(value))

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lavaconv.ir.network import IF, Conv, Dense, Input, MaxPool, Network, Readout
 from lavaconv.sim import engine
@@ -287,6 +288,45 @@ def test_int_plan_bounds_the_unshifted_sum():
              "output": Readout((1,), np.zeros(1, dtype=np.int64), 1, a_exp=-6, lif=True)}
     net = Network(nodes, [Dense("x", "output", np.full((1, 1024), 2**14 - 1))], numeric="int")
     assert engine._plan(net, net.synapses[0]).dtype == torch.float64
+
+
+@pytest.mark.parametrize("numeric", ["float", "int"])
+def test_synaptic_input_skips_silent_steps_and_reads_only_strided_entries(numeric):
+    """A population fed by a 3x3 and a 1x1 stride-2 convolution (delay 1) of a train whose
+    first spikes come at step 5: the chunks start with one zero chunk up to the first step a
+    synapse can deliver (a broadcast view) and then equal the convolutions of the whole train
+    (float64, the full stride-2 convolution: the 1x1 one reads the subsample)."""
+    rng = np.random.default_rng(3)
+    weight = (lambda *s: np.round(rng.normal(0, 20, s))) if numeric == "int" else (
+        lambda *s: rng.normal(0, 0.5, s))
+    nodes = {"s": Input((4, 8, 8), "poisson"), "b": IF((3, 4, 4), np.zeros(()), np.ones(()),
+                                                        "subtract")}
+    syns = [Conv("s", "b", weight(3, 4, 3, 3), stride=(2, 2), padding=(1, 1)),
+            Conv("s", "b", weight(3, 4, 1, 1), stride=(2, 2), delay=1)]
+    net = Network(nodes, syns, numeric=numeric)
+    steps, items = 12, 5
+    train = engine._empty((steps, items, 4, 8, 8), torch.zeros(()), torch.uint8)
+    train[:] = torch.as_tensor(rng.random((steps, items, 4, 8, 8)) < 0.3)
+    train[:5] = 0
+    read, view = engine._strided_read(syns[1], train)
+    assert read.stride == (1, 1) and view.shape == (steps, items, 4, 4, 4)
+    assert engine._strided_read(syns[0], train) == (syns[0], train)
+    chunks = list(engine._input_chunks(net, "b", {"s": train}, set(), items=2,
+                                       first={"s": 5}))
+    zero = chunks[0][2]
+    assert chunks[0][:2] == (0, 0) and zero.shape[0] == 6 and zero.stride(0) == 0
+    assert not zero.any()
+    s = train.double()
+    want = torch.zeros(steps, items, 3, 4, 4, dtype=torch.float64)
+    for syn, late in zip(syns, (1, 2), strict=True):
+        w = torch.as_tensor(syn.weight, dtype=torch.float64)
+        a = F.conv2d(s.flatten(0, 1), w, stride=2, padding=syn.padding).unflatten(0, (steps, items))
+        want[late:] += a[:steps - late]
+    got = torch.zeros_like(want)
+    for t0, b0, a in chunks:
+        got[t0:t0 + len(a), b0:b0 + a.shape[1]] = a.double()
+    assert torch.equal(got, want) if numeric == "int" else torch.allclose(got, want, atol=1e-5)
+    assert want[6].abs().sum() > 0  # the first step it delivers
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings")

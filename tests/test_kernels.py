@@ -81,11 +81,13 @@ def test_kernels_equal_the_torch_loops(monkeypatch, numeric, reset, burst, floor
     assert (slow.saturated["c1"] > 0) == (numeric == "int")  # v saturated, u wrapped
 
 
-@pytest.mark.parametrize("numeric", ["float", "int"])
-def test_identity_shortcut_added_in_one_pass_equals_the_torch_loops(monkeypatch, numeric):
+@pytest.mark.parametrize("numeric, reset", [("float", "subtract"), ("int", "subtract"),
+                                            ("int", "lif")])
+def test_identity_shortcut_added_by_the_kernels_equals_the_torch_loops(monkeypatch, numeric,
+                                                                       reset):
     """A residual population: a 3x3 convolution plus a per-channel scale of the block's input
-    (an identity shortcut), which the CPU path adds from the byte train into the sum in one
-    pass; the torch loops (float trains) convolve it as a synapse of its own."""
+    (an identity shortcut), which the CPU kernels add from the byte train themselves; the torch
+    loops (float trains) convolve it as a synapse of its own. IF and the stock LIF pair."""
     rng = np.random.default_rng(5)
     integer = numeric == "int"
 
@@ -93,18 +95,20 @@ def test_identity_shortcut_added_in_one_pass_equals_the_torch_loops(monkeypatch,
         w = rng.normal(0, 0.6, shape)
         return np.round(w * 40) if integer else w
 
-    unit = 2 ** 9 if integer else 1.0
+    unit = (2 ** 12 if reset == "lif" else 2 ** 9) if integer else 1.0
     nodes = {"x": Input((1, 6, 6), payload_bits=8 if integer else 0),
-             "a": IF((4, 6, 6), np.zeros(()), np.full((), unit), "subtract"),
-             "b": IF((4, 6, 6), np.zeros(()), np.full((), unit), "subtract"),
+             "a": IF((4, 6, 6), np.zeros(()), np.full((), unit), reset),
+             "b": IF((4, 6, 6), np.zeros(()), np.full((), unit), reset),
              "output": Readout((3,), np.zeros(3))}
     shortcut = weights(4, 1, 1, 1)
     synapses = [Conv("x", "a", weights(4, 1, 3, 3), padding=(1, 1)),
                 Conv("a", "b", weights(4, 4, 3, 3), padding=(1, 1)),
                 Conv("a", "b", shortcut, groups=4), Dense("b", "output", weights(3, 144))]
     net = Network(nodes, synapses, numeric=numeric)
-    assert engine._scales_bytes(synapses[2], engine._plan(net, synapses[2], torch.zeros(
-        1, 1, 4, 6, 6, dtype=torch.uint8)), torch.zeros(1, dtype=torch.uint8))
+    train = engine._empty((20, 5, 4, 6, 6), torch.zeros(()), torch.uint8)
+    fused = engine._fused_shortcut(net, "b", {"a": train}, train)
+    assert fused[0] is synapses[2] and fused[1][2] == 1  # (synapse, (train, scale, arrival))
+    assert torch.equal(fused[1][1], torch.as_tensor(shortcut.reshape(4), dtype=torch.float32))
     payload = engine.encode_input(net, rng.uniform(-1, 1, (5, 1, 6, 6)) * (60 if integer else 1),
                                   20)
     fast = engine.simulate(net, payload, [20], counts_at=True)

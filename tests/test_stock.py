@@ -315,9 +315,10 @@ def test_lif_loop_matches_lavas_update_at_the_wrap_edges():
     keep = np.ones(n // m, dtype=np.bool_)
     spikes = np.zeros((steps, n), dtype=np.uint8)
     tally = (np.zeros(steps, np.int64), np.zeros(steps), np.zeros((1, n), np.float32))
-    kernels.lif_chunk((cur >> 6).astype(np.float32), 0, 0, 0, np.zeros(m, np.int64),
+    kernels.lif_chunk((cur >> 6).astype(np.float32), steps, 0, 0, 0, np.zeros(m, np.int64),
                       np.full(m, theta), np.stack([u0, -u0]).astype(np.int32),
-                      np.zeros((2, n), np.int32), np.zeros(n, np.uint8), keep, spikes, tally)
+                      np.zeros((2, n), np.int32), np.zeros(n, np.uint8), keep, spikes, tally,
+                      None)
     assert np.array_equal(spikes, np.array(want))
     assert not keep[0] and keep[2:].all()
 

@@ -27,6 +27,7 @@ weights are int8 times a power of two per output channel runs as a oneDNN u8 x s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -299,37 +300,79 @@ def _empty(shape: Sequence[int], like: torch.Tensor, dtype: torch.dtype) -> torc
     return like.new_empty((steps, batch, h, w, ch), dtype=dtype).permute(0, 1, 4, 2, 3)
 
 
+def _arrival(syn: Synapse) -> int:
+    """The step at which ``syn`` delivers its source's step 0: one step of delay plus its own."""
+    return 1 + syn.delay
+
+
+def _strided_read(syn: Synapse, train: torch.Tensor) -> tuple[Synapse, torch.Tensor]:
+    """``syn`` and what it reads of its source ``train`` (T, B, *shape): a 1x1 unpadded
+    convolution with a stride reads every stride-th entry, so it runs at stride 1 on that
+    subsample (a view; only those entries are converted for the convolution)."""
+    if (isinstance(syn, Conv) and syn.weight.shape[2:] == (1, 1)
+            and tuple(syn.padding) == (0, 0) and tuple(syn.stride) != (1, 1)):
+        (sh, sw), syn = syn.stride, dataclasses.replace(syn, stride=(1, 1))
+        return syn, train[..., ::sh, ::sw]
+    return syn, train
+
+
+def _steady(a: torch.Tensor, steps: int) -> torch.Tensor:
+    """``a`` (b, ...) as every one of ``steps`` steps' entries: a broadcast view (k, b, ...)
+    whose first dimension has stride 0 (the CPU kernels read one row for every step)."""
+    return a.unsqueeze(0).expand(steps, *a.shape)
+
+
 def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
-                  constant: set[str], items: int | None = None):
+                  constant: set[str], items: int | None = None,
+                  first: dict[str, int] | None = None, fused: Synapse | None = None):
     """:func:`synaptic_input` in chunks ``(first step, first item, a (k, b, ...))`` of about
     CHUNK_SIZE entries each, small enough to be summed and consumed from cache: blocks of
-    ``items`` items (all when None), each in consecutive blocks of steps."""
-    syns = net.inputs_of(name)
-    plans = [_plan(net, syn, trains[syn.source]) for syn in syns]  # int8 weights packed once
+    ``items`` items (all when None), each in consecutive blocks of steps. ``first``: each
+    train's first step with an event (0 where absent): a synapse delivers nothing before its
+    :func:`_arrival` after it, and the steps before any synapse delivers are one chunk of zeros;
+    a population whose one synapse has a constant (analog) source gets its output as one chunk;
+    both are broadcast views (:func:`_steady`). ``fused``: a synapse left out (the kernels add
+    it)."""
+    first = first or {}
+    steps, batch = trains[net.inputs_of(name)[0].source].shape[:2]
+
+    def arrives(syn: Synapse) -> int:  # the first step it may deliver a nonzero entry
+        return min(steps, _arrival(syn) + (syn.source not in constant and first.get(syn.source, 0)))
+
+    syns = sorted((_strided_read(syn, trains[syn.source]) for syn in net.inputs_of(name)
+                   if syn is not fused), key=lambda read: arrives(read[0]))  # earliest first
+    plans = [_plan(net, syn, s) for syn, s in syns]  # int8 weights packed once
     dtype = _widest(p.dtype for p in plans)
     shape = net.nodes[name].shape
-    steps, batch = trains[syns[0].source].shape[:2]
+    late = [arrives(syn) for syn, _ in syns]
+    start = min(late)
+    steady = len(syns) == 1 and syns[0][0].source in constant
     items = batch if items is None else max(1, min(items, batch))
-    per = max(1, CHUNK_SIZE // max(1, items * int(np.prod(shape))))
+    per = steps if steady else max(1, CHUNK_SIZE // max(1, items * int(np.prod(shape))))
     fixed = {}  # constant (analog) sources: the same output every step, computed once
     for b0 in range(0, batch, items):
         b1 = min(b0 + items, batch)
-        for t0 in range(0, steps, per):
+        if start:
+            yield 0, b0, _steady(_empty((1, b1 - b0, *shape), syns[0][1], dtype)[0].zero_(),
+                                 start)
+        for t0 in range(start, steps, per):
             t1 = min(t0 + per, steps)
             total = None
-            for i, (syn, plan) in enumerate(zip(syns, plans, strict=True)):
-                s, late = trains[syn.source], 1 + syn.delay  # late: first step it delivers
-                lo = min(max(t0, late), t1)
+            for i, ((syn, s), plan) in enumerate(zip(syns, plans, strict=True)):
+                lo, arrival = min(max(t0, late[i]), t1), _arrival(syn)
                 if syn.source in constant:
                     if i not in fixed:
-                        fixed[i] = _apply_synapse(syn, s[0], plan)
-                    a = fixed[i][b0:b1]
+                        fixed[i] = _apply_synapse(syn, s[0], plan).to(dtype)
+                    a = _steady(fixed[i][b0:b1], t1 - lo)
+                    if steady:
+                        total = a
+                        continue
                 elif i and lo < t1 and _scales_bytes(syn, plan, s):  # one pass, into the sum
-                    total[lo - t0:].addcmul_(s[lo - late:t1 - late, b0:b1],
+                    total[lo - t0:].addcmul_(s[lo - arrival:t1 - arrival, b0:b1],
                                              plan.weight.reshape(1, 1, -1, 1, 1))
                     continue
                 elif lo < t1:
-                    x = _batch(s[lo - late:t1 - late, b0:b1],
+                    x = _batch(s[lo - arrival:t1 - arrival, b0:b1],
                                torch.uint8 if plan.int8 is not None else plan.dtype,
                                isinstance(syn, Conv) or plan.int8 is not None)
                     a = _apply_synapse(syn, x, plan)
@@ -347,13 +390,16 @@ def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
 
 
 def synaptic_input(
-    net: Network, name: str, trains: dict[str, torch.Tensor], constant: set[str]
+    net: Network, name: str, trains: dict[str, torch.Tensor], constant: set[str],
+    first: dict[str, int] | None = None
 ) -> torch.Tensor:
     """``a[t] = sum_e syn_e(p_src[t-1-d_e])`` for all t at once, 0 before a synapse's first
     arrival ``1 + d_e`` (one step of delay per synapse plus its own ``delay``). Float32 or
-    float64; in int mode every entry is an exact integer."""
-    chunks = [a for _, _, a in _input_chunks(net, name, trains, constant)]
-    return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+    float64; in int mode every entry is an exact integer. ``first`` as :func:`_input_chunks`'s."""
+    chunks = [a for _, _, a in _input_chunks(net, name, trains, constant, first=first)]
+    if len(chunks) == 1 and chunks[0].stride(0) != 0:
+        return chunks[0]
+    return torch.cat(chunks)  # broadcast views as tensors of their own
 
 
 def _gain(a: torch.Tensor, a_exp: int) -> torch.Tensor:
@@ -595,6 +641,7 @@ def simulate(
     constant = {net.input_name} if inp.encoding == "analog" else set()
     result = SimResult({}, {}, {t: {} for t in checkpoints}, {},
                        counts_at={t: {} for t in checkpoints} if counts_at else None)
+    first: dict[str, int] = {}  # each train's first step with an event
     for name, node in net.nodes.items():
         if isinstance(node, Input):
             continue
@@ -603,8 +650,9 @@ def simulate(
                                         net.max_payload(node.source))
             tally = _count(trains[name], checkpoints, not net.is_binary(name))
             _record(result, name, trains[name], checkpoints, net.numeric, tally)
+            first[name] = _first_event(tally)
         elif isinstance(node, Readout):
-            a = synaptic_input(net, name, trains, constant)
+            a = synaptic_input(net, name, trains, constant, first)
             u = input_current(net, node, a)
             if is_lif(net, node):
                 result.readout, result.saturated[name] = _lif_scores(node, a, checkpoints)
@@ -614,7 +662,7 @@ def simulate(
             result.readout_input = u
             del a
         else:
-            trains[name] = _fire(net, name, trains, constant, result, checkpoints, probe)
+            trains[name] = _fire(net, name, trains, constant, first, result, checkpoints, probe)
         for src in [s for s, last in last_use.items() if last == name and s in trains]:
             del trains[src]
         if name == stop_after:
@@ -623,23 +671,28 @@ def simulate(
 
 
 def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: set[str],
-          result: SimResult, checkpoints: Sequence[int], probe: Probe | None) -> torch.Tensor:
-    """Run IF population ``name`` on its synaptic input, chunk by chunk; record its activity;
-    return the payload train it sends (float32; uint8 where binary, on the CPU kernels)."""
+          first: dict[str, int], result: SimResult, checkpoints: Sequence[int],
+          probe: Probe | None) -> torch.Tensor:
+    """Run IF population ``name`` on its synaptic input, chunk by chunk; record its activity
+    (and its first step with an event in ``first``); return the payload train it sends
+    (float32; uint8 where binary, on the CPU kernels)."""
     node = net.nodes[name]
     source = trains[net.inputs_of(name)[0].source]
     steps, batch = source.shape[:2]
     cpu = source.device.type == "cpu" and KERNELS  # binary trains as bytes there
     train = _empty((steps, batch, *node.shape), source,
                    torch.uint8 if cpu and net.is_binary(name) else torch.float32)
+    shortcut = _fused_shortcut(net, name, trains, train) if cpu and probe is None else None
     chunks = _input_chunks(net, name, trains, constant,
-                           max(1, STATE_SIZE // int(np.prod(node.shape))) if cpu else None)
+                           max(1, STATE_SIZE // int(np.prod(node.shape))) if cpu else None,
+                           first, shortcut and shortcut[0])
     if probe is not None:  # the probe needs the whole current
-        a = synaptic_input(net, name, trains, constant)
+        a = synaptic_input(net, name, trains, constant, first)
         u, chunks = input_current(net, node, a), [(0, 0, a)]
     if cpu:
         tally = _new_tally(train, checkpoints)
-        result.saturated[name] = _fire_cpu(net, node, chunks, train, tally)
+        result.saturated[name] = _fire_cpu(net, node, chunks, train, tally,
+                                           shortcut and shortcut[1])
     else:
         if is_lif(net, node):
             result.saturated[name] = _lif_fire(node, chunks, steps, train)
@@ -648,6 +701,7 @@ def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: se
                                                         train, state_bounds(net, node))
         tally = _count(train, checkpoints, not net.is_binary(name))
     _record(result, name, train, checkpoints, net.numeric, tally)
+    first[name] = _first_event(tally)
     if not np.all(node.payload == 1):
         train.mul_(_tensor(node.payload, train))
     if probe is not None:
@@ -655,11 +709,31 @@ def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: se
     return train
 
 
-def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor, tally: tuple) -> int:
+def _fused_shortcut(net: Network, name: str, trains: dict[str, torch.Tensor],
+                    out: torch.Tensor) -> tuple[Synapse, tuple] | None:
+    """An identity shortcut into population ``name`` (a per-channel scale of a byte train, see
+    :func:`_scales_bytes`) that the CPU kernels add to the other synapses' sums themselves
+    (:func:`lavaconv.sim.kernels._sums`: no pass over the sums): one whose source is laid out
+    like the population's train ``out``. The synapse and (its source train, its per-channel
+    scale in the sums' dtype, its arrival), or None."""
+    syns = net.inputs_of(name)
+    for syn in syns if len(syns) > 1 else ():
+        s = trains[syn.source]
+        plan = _plan(net, syn, s)
+        if (_scales_bytes(syn, plan, s) and s.shape == out.shape
+                and kernels.memory_order(s) == kernels.memory_order(out)):
+            dtype = _widest(_float_plan(net, other).dtype for other in syns if other is not syn)
+            return syn, (s, plan.weight.reshape(-1).to(dtype), _arrival(syn))
+    return None
+
+
+def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor, tally: tuple,
+              shortcut: tuple | None = None) -> int:
     """:func:`integrate_and_fire` or the stock LIF (:func:`_lif_fire`) on the CPU kernels of
-    :mod:`lavaconv.sim.kernels`, a chunk (a block of items and of steps) per call; spikes into
-    ``out``, their events into ``tally`` (:func:`_new_tally`); returns the neuron-steps saturated
-    (wrapped or clipped: stock LIF)."""
+    :mod:`lavaconv.sim.kernels`, a chunk (a block of items and of steps) per call, plus the
+    ``shortcut`` of :func:`_fused_shortcut` (the kernels add it); spikes into ``out``, their
+    events into ``tally`` (:func:`_new_tally`); returns the neuron-steps saturated (wrapped or
+    clipped: stock LIF)."""
     order = kernels.memory_order(out)
     spikes = kernels.flat(out, order)
     if not np.shares_memory(spikes, out.numpy()):
@@ -670,20 +744,31 @@ def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor, tally: tuple) -
         return kernels.per_neuron(torch.as_tensor(np.asarray(p)), node.shape, order, dtype)
 
     batch, size = out.shape[1], int(np.prod(node.shape))
+    if shortcut is not None:
+        src, scale, lag = shortcut
+        shortcut = (kernels.flat(src, order), kernels.per_neuron(
+            scale.reshape(-1, *[1] * (len(node.shape) - 1)), node.shape, order, scale.dtype), lag)
     v = np.tile(param(node.v_init), batch)
     bias, vth = param(node.bias), param(node.v_threshold)
     if is_lif(net, node):
         u = np.stack([v, -v]).astype(np.int32)  # the floor neuron's u is -u
         v, floor = np.zeros_like(u), np.zeros(len(v), dtype=np.uint8) if node.floor else None
         mirrored = np.ones(batch, dtype=np.bool_)
-        return sum(kernels.lif_chunk(kernels.flat(a, order), t0, b0 * size, node.t_start, bias,
-                                     vth, u, v, floor, mirrored, spikes, tally)
+        return sum(kernels.lif_chunk(_rows(a, order), len(a), t0, b0 * size, node.t_start,
+                                     bias, vth, u, v, floor, mirrored, spikes, tally, shortcut)
                    for t0, b0, a in chunks)
     memory, reset = np.zeros(len(v), dtype=np.int64), kernels.RESETS[node.reset]
-    return sum(kernels.if_chunk(kernels.flat(a, order), t0, b0 * size, node.t_start,
+    return sum(kernels.if_chunk(_rows(a, order), len(a), t0, b0 * size, node.t_start,
                                 THRESHOLD_SHIFT + node.a_exp, bias, vth, v, memory,
-                                state_bounds(net, node), node.burst, reset, spikes, tally)
+                                state_bounds(net, node), node.burst, reset, spikes, tally,
+                                shortcut)
                for t0, b0, a in chunks)
+
+
+def _rows(a: torch.Tensor, order: Sequence[int]) -> np.ndarray:
+    """A chunk (k, b, ...) as the kernels read it: :func:`kernels.flat`, one row where every
+    step's entries are the same (a broadcast view, :func:`_steady`)."""
+    return kernels.flat(a[:1] if a.stride(0) == 0 else a, order)
 
 
 def _lif_fire(node: IF, chunks, steps: int, out: torch.Tensor) -> int:
@@ -712,6 +797,12 @@ def _lif_scores(node: Readout, a: torch.Tensor,
     x = _gain(a.to(torch.int64), 0)
     v, clipped = lif.lif_readout(x, _tensor(node.bias, x), node.t_start)
     return {t: v[t - 1] for t in checkpoints}, clipped
+
+
+def _first_event(tally: tuple) -> int:
+    """The first step with an event in ``tally`` (:func:`_new_tally`); the step count if none."""
+    active = np.flatnonzero(tally[1])
+    return int(active[0]) if len(active) else len(tally[1])
 
 
 def _new_tally(train: torch.Tensor, checkpoints: Sequence[int]) -> tuple:

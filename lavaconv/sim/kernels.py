@@ -114,31 +114,51 @@ def _lif_v(u, theta, v, s):
 
 
 @numba.njit(cache=True, nogil=True)
-def lif_chunk(a, t0, first, t_start, bias, theta, u, v, floor_spikes, mirrored, out, tally):
-    """Steps ``t0 .. t0 + len(a) - 1`` of the stock soft-reset LIF and its floor neuron
-    (:mod:`lavaconv.ir.stock`) for neurons ``first ..`` (whole items): ``a`` (k, n) their synaptic
-    sums; ``bias``, ``theta`` (M,) int64 in ``A << 6`` units; state ``u``, ``v`` (2, N) int32, the
-    neuron's and its floor neuron's, the floor neuron's last spikes (N,) uint8 (``None``:
-    no floor neuron) and whether each item's floor u are still the mirror of its u (B,) bool
-    (see :func:`_lif_u`), updated; spikes into ``out`` (T, N) (read back as the last step's), and
-    their events into ``tally`` = (interval (T,) int64, events per step (T,) float64, events
-    per neuron and interval (C, N) float32): step t's go to interval ``interval[t]``. Returns
-    the neuron-steps whose u wrapped plus those whose v clipped (the floor neuron's not
-    counted), as :func:`lavaconv.sim.lif.lif_integrate_and_fire`.
+def _sums(row, shortcut, t, first, x):
+    """``x = row + scale * src[t - lag]`` for the neurons ``first ..`` of a row, ``shortcut`` =
+    (src (T, N) bytes, scale (M,), lag): a per-channel scale of a byte train laid out like the
+    population's (an identity shortcut; ``row`` alone where it is None or ``t < lag``), in
+    row's type (every product exact: one rounding, as ``torch.addcmul``)."""
+    if shortcut is not None and t >= shortcut[2]:
+        src, scale = shortcut[0][t - shortcut[2], first:first + len(x)], shortcut[1]
+        for j in range(len(x)):
+            x[j] = row[j] + scale[j] * src[j]
+    else:
+        for j in range(len(x)):
+            x[j] = row[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def lif_chunk(a, steps, t0, first, t_start, bias, theta, u, v, floor_spikes, mirrored, out,
+              tally, shortcut):
+    """Steps ``t0 .. t0 + steps - 1`` of the stock soft-reset LIF and its floor neuron
+    (:mod:`lavaconv.ir.stock`) for neurons ``first ..`` (whole items): ``a`` their synaptic sums
+    and ``shortcut`` as :func:`if_chunk`'s; ``bias``, ``theta`` (M,) int64 in ``A << 6``
+    units; state ``u``, ``v`` (2, N) int32, the neuron's and its floor neuron's, the floor
+    neuron's last spikes (N,) uint8 (``None``: no floor neuron) and whether each item's floor
+    u are still the mirror of its u (B,) bool (see :func:`_lif_u`), updated; spikes into ``out``
+    (T, N) (read back as the last step's), and their events into ``tally`` = (interval (T,)
+    int64, events per step (T,) float64, events per neuron and interval (C, N) float32): step
+    t's go to interval ``interval[t]``. Returns the neuron-steps whose u wrapped plus those
+    whose v clipped (the floor neuron's not counted), as
+    :func:`lavaconv.sim.lif.lif_integrate_and_fire`.
     """
     m = theta.shape[0]
     interval, per_step, counts = tally
     none = np.zeros_like(bias)  # the bias before t_start
     lift = FLOOR * theta
-    x = np.empty(m, dtype=np.int64)
+    x, y = np.empty(m, dtype=np.int64), np.empty(m, dtype=a.dtype)
     silent = np.zeros(m, dtype=out.dtype)
     events = 0
-    for t in range(a.shape[0]):
+    for t in range(steps):
         b = bias if t0 + t >= t_start else none
         for c in range(0, a.shape[1], m):
             lo, hi = first + c, first + c + m
-            row, s = a[t, c:c + m], out[t0 + t, lo:hi]
+            row, s = a[t if a.shape[0] > 1 else 0, c:c + m], out[t0 + t, lo:hi]
             last = out[t0 + t - 1, lo:hi] if t0 + t else silent
+            if shortcut is not None:
+                _sums(row, shortcut, t0 + t, lo, y)
+                row = y
             if floor_spikes is None:
                 for j in range(m):
                     x[j] = np.int64(row[j]) * 64 + b[j] - (theta[j] if last[j] else 0)
@@ -192,14 +212,16 @@ def _fire(v, vth, one, burst, reset, memory, out, counts):
 
 
 @numba.njit(cache=True, nogil=True)
-def if_chunk(a, t0, first, t_start, gain, bias, vth, v, memory, bounds, burst, reset, out,
-             tally):
-    """Steps ``t0 .. t0 + len(a) - 1`` of :class:`~lavaconv.ir.network.IF` (as
+def if_chunk(a, steps, t0, first, t_start, gain, bias, vth, v, memory, bounds, burst, reset,
+             out, tally, shortcut):
+    """Steps ``t0 .. t0 + steps - 1`` of :class:`~lavaconv.ir.network.IF` (as
     :func:`lavaconv.sim.engine.integrate_and_fire` on the current of
     :class:`lavaconv.sim.engine._Current`) for neurons ``first ..`` (whole items) on their
-    synaptic input ``a`` (k, n). Float mode (``bounds`` None, ``v`` float32): v += a + bias, in
-    float32. Integer mode (``bounds`` (lo, hi), ``v`` int64, exact): v += G(a) + bias with
-    ``G`` the gain ``2**gain`` (a floor shift when negative), then v saturates to the bounds.
+    synaptic input ``a`` (steps, n), or (1, n) when every step's is the same, plus the
+    ``shortcut`` of :func:`_sums` (None: none). Float mode (``bounds`` None, ``v`` float32):
+    v += a + bias, in float32. Integer mode (``bounds`` (lo, hi), ``v`` int64, exact):
+    v += G(a) + bias with ``G`` the gain ``2**gain`` (a floor shift when negative), then v
+    saturates to the bounds.
     The bias from step ``t_start``; then fire (-burst .. burst spikes into ``out`` (T, N),
     events into ``tally`` as :func:`lif_chunk`) and reset (codes :data:`RESETS`; ``memory``
     (N,) int64: SNM's spike memory). Returns the neuron-steps saturated. (numba compiles the
@@ -212,18 +234,22 @@ def if_chunk(a, t0, first, t_start, gain, bias, vth, v, memory, bounds, burst, r
     else:
         one = np.int64(1)
     saturated = 0
-    for t in range(a.shape[0]):
+    x = np.empty(m, dtype=a.dtype)
+    for t in range(steps):
         b = bias if t0 + t >= t_start else none
         for c in range(0, a.shape[1], m):
-            i, x = first + c, a[t, c:c + m]
-            vv = v[i:i + m]
+            i = first + c
+            row, vv = a[t if a.shape[0] > 1 else 0, c:c + m], v[i:i + m]
+            if shortcut is not None:
+                _sums(row, shortcut, t0 + t, i, x)
+                row = x
             if bounds is None:
                 for j in range(m):
-                    vv[j] += x[j] + b[j]
+                    vv[j] += row[j] + b[j]
             else:
                 lo, hi = bounds
                 for j in range(m):
-                    g = np.int64(x[j])
+                    g = np.int64(row[j])
                     w = vv[j] + (g << gain if gain >= 0 else g >> -gain) + b[j]
                     saturated += (w < lo) + (w > hi)
                     vv[j] = min(max(w, lo), hi)

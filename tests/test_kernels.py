@@ -1,6 +1,12 @@
 """The engine's CPU kernels (lavaconv/sim/kernels.py) against its torch loops, which implement
 the same update equations operation by operation: identical trains, readouts and counts."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +123,41 @@ def test_identity_shortcut_added_by_the_kernels_equals_the_torch_loops(monkeypat
     assert torch.equal(fast.readout[20], slow.readout[20])
     assert torch.equal(fast.counts_at[20]["b"], slow.counts_at[20]["b"])
     assert float(slow.counts_at[20]["b"].sum()) > 0
+
+
+def _summary(numeric: str, reset: str) -> list[float]:
+    """Readout and spike counts of :func:`network` on fixed input, as plain numbers."""
+    net = network(numeric, reset)
+    x = np.random.default_rng(2).uniform(-1, 1, (4, 1, 9, 9)) * (60 if numeric == "int" else 1)
+    res = engine.simulate(net, engine.encode_input(net, x, 30), [30], counts_at=True)
+    return [*res.readout[30].flatten().tolist(), *res.counts_at[30]["c2"].flatten().tolist(),
+            res.saturated["c1"]]
+
+
+def test_vector_width_changes_no_result():
+    """In a fresh process whose user set NUMBA_CPU_FEATURES (LLVM's default tuning: 256-bit
+    vectors on AVX-512 CPUs) the kernels keep that setting and compute the same trains as
+    here (512-bit vectors where the CPU has them): integer and float32 lanes, LIF pair too.
+    Without the setting, importing the kernels first turns 512-bit vectors on (AVX-512)."""
+    from numba.core import codegen
+    host = codegen.get_host_cpu_features()
+    cases = [("float", "subtract"), ("int", "subtract"), ("int", "lif")]
+    root = Path(__file__).resolve().parents[1]
+
+    def run(script: str, **env: str) -> str:
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env={**os.environ, **env}, cwd=root, check=True).stdout
+
+    plain = run("import numba; from lavaconv.sim import kernels; "
+                "print(kernels.WIDE_VECTORS, numba.config.CPU_FEATURES)")
+    assert plain.split()[0] == str("+avx512f" in host.split(","))
+    assert ("-prefer-256-bit" in plain) == ("+avx512f" in host.split(","))
+    script = f"""
+import json, sys
+sys.path.insert(0, "tests")
+from lavaconv.sim import kernels
+from test_kernels import _summary
+assert not kernels.WIDE_VECTORS
+print(json.dumps([_summary(*case) for case in {cases!r}]))
+"""
+    assert json.loads(run(script, NUMBA_CPU_FEATURES=host)) == [_summary(*c) for c in cases]

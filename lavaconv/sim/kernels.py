@@ -22,8 +22,30 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 import torch
+from numba.core import codegen, registry
 
 from lavaconv.ir.stock import FLOOR, U_HALF, V_LIMIT
+
+
+def _wide_vectors() -> bool:
+    """Let LLVM vectorize with the CPU's 512-bit registers, which it avoids on AVX-512 CPUs
+    unless told (its ``prefer-256-bit`` tuning): the LIF pair's int64 loops then run 8 lanes
+    wide, not 4. Numba fixes its CPU features when its CPU target is first used (the first njit
+    function anywhere in the process), so this runs on import, before this module's; it does
+    nothing where that has happened, where the user set ``NUMBA_CPU_FEATURES``, or without
+    AVX-512. Whether it took effect (the arithmetic is the same either way)."""
+    if numba.config.CPU_FEATURES is not None or "_toplevel_target_context" in vars(
+            registry.cpu_target):
+        return False
+    features = codegen.get_host_cpu_features()
+    if "+avx512f" not in features.split(","):
+        return False
+    numba.config.CPU_FEATURES = features + ",-prefer-256-bit"
+    return True
+
+
+#: whether the kernels are compiled for 512-bit vectors (:func:`_wide_vectors`)
+WIDE_VECTORS = _wide_vectors()
 
 #: reset codes of :func:`if_chunk`
 RESETS = {"subtract": 0, "zero": 1, "snm": 2}

@@ -337,7 +337,8 @@ def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
     steps, batch = trains[net.inputs_of(name)[0].source].shape[:2]
 
     def arrives(syn: Synapse) -> int:  # the first step it may deliver a nonzero entry
-        return min(steps, _arrival(syn) + (syn.source not in constant and first.get(syn.source, 0)))
+        silent = 0 if syn.source in constant else first.get(syn.source, 0)
+        return min(steps, _arrival(syn) + silent)
 
     syns = sorted((_strided_read(syn, trains[syn.source]) for syn in net.inputs_of(name)
                    if syn is not fused), key=lambda read: arrives(read[0]))  # earliest first

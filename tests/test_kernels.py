@@ -112,9 +112,9 @@ def test_identity_shortcut_added_by_the_kernels_equals_the_torch_loops(monkeypat
                 Conv("a", "b", shortcut, groups=4), Dense("b", "output", weights(3, 144))]
     net = Network(nodes, synapses, numeric=numeric)
     train = engine._empty((20, 5, 4, 6, 6), torch.zeros(()), torch.uint8)
-    fused = engine._fused_shortcut(net, "b", {"a": train}, train)
-    assert fused[0] is synapses[2] and fused[1][2] == 1  # (synapse, (train, scale, arrival))
-    assert torch.equal(fused[1][1], torch.as_tensor(shortcut.reshape(4), dtype=torch.float32))
+    fused = engine._Shortcut.of(net, "b", {"a": train}, train)
+    assert fused.synapse is synapses[2] and fused.train is train and fused.arrival == 1
+    assert torch.equal(fused.scale, torch.as_tensor(shortcut.reshape(4), dtype=torch.float32))
     payload = engine.encode_input(net, rng.uniform(-1, 1, (5, 1, 6, 6)) * (60 if integer else 1),
                                   20)
     fast = engine.simulate(net, payload, [20], counts_at=True)

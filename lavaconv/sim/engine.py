@@ -244,8 +244,8 @@ def _apply_int8(syn: Synapse, s: torch.Tensor, k: _Int8) -> torch.Tensor:
 
 
 def _scales_bytes(syn: Synapse, plan: _Plan, train: torch.Tensor) -> bool:
-    """Whether ``syn`` scales each channel of a byte train (0/1: every product exact), which
-    :func:`_input_chunks` adds to the sum in one pass (an identity shortcut)."""
+    """Whether ``syn`` scales each channel of a byte train (0/1: every product exact), which the
+    CPU kernels can add to the sum themselves (an identity shortcut, :class:`_Shortcut`)."""
     return (train.dtype == torch.uint8 and isinstance(syn, Conv) and _pointwise(syn)
             and plan.weight is not None and not plan.wraps)
 
@@ -368,10 +368,6 @@ def _input_chunks(net: Network, name: str, trains: dict[str, torch.Tensor],
                     if steady:
                         total = a
                         continue
-                elif i and lo < t1 and _scales_bytes(syn, plan, s):  # one pass, into the sum
-                    total[lo - t0:].addcmul_(s[lo - arrival:t1 - arrival, b0:b1],
-                                             plan.weight.reshape(1, 1, -1, 1, 1))
-                    continue
                 elif lo < t1:
                     x = _batch(s[lo - arrival:t1 - arrival, b0:b1],
                                torch.uint8 if plan.int8 is not None else plan.dtype,
@@ -683,17 +679,16 @@ def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: se
     cpu = source.device.type == "cpu" and KERNELS  # binary trains as bytes there
     train = _empty((steps, batch, *node.shape), source,
                    torch.uint8 if cpu and net.is_binary(name) else torch.float32)
-    shortcut = _fused_shortcut(net, name, trains, train) if cpu and probe is None else None
+    shortcut = _Shortcut.of(net, name, trains, train) if cpu and probe is None else None
     chunks = _input_chunks(net, name, trains, constant,
                            max(1, STATE_SIZE // int(np.prod(node.shape))) if cpu else None,
-                           first, shortcut and shortcut[0])
+                           first, shortcut.synapse if shortcut else None)
     if probe is not None:  # the probe needs the whole current
         a = synaptic_input(net, name, trains, constant, first)
         u, chunks = input_current(net, node, a), [(0, 0, a)]
     if cpu:
         tally = _new_tally(train, checkpoints)
-        result.saturated[name] = _fire_cpu(net, node, chunks, train, tally,
-                                           shortcut and shortcut[1])
+        result.saturated[name] = _fire_cpu(net, node, chunks, train, tally, shortcut)
     else:
         if is_lif(net, node):
             result.saturated[name] = _lif_fire(node, chunks, steps, train)
@@ -710,29 +705,37 @@ def _fire(net: Network, name: str, trains: dict[str, torch.Tensor], constant: se
     return train
 
 
-def _fused_shortcut(net: Network, name: str, trains: dict[str, torch.Tensor],
-                    out: torch.Tensor) -> tuple[Synapse, tuple] | None:
-    """An identity shortcut into population ``name`` (a per-channel scale of a byte train, see
-    :func:`_scales_bytes`) that the CPU kernels add to the other synapses' sums themselves
-    (:func:`lavaconv.sim.kernels._sums`: no pass over the sums): one whose source is laid out
-    like the population's train ``out``. The synapse and (its source train, its per-channel
-    scale in the sums' dtype, its arrival), or None."""
-    syns = net.inputs_of(name)
-    for syn in syns if len(syns) > 1 else ():
-        s = trains[syn.source]
-        plan = _plan(net, syn, s)
-        if (_scales_bytes(syn, plan, s) and s.shape == out.shape
-                and kernels.memory_order(s) == kernels.memory_order(out)):
-            dtype = _widest(_float_plan(net, other).dtype for other in syns if other is not syn)
-            return syn, (s, plan.weight.reshape(-1).to(dtype), _arrival(syn))
-    return None
+class _Shortcut(NamedTuple):
+    """An identity shortcut that the CPU kernels add to a population's other sums themselves
+    (:func:`lavaconv.sim.kernels._sums`: no pass over the sums): ``synapse``, its source
+    ``train``, its per-channel ``scale`` (C,) in the sums' dtype and its :func:`_arrival`."""
+
+    synapse: Synapse
+    train: torch.Tensor
+    scale: torch.Tensor
+    arrival: int
+
+    @staticmethod
+    def of(net: Network, name: str, trains: dict[str, torch.Tensor],
+           out: torch.Tensor) -> _Shortcut | None:
+        """The first synapse into population ``name``, beside others, that scales a byte train
+        laid out like the population's train ``out`` (:func:`_scales_bytes`), or None."""
+        syns = net.inputs_of(name)
+        for syn in syns if len(syns) > 1 else ():
+            s = trains[syn.source]
+            plan = _plan(net, syn, s)
+            if (_scales_bytes(syn, plan, s) and s.shape == out.shape
+                    and kernels.memory_order(s) == kernels.memory_order(out)):
+                dtype = _widest(_float_plan(net, o).dtype for o in syns if o is not syn)
+                return _Shortcut(syn, s, plan.weight.reshape(-1).to(dtype), _arrival(syn))
+        return None
 
 
 def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor, tally: tuple,
-              shortcut: tuple | None = None) -> int:
+              shortcut: _Shortcut | None = None) -> int:
     """:func:`integrate_and_fire` or the stock LIF (:func:`_lif_fire`) on the CPU kernels of
     :mod:`lavaconv.sim.kernels`, a chunk (a block of items and of steps) per call, plus the
-    ``shortcut`` of :func:`_fused_shortcut` (the kernels add it); spikes into ``out``, their
+    ``shortcut`` (the kernels add it); spikes into ``out``, their
     events into ``tally`` (:func:`_new_tally`); returns the neuron-steps saturated (wrapped or
     clipped: stock LIF)."""
     order = kernels.memory_order(out)
@@ -745,10 +748,10 @@ def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor, tally: tuple,
         return kernels.per_neuron(torch.as_tensor(np.asarray(p)), node.shape, order, dtype)
 
     batch, size = out.shape[1], int(np.prod(node.shape))
-    if shortcut is not None:
-        src, scale, lag = shortcut
-        shortcut = (kernels.flat(src, order), kernels.per_neuron(
-            scale.reshape(-1, *[1] * (len(node.shape) - 1)), node.shape, order, scale.dtype), lag)
+    added = None if shortcut is None else (  # as kernels._sums reads it
+        kernels.flat(shortcut.train, order),
+        param(shortcut.scale.reshape(-1, *[1] * (len(node.shape) - 1)), shortcut.scale.dtype),
+        shortcut.arrival)
     v = np.tile(param(node.v_init), batch)
     bias, vth = param(node.bias), param(node.v_threshold)
     if is_lif(net, node):
@@ -756,13 +759,13 @@ def _fire_cpu(net: Network, node: IF, chunks, out: torch.Tensor, tally: tuple,
         v, floor = np.zeros_like(u), np.zeros(len(v), dtype=np.uint8) if node.floor else None
         mirrored = np.ones(batch, dtype=np.bool_)
         return sum(kernels.lif_chunk(_rows(a, order), len(a), t0, b0 * size, node.t_start,
-                                     bias, vth, u, v, floor, mirrored, spikes, tally, shortcut)
+                                     bias, vth, u, v, floor, mirrored, spikes, tally, added)
                    for t0, b0, a in chunks)
     memory, reset = np.zeros(len(v), dtype=np.int64), kernels.RESETS[node.reset]
     return sum(kernels.if_chunk(_rows(a, order), len(a), t0, b0 * size, node.t_start,
                                 THRESHOLD_SHIFT + node.a_exp, bias, vth, v, memory,
                                 state_bounds(net, node), node.burst, reset, spikes, tally,
-                                shortcut)
+                                added)
                for t0, b0, a in chunks)
 
 

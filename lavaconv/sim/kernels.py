@@ -140,7 +140,7 @@ def _sums(row, shortcut, t, first, x):
     """``x = row + scale * src[t - lag]`` for the neurons ``first ..`` of a row, ``shortcut`` =
     (src (T, N) bytes, scale (M,), lag): a per-channel scale of a byte train laid out like the
     population's (an identity shortcut; ``row`` alone where it is None or ``t < lag``), in
-    row's type (every product exact: one rounding, as ``torch.addcmul``)."""
+    row's type (every product exact: one rounding per sum)."""
     if shortcut is not None and t >= shortcut[2]:
         src, scale = shortcut[0][t - shortcut[2], first:first + len(x)], shortcut[1]
         for j in range(len(x)):

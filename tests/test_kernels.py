@@ -118,10 +118,13 @@ def test_identity_shortcut_added_by_the_kernels_equals_the_torch_loops(monkeypat
     payload = engine.encode_input(net, rng.uniform(-1, 1, (5, 1, 6, 6)) * (60 if integer else 1),
                                   20)
     fast = engine.simulate(net, payload, [20], counts_at=True)
+    probed = engine.simulate(net, payload, [20], counts_at=True,  # the shortcut as a synapse
+                             probe=lambda *_: None)
     monkeypatch.setattr(engine, "KERNELS", False)
     slow = engine.simulate(net, payload, [20], counts_at=True)
-    assert torch.equal(fast.readout[20], slow.readout[20])
-    assert torch.equal(fast.counts_at[20]["b"], slow.counts_at[20]["b"])
+    for result in (fast, probed):
+        assert torch.equal(result.readout[20], slow.readout[20])
+        assert torch.equal(result.counts_at[20]["b"], slow.counts_at[20]["b"])
     assert float(slow.counts_at[20]["b"].sum()) > 0
 
 
